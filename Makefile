@@ -1,0 +1,51 @@
+# Hark: `make run` starts the server with defaults, `make test` runs every check.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck pytest proto fixtures deps-debian bench clean
+
+run: $(STAMP)
+	$(BIN)/hark serve
+
+test: $(STAMP)
+	$(BIN)/ruff check media tests benchmarks scripts
+	$(BIN)/ruff format --check media tests benchmarks scripts
+	$(BIN)/mypy --strict media
+	$(BIN)/pytest -q
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check media tests benchmarks scripts
+	$(BIN)/ruff format --check media tests benchmarks scripts
+
+typecheck: $(STAMP)
+	$(BIN)/mypy --strict media
+
+pytest: $(STAMP)
+	$(BIN)/pytest -q
+
+# Regenerates media/v1 from proto/ (code plus mypy-protobuf stubs).
+proto: $(STAMP)
+	$(BIN)/python scripts/gen_proto.py
+
+# Rebuilds the committed speech fixtures (needs espeak-ng and sox: make deps-debian).
+fixtures: $(STAMP)
+	$(BIN)/python scripts/make_fixtures.py
+
+# Debian packages the tests and fixtures use.
+deps-debian:
+	apt-get update -qq
+	apt-get install -y -qq espeak-ng sox
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/pipeline.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -1,0 +1,1 @@
+"""Generated protobuf code for media.v1 (make proto regenerates)."""
