@@ -94,3 +94,11 @@ class CapacityExceeded(HarkError):
 
 class Draining(HarkError):
     """The server is shutting down and takes no new sessions (HTTP 503, gRPC UNAVAILABLE)."""
+
+
+class SubscriberTooSlow(HarkError):
+    """A subscriber fell too far behind and should reconnect (RESOURCE_EXHAUSTED)."""
+
+
+class UnsupportedContentType(HarkError):
+    """The request's Content-Type is not the one the resource takes (HTTP 415)."""

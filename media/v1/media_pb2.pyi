@@ -106,6 +106,62 @@ API: SessionOrigin.ValueType  # 2
 """Pre-created by CreateSession."""
 Global___SessionOrigin: _TypeAlias = SessionOrigin  # noqa: Y015
 
+class _SpeechEndReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SpeechEndReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SpeechEndReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SPEECH_END_REASON_UNSPECIFIED: _SpeechEndReason.ValueType  # 0
+    SILENCE: _SpeechEndReason.ValueType  # 1
+    """end_silence_ms of mostly-unvoiced audio."""
+    MAX_LENGTH: _SpeechEndReason.ValueType  # 2
+    """max_segment_ms reached; the next segment starts at the same offset."""
+    STOPPED: _SpeechEndReason.ValueType  # 3
+    """Cut by StopListening."""
+    SESSION_CLOSED: _SpeechEndReason.ValueType  # 4
+    """Cut by the session closing."""
+
+class SpeechEndReason(_SpeechEndReason, metaclass=_SpeechEndReasonEnumTypeWrapper): ...
+
+SPEECH_END_REASON_UNSPECIFIED: SpeechEndReason.ValueType  # 0
+SILENCE: SpeechEndReason.ValueType  # 1
+"""end_silence_ms of mostly-unvoiced audio."""
+MAX_LENGTH: SpeechEndReason.ValueType  # 2
+"""max_segment_ms reached; the next segment starts at the same offset."""
+STOPPED: SpeechEndReason.ValueType  # 3
+"""Cut by StopListening."""
+SESSION_CLOSED: SpeechEndReason.ValueType  # 4
+"""Cut by the session closing."""
+Global___SpeechEndReason: _TypeAlias = SpeechEndReason  # noqa: Y015
+
+class _AudioMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AudioModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AudioMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    AUDIO_MODE_UNSPECIFIED: _AudioMode.ValueType  # 0
+    """SPEECH."""
+    SPEECH: _AudioMode.ValueType  # 1
+    """Only the audio of speech segments, pre-roll included, between
+    segment_start and segment_end markers.
+    """
+    ALL: _AudioMode.ValueType  # 2
+    """All audio while listening, each chunk flagged voiced or unvoiced."""
+
+class AudioMode(_AudioMode, metaclass=_AudioModeEnumTypeWrapper): ...
+
+AUDIO_MODE_UNSPECIFIED: AudioMode.ValueType  # 0
+"""SPEECH."""
+SPEECH: AudioMode.ValueType  # 1
+"""Only the audio of speech segments, pre-roll included, between
+segment_start and segment_end markers.
+"""
+ALL: AudioMode.ValueType  # 2
+"""All audio while listening, each chunk flagged voiced or unvoiced."""
+Global___AudioMode: _TypeAlias = AudioMode  # noqa: Y015
+
 @_typing.final
 class Session(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -326,21 +382,108 @@ class StartListeningRequest(_message.Message):
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
     WAIT_FOR_READY_FIELD_NUMBER: _builtins.int
+    VAD_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     wait_for_ready: _builtins.bool
+    @_builtins.property
+    def vad(self) -> Global___VadOptions:
+        """Per-session overrides of the server's VAD defaults; unset fields keep them."""
+
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
         wait_for_ready: _builtins.bool = ...,
+        vad: Global___VadOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["vad", b"vad"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id", "wait_for_ready", b"wait_for_ready"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id", "vad", b"vad", "wait_for_ready", b"wait_for_ready"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StartListeningRequest: _TypeAlias = StartListeningRequest  # noqa: Y015
+
+@_typing.final
+class VadOptions(_message.Message):
+    """Speech segmentation parameters. An out-of-range value is INVALID_ARGUMENT
+    naming the field and its allowed range.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGGRESSIVENESS_FIELD_NUMBER: _builtins.int
+    START_WINDOW_MS_FIELD_NUMBER: _builtins.int
+    START_RATIO_FIELD_NUMBER: _builtins.int
+    END_SILENCE_MS_FIELD_NUMBER: _builtins.int
+    END_RATIO_FIELD_NUMBER: _builtins.int
+    PRE_ROLL_MS_FIELD_NUMBER: _builtins.int
+    MIN_SPEECH_MS_FIELD_NUMBER: _builtins.int
+    MAX_SEGMENT_MS_FIELD_NUMBER: _builtins.int
+    aggressiveness: _builtins.int
+    """webrtcvad aggressiveness 0..3 (default 2)."""
+    start_window_ms: _builtins.int
+    """Speech starts when start_ratio of the last start_window_ms is voiced."""
+    start_ratio: _builtins.float
+    end_silence_ms: _builtins.int
+    """Speech ends after end_silence_ms that are at least end_ratio unvoiced."""
+    end_ratio: _builtins.float
+    pre_roll_ms: _builtins.int
+    """Audio before the start that belongs to the segment."""
+    min_speech_ms: _builtins.int
+    """Shorter bursts are discarded and produce no events."""
+    max_segment_ms: _builtins.int
+    """Longer speech is split into consecutive segments."""
+    def __init__(
+        self,
+        *,
+        aggressiveness: _builtins.int | None = ...,
+        start_window_ms: _builtins.int | None = ...,
+        start_ratio: _builtins.float | None = ...,
+        end_silence_ms: _builtins.int | None = ...,
+        end_ratio: _builtins.float | None = ...,
+        pre_roll_ms: _builtins.int | None = ...,
+        min_speech_ms: _builtins.int | None = ...,
+        max_segment_ms: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_aggressiveness", b"_aggressiveness", "_end_ratio", b"_end_ratio", "_end_silence_ms", b"_end_silence_ms", "_max_segment_ms", b"_max_segment_ms", "_min_speech_ms", b"_min_speech_ms", "_pre_roll_ms", b"_pre_roll_ms", "_start_ratio", b"_start_ratio", "_start_window_ms", b"_start_window_ms", "aggressiveness", b"aggressiveness", "end_ratio", b"end_ratio", "end_silence_ms", b"end_silence_ms", "max_segment_ms", b"max_segment_ms", "min_speech_ms", b"min_speech_ms", "pre_roll_ms", b"pre_roll_ms", "start_ratio", b"start_ratio", "start_window_ms", b"start_window_ms"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_aggressiveness", b"_aggressiveness", "_end_ratio", b"_end_ratio", "_end_silence_ms", b"_end_silence_ms", "_max_segment_ms", b"_max_segment_ms", "_min_speech_ms", b"_min_speech_ms", "_pre_roll_ms", b"_pre_roll_ms", "_start_ratio", b"_start_ratio", "_start_window_ms", b"_start_window_ms", "aggressiveness", b"aggressiveness", "end_ratio", b"end_ratio", "end_silence_ms", b"end_silence_ms", "max_segment_ms", b"max_segment_ms", "min_speech_ms", b"min_speech_ms", "pre_roll_ms", b"pre_roll_ms", "start_ratio", b"start_ratio", "start_window_ms", b"start_window_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__aggressiveness: _TypeAlias = _typing.Literal["aggressiveness"]  # noqa: Y015
+    _WhichOneofArgType__aggressiveness: _TypeAlias = _typing.Literal["_aggressiveness", b"_aggressiveness"]  # noqa: Y015
+    _WhichOneofReturnType__end_ratio: _TypeAlias = _typing.Literal["end_ratio"]  # noqa: Y015
+    _WhichOneofArgType__end_ratio: _TypeAlias = _typing.Literal["_end_ratio", b"_end_ratio"]  # noqa: Y015
+    _WhichOneofReturnType__end_silence_ms: _TypeAlias = _typing.Literal["end_silence_ms"]  # noqa: Y015
+    _WhichOneofArgType__end_silence_ms: _TypeAlias = _typing.Literal["_end_silence_ms", b"_end_silence_ms"]  # noqa: Y015
+    _WhichOneofReturnType__max_segment_ms: _TypeAlias = _typing.Literal["max_segment_ms"]  # noqa: Y015
+    _WhichOneofArgType__max_segment_ms: _TypeAlias = _typing.Literal["_max_segment_ms", b"_max_segment_ms"]  # noqa: Y015
+    _WhichOneofReturnType__min_speech_ms: _TypeAlias = _typing.Literal["min_speech_ms"]  # noqa: Y015
+    _WhichOneofArgType__min_speech_ms: _TypeAlias = _typing.Literal["_min_speech_ms", b"_min_speech_ms"]  # noqa: Y015
+    _WhichOneofReturnType__pre_roll_ms: _TypeAlias = _typing.Literal["pre_roll_ms"]  # noqa: Y015
+    _WhichOneofArgType__pre_roll_ms: _TypeAlias = _typing.Literal["_pre_roll_ms", b"_pre_roll_ms"]  # noqa: Y015
+    _WhichOneofReturnType__start_ratio: _TypeAlias = _typing.Literal["start_ratio"]  # noqa: Y015
+    _WhichOneofArgType__start_ratio: _TypeAlias = _typing.Literal["_start_ratio", b"_start_ratio"]  # noqa: Y015
+    _WhichOneofReturnType__start_window_ms: _TypeAlias = _typing.Literal["start_window_ms"]  # noqa: Y015
+    _WhichOneofArgType__start_window_ms: _TypeAlias = _typing.Literal["_start_window_ms", b"_start_window_ms"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__aggressiveness) -> _WhichOneofReturnType__aggressiveness | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__end_ratio) -> _WhichOneofReturnType__end_ratio | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__end_silence_ms) -> _WhichOneofReturnType__end_silence_ms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_segment_ms) -> _WhichOneofReturnType__max_segment_ms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_speech_ms) -> _WhichOneofReturnType__min_speech_ms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__pre_roll_ms) -> _WhichOneofReturnType__pre_roll_ms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__start_ratio) -> _WhichOneofReturnType__start_ratio | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__start_window_ms) -> _WhichOneofReturnType__start_window_ms | None: ...
+
+Global___VadOptions: _TypeAlias = VadOptions  # noqa: Y015
 
 @_typing.final
 class StopListeningRequest(_message.Message):
@@ -417,6 +560,8 @@ class SessionEvent(_message.Message):
     STATE_CHANGED_FIELD_NUMBER: _builtins.int
     LISTENING_CHANGED_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
+    SPEECH_STARTED_FIELD_NUMBER: _builtins.int
+    SPEECH_ENDED_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     revision: _builtins.int
     """Increases by one per event within a session. A snapshot or heartbeat
@@ -432,6 +577,10 @@ class SessionEvent(_message.Message):
     def listening_changed(self) -> Global___ListeningChanged: ...
     @_builtins.property
     def heartbeat(self) -> Global___Heartbeat: ...
+    @_builtins.property
+    def speech_started(self) -> Global___SpeechStarted: ...
+    @_builtins.property
+    def speech_ended(self) -> Global___SpeechEnded: ...
     def __init__(
         self,
         *,
@@ -442,12 +591,14 @@ class SessionEvent(_message.Message):
         state_changed: Global___StateChanged | None = ...,
         listening_changed: Global___ListeningChanged | None = ...,
         heartbeat: Global___Heartbeat | None = ...,
+        speech_started: Global___SpeechStarted | None = ...,
+        speech_ended: Global___SpeechEnded | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "listening_changed", b"listening_changed", "payload", b"payload", "snapshot", b"snapshot", "state_changed", b"state_changed", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "listening_changed", b"listening_changed", "payload", b"payload", "snapshot", b"snapshot", "speech_ended", b"speech_ended", "speech_started", b"speech_started", "state_changed", b"state_changed", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "listening_changed", b"listening_changed", "payload", b"payload", "revision", b"revision", "session_id", b"session_id", "snapshot", b"snapshot", "state_changed", b"state_changed", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "listening_changed", b"listening_changed", "payload", b"payload", "revision", b"revision", "session_id", b"session_id", "snapshot", b"snapshot", "speech_ended", b"speech_ended", "speech_started", b"speech_started", "state_changed", b"state_changed", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["snapshot", "state_changed", "listening_changed", "heartbeat"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["snapshot", "state_changed", "listening_changed", "heartbeat", "speech_started", "speech_ended"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -541,3 +692,220 @@ class Heartbeat(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Heartbeat: _TypeAlias = Heartbeat  # noqa: Y015
+
+@_typing.final
+class SpeechStarted(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEGMENT_ID_FIELD_NUMBER: _builtins.int
+    START_MS_FIELD_NUMBER: _builtins.int
+    segment_id: _builtins.int
+    start_ms: _builtins.int
+    """Media offset of the first voiced frame, on the session's audio clock
+    (milliseconds of audio received since the session's first frame).
+    """
+    def __init__(
+        self,
+        *,
+        segment_id: _builtins.int = ...,
+        start_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["segment_id", b"segment_id", "start_ms", b"start_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpeechStarted: _TypeAlias = SpeechStarted  # noqa: Y015
+
+@_typing.final
+class SpeechEnded(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEGMENT_ID_FIELD_NUMBER: _builtins.int
+    START_MS_FIELD_NUMBER: _builtins.int
+    END_MS_FIELD_NUMBER: _builtins.int
+    DURATION_MS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    segment_id: _builtins.int
+    start_ms: _builtins.int
+    end_ms: _builtins.int
+    duration_ms: _builtins.int
+    reason: Global___SpeechEndReason.ValueType
+    def __init__(
+        self,
+        *,
+        segment_id: _builtins.int = ...,
+        start_ms: _builtins.int = ...,
+        end_ms: _builtins.int = ...,
+        duration_ms: _builtins.int = ...,
+        reason: Global___SpeechEndReason.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration_ms", b"duration_ms", "end_ms", b"end_ms", "reason", b"reason", "segment_id", b"segment_id", "start_ms", b"start_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpeechEnded: _TypeAlias = SpeechEnded  # noqa: Y015
+
+@_typing.final
+class StreamAudioRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    SAMPLE_RATE_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    mode: Global___AudioMode.ValueType
+    sample_rate: _builtins.int
+    """8000, 16000, 24000, 32000 or 48000; 0 means the server's --vad-sample-rate."""
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        mode: Global___AudioMode.ValueType = ...,
+        sample_rate: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mode", b"mode", "sample_rate", b"sample_rate", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamAudioRequest: _TypeAlias = StreamAudioRequest  # noqa: Y015
+
+@_typing.final
+class AudioChunk(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    AUDIO_FIELD_NUMBER: _builtins.int
+    SEGMENT_START_FIELD_NUMBER: _builtins.int
+    SEGMENT_END_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    sequence: _builtins.int
+    """Increases by one per message of this stream."""
+    @_builtins.property
+    def audio(self) -> Global___PcmAudio: ...
+    @_builtins.property
+    def segment_start(self) -> Global___SegmentStart: ...
+    @_builtins.property
+    def segment_end(self) -> Global___SegmentEnd: ...
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        sequence: _builtins.int = ...,
+        audio: Global___PcmAudio | None = ...,
+        segment_start: Global___SegmentStart | None = ...,
+        segment_end: Global___SegmentEnd | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "payload", b"payload", "segment_end", b"segment_end", "segment_start", b"segment_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "payload", b"payload", "segment_end", b"segment_end", "segment_start", b"segment_start", "sequence", b"sequence", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["audio", "segment_start", "segment_end"]  # noqa: Y015
+    _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
+
+Global___AudioChunk: _TypeAlias = AudioChunk  # noqa: Y015
+
+@_typing.final
+class PcmAudio(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PCM_FIELD_NUMBER: _builtins.int
+    SAMPLE_RATE_FIELD_NUMBER: _builtins.int
+    OFFSET_MS_FIELD_NUMBER: _builtins.int
+    DURATION_MS_FIELD_NUMBER: _builtins.int
+    SEGMENT_ID_FIELD_NUMBER: _builtins.int
+    VOICED_FIELD_NUMBER: _builtins.int
+    DROPPED_MS_FIELD_NUMBER: _builtins.int
+    pcm: _builtins.bytes
+    """16-bit little-endian mono samples."""
+    sample_rate: _builtins.int
+    offset_ms: _builtins.int
+    """Media offset of the first sample on the session's audio clock."""
+    duration_ms: _builtins.int
+    segment_id: _builtins.int
+    """The speech segment this audio belongs to; 0 outside segments (ALL mode)."""
+    voiced: _builtins.bool
+    """Whether the VAD classified this audio as speech."""
+    dropped_ms: _builtins.int
+    """Milliseconds of audio this subscriber lost, just before this chunk,
+    because it read too slowly. 0 when nothing was lost.
+    """
+    def __init__(
+        self,
+        *,
+        pcm: _builtins.bytes = ...,
+        sample_rate: _builtins.int = ...,
+        offset_ms: _builtins.int = ...,
+        duration_ms: _builtins.int = ...,
+        segment_id: _builtins.int = ...,
+        voiced: _builtins.bool = ...,
+        dropped_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped_ms", b"dropped_ms", "duration_ms", b"duration_ms", "offset_ms", b"offset_ms", "pcm", b"pcm", "sample_rate", b"sample_rate", "segment_id", b"segment_id", "voiced", b"voiced"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PcmAudio: _TypeAlias = PcmAudio  # noqa: Y015
+
+@_typing.final
+class SegmentStart(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEGMENT_ID_FIELD_NUMBER: _builtins.int
+    START_MS_FIELD_NUMBER: _builtins.int
+    AUDIO_START_MS_FIELD_NUMBER: _builtins.int
+    segment_id: _builtins.int
+    start_ms: _builtins.int
+    audio_start_ms: _builtins.int
+    """Where the segment's audio begins: start_ms minus the pre-roll."""
+    def __init__(
+        self,
+        *,
+        segment_id: _builtins.int = ...,
+        start_ms: _builtins.int = ...,
+        audio_start_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_start_ms", b"audio_start_ms", "segment_id", b"segment_id", "start_ms", b"start_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SegmentStart: _TypeAlias = SegmentStart  # noqa: Y015
+
+@_typing.final
+class SegmentEnd(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEGMENT_ID_FIELD_NUMBER: _builtins.int
+    START_MS_FIELD_NUMBER: _builtins.int
+    END_MS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    segment_id: _builtins.int
+    start_ms: _builtins.int
+    end_ms: _builtins.int
+    reason: Global___SpeechEndReason.ValueType
+    def __init__(
+        self,
+        *,
+        segment_id: _builtins.int = ...,
+        start_ms: _builtins.int = ...,
+        end_ms: _builtins.int = ...,
+        reason: Global___SpeechEndReason.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_ms", b"end_ms", "reason", b"reason", "segment_id", b"segment_id", "start_ms", b"start_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SegmentEnd: _TypeAlias = SegmentEnd  # noqa: Y015

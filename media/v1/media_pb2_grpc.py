@@ -74,6 +74,11 @@ class MediaServiceStub:
                 request_serializer=media_dot_v1_dot_media__pb2.WatchSessionsRequest.SerializeToString,
                 response_deserializer=media_dot_v1_dot_media__pb2.SessionEvent.FromString,
                 _registered_method=True)
+        self.StreamAudio = channel.unary_stream(
+                '/media.v1.MediaService/StreamAudio',
+                request_serializer=media_dot_v1_dot_media__pb2.StreamAudioRequest.SerializeToString,
+                response_deserializer=media_dot_v1_dot_media__pb2.AudioChunk.FromString,
+                _registered_method=True)
 
 
 class MediaServiceServicer:
@@ -138,6 +143,15 @@ class MediaServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamAudio(self, request, context):
+        """The data plane: 16-bit little-endian mono PCM of what the user says while
+        the session is listening. Open across Start/StopListening; completes with
+        OK when the session closes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MediaServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -180,6 +194,11 @@ def add_MediaServiceServicer_to_server(servicer, server):
                     servicer.WatchSessions,
                     request_deserializer=media_dot_v1_dot_media__pb2.WatchSessionsRequest.FromString,
                     response_serializer=media_dot_v1_dot_media__pb2.SessionEvent.SerializeToString,
+            ),
+            'StreamAudio': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamAudio,
+                    request_deserializer=media_dot_v1_dot_media__pb2.StreamAudioRequest.FromString,
+                    response_serializer=media_dot_v1_dot_media__pb2.AudioChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -398,6 +417,33 @@ class MediaService:
             '/media.v1.MediaService/WatchSessions',
             media_dot_v1_dot_media__pb2.WatchSessionsRequest.SerializeToString,
             media_dot_v1_dot_media__pb2.SessionEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamAudio(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/media.v1.MediaService/StreamAudio',
+            media_dot_v1_dot_media__pb2.StreamAudioRequest.SerializeToString,
+            media_dot_v1_dot_media__pb2.AudioChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -57,6 +57,11 @@ class MediaServiceStub:
     """The same for every session: a snapshot of each live session, then every
     event of every session, including sessions created later.
     """
+    StreamAudio: _grpc.UnaryStreamMultiCallable[_media_pb2.StreamAudioRequest, _media_pb2.AudioChunk]
+    """The data plane: 16-bit little-endian mono PCM of what the user says while
+    the session is listening. Open across Start/StopListening; completes with
+    OK when the session closes.
+    """
 
 @_typing.type_check_only
 class MediaServiceAsyncStub(MediaServiceStub):
@@ -83,6 +88,11 @@ class MediaServiceAsyncStub(MediaServiceStub):
     WatchSessions: _aio.UnaryStreamMultiCallable[_media_pb2.WatchSessionsRequest, _media_pb2.SessionEvent]  # type: ignore[assignment]
     """The same for every session: a snapshot of each live session, then every
     event of every session, including sessions created later.
+    """
+    StreamAudio: _aio.UnaryStreamMultiCallable[_media_pb2.StreamAudioRequest, _media_pb2.AudioChunk]  # type: ignore[assignment]
+    """The data plane: 16-bit little-endian mono PCM of what the user says while
+    the session is listening. Open across Start/StopListening; completes with
+    OK when the session closes.
     """
 
 class MediaServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -155,6 +165,17 @@ class MediaServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_media_pb2.SessionEvent], _abc.AsyncIterator[_media_pb2.SessionEvent]]:
         """The same for every session: a snapshot of each live session, then every
         event of every session, including sessions created later.
+        """
+
+    @_abc_1.abstractmethod
+    def StreamAudio(
+        self,
+        request: _media_pb2.StreamAudioRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_media_pb2.AudioChunk], _abc.AsyncIterator[_media_pb2.AudioChunk]]:
+        """The data plane: 16-bit little-endian mono PCM of what the user says while
+        the session is listening. Open across Start/StopListening; completes with
+        OK when the session closes.
         """
 
 def add_MediaServiceServicer_to_server(servicer: MediaServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

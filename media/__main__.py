@@ -1,0 +1,3 @@
+from media.cli import main
+
+raise SystemExit(main())

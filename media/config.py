@@ -1,0 +1,131 @@
+"""Server configuration: a frozen, validated dataclass built from flags and ``HARK_*`` variables."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from urllib.parse import quote, unquote
+
+ICE_SCHEMES = ("stun", "stuns", "turn", "turns")
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range or malformed; the message names the option."""
+
+
+@dataclass(frozen=True, slots=True)
+class IceServer:
+    """A STUN/TURN server given to aiortc and announced in WHIP ``Link`` headers."""
+
+    url: str
+    username: str | None = None
+    credential: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> IceServer:
+        """Parse ``stun:host:port`` or ``turn:user:secret@host:port?transport=udp``."""
+        scheme, sep, rest = text.strip().partition(":")
+        if not sep or scheme.lower() not in ICE_SCHEMES or not rest:
+            raise ConfigError(
+                f"--ice-server {text!r}: expected stun:HOST[:PORT] or "
+                "turn:[USER:CREDENTIAL@]HOST[:PORT][?transport=udp|tcp]"
+            )
+        username = credential = None
+        if "@" in rest:
+            userinfo, rest = rest.rsplit("@", 1)
+            user, colon, secret = userinfo.partition(":")
+            if not colon or not user:
+                raise ConfigError(f"--ice-server: credentials must be USER:CREDENTIAL@ in {scheme}")
+            username, credential = unquote(user), unquote(secret)
+        return cls(f"{scheme.lower()}:{rest}", username, credential)
+
+    def link_header(self) -> str:
+        """RFC 9725 section 4.6 ``Link`` value."""
+        value = f'<{self.url}>; rel="ice-server"'
+        if self.username is not None:
+            value += f'; username="{_quoted(self.username)}"'
+            value += f'; credential="{_quoted(self.credential or "")}"'
+            value += '; credential-type="password"'
+        return value
+
+    def __repr__(self) -> str:
+        hidden = "" if self.credential is None else ", credential=<hidden>"
+        return f"IceServer({self.url!r}, username={self.username!r}{hidden})"
+
+
+def _quoted(text: str) -> str:
+    return quote(text, safe="!#$%&'()*+,-./:;<=>?@[]^_`{|}~ ")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 50051
+    public_url: str | None = None
+    token: str | None = field(default=None, repr=False)
+    ice_servers: tuple[IceServer, ...] = ()
+    ready_timeout: float = 10.0
+    media_timeout: float = 5.0
+    session_ttl: float = 60.0
+    closed_retention: float = 60.0
+    heartbeat_interval: float = 5.0
+    max_sessions: int = 500
+    event_retention: int = 256
+    log_level: str = "INFO"
+    log_format: str = "text"
+
+    def __post_init__(self) -> None:
+        for name in ("http_port", "grpc_port"):
+            port = getattr(self, name)
+            if not 0 <= port <= 65535:
+                raise ConfigError(f"--{_flag(name)} must be 0..65535, got {port}")
+        for name in (
+            "ready_timeout",
+            "media_timeout",
+            "session_ttl",
+            "heartbeat_interval",
+        ):
+            value = getattr(self, name)
+            if not 0 < value <= 86400:
+                raise ConfigError(f"--{_flag(name)} must be > 0 and <= 86400 s, got {value}")
+        if not 0 <= self.closed_retention <= 86400:
+            raise ConfigError(f"--closed-retention must be 0..86400 s, got {self.closed_retention}")
+        if self.max_sessions < 1:
+            raise ConfigError(f"--max-sessions must be >= 1, got {self.max_sessions}")
+        if self.event_retention < 16:
+            raise ConfigError(f"--event-retention must be >= 16, got {self.event_retention}")
+        if self.token is not None and len(self.token) < 8:
+            raise ConfigError("--token must be at least 8 characters")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError(
+                f"--log-level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level}"
+            )
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"--log-format must be text or json, got {self.log_format}")
+        if self.public_url is not None and not self.public_url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"--public-url must start with http:// or https://, got {self.public_url}"
+            )
+
+    def base_url(self, bound_http_port: int) -> str:
+        """Where clients reach the HTTP surface: ``--public-url`` or the bound address."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        return f"http://{_url_host(self.http_host)}:{bound_http_port}"
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    try:
+        if ipaddress.ip_address(host).version == 6:
+            return f"[{host}]"
+    except ValueError:
+        pass
+    return host

@@ -1,0 +1,137 @@
+"""What the WHIP and WHEP handlers share: error translation, CORS, bearer tokens, SDP bodies."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+from aiohttp import web
+
+from media.errors import (
+    CapacityExceeded,
+    Draining,
+    HarkError,
+    IceRestartUnsupported,
+    InvalidRequest,
+    OfferTooLarge,
+    SessionClosed,
+    SessionConflict,
+    SessionNotFound,
+    StaleEtag,
+    Unauthorized,
+    UnsupportedContentType,
+    UnsupportedOffer,
+)
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY_BYTES: Final = 64 * 1024
+EXPOSED_HEADERS: Final = (
+    "Location, ETag, Link, Accept-Post, Accept-Patch, Retry-After, WWW-Authenticate"
+)
+ALLOWED_HEADERS: Final = "Authorization, Content-Type, If-Match, Last-Event-ID"
+ALLOWED_METHODS: Final = "GET, POST, PATCH, DELETE, OPTIONS"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_STATUS: Final[list[tuple[type[HarkError], int]]] = [
+    (Unauthorized, 401),
+    (SessionNotFound, 404),
+    (SessionClosed, 404),
+    (SessionConflict, 409),
+    (StaleEtag, 412),
+    (OfferTooLarge, 413),
+    (UnsupportedContentType, 415),
+    (UnsupportedOffer, 422),
+    (IceRestartUnsupported, 422),
+    (InvalidRequest, 400),
+    (CapacityExceeded, 503),
+    (Draining, 503),
+]
+
+
+def status_for(exc: HarkError) -> int:
+    for kind, status in _STATUS:
+        if isinstance(exc, kind):
+            return status
+    return 400
+
+
+def error_response(exc: HarkError) -> web.Response:
+    status = status_for(exc)
+    response = web.Response(status=status, text=f"{exc}\n", content_type="text/plain")
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="hark"'
+    if isinstance(exc, CapacityExceeded):
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+    elif isinstance(exc, Draining):
+        response.headers["Retry-After"] = "5"
+    return response
+
+
+def make_middlewares(cors_origin: str) -> list[Callable[..., Awaitable[web.StreamResponse]]]:
+    @web.middleware
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except HarkError as exc:
+            logger.info("%s %s -> %d: %s", request.method, request.path, status_for(exc), exc)
+            return error_response(exc)
+
+    @web.middleware
+    async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            response = exc
+        response.headers["Access-Control-Allow-Origin"] = cors_origin
+        response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
+        if cors_origin != "*":
+            response.headers["Vary"] = "Origin"
+        if isinstance(response, web.HTTPException):
+            raise response
+        return response
+
+    return [cors, errors]
+
+
+def preflight(accept_post: str | None = None) -> web.Response:
+    response = web.Response(status=204)
+    response.headers["Access-Control-Allow-Methods"] = ALLOWED_METHODS
+    response.headers["Access-Control-Allow-Headers"] = ALLOWED_HEADERS
+    response.headers["Access-Control-Max-Age"] = "86400"
+    if accept_post:
+        response.headers["Accept-Post"] = accept_post
+    return response
+
+
+def bearer_token(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def require_content_type(request: web.Request, expected: str) -> None:
+    if request.content_type != expected:
+        given = request.headers.get("Content-Type") or "none"
+        raise UnsupportedContentType(f"Content-Type must be {expected}, got {given}")
+
+
+async def read_text_body(request: web.Request, what: str) -> str:
+    """The body as UTF-8 text, refusing more than 64 KiB before reading it all."""
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise OfferTooLarge(
+            f"{what} is {request.content_length} bytes; the limit is {MAX_BODY_BYTES}"
+        )
+    body = await request.content.read(MAX_BODY_BYTES + 1)
+    if len(body) > MAX_BODY_BYTES:
+        raise OfferTooLarge(f"{what} is over the limit of {MAX_BODY_BYTES} bytes")
+    if not body.strip():
+        raise InvalidRequest(f"{what} is empty")
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"{what} is not UTF-8 text (byte {exc.start})") from exc

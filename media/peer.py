@@ -1,0 +1,165 @@
+"""aiortc glue: one RTCPeerConnection per publisher, the tasks it needs, and an idempotent close."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Any, Final, Protocol
+
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCSessionDescription,
+)
+from aiortc.sdp import candidate_from_sdp
+
+from media.audio import AudioConsumer
+from media.config import IceServer
+from media.errors import InvalidOffer, InvalidTrickle, UnsupportedOffer
+from media.sdp import TrickleCandidate
+
+logger = logging.getLogger(__name__)
+
+MEDIA_POLL_INTERVAL_S: Final = 0.5
+
+
+class PeerEvents(Protocol):
+    """What a peer reports, by session id."""
+
+    def transport_connected(self, session_id: str) -> None: ...
+
+    def transport_failed(self, session_id: str, detail: str) -> None: ...
+
+    def internal_error(self, session_id: str, detail: str) -> None: ...
+
+    def media_received(self, session_id: str) -> None: ...
+
+    def audio_decoded(self, session_id: str) -> None: ...
+
+
+def rtc_configuration(ice_servers: Sequence[IceServer]) -> RTCConfiguration:
+    return RTCConfiguration(
+        iceServers=[RTCIceServer(s.url, s.username, s.credential) for s in ice_servers]
+    )
+
+
+class PublisherPeer:
+    """Receives one publisher's audio. Owns its peer connection and tasks; ``close()`` ends both."""
+
+    def __init__(
+        self, session_id: str, events: PeerEvents, ice_servers: Sequence[IceServer] = ()
+    ) -> None:
+        self.session_id = session_id
+        self._events = events
+        self._pc = RTCPeerConnection(rtc_configuration(ice_servers))
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.remote_ice: tuple[str, str | None] = ("", None)
+        self._closed = False
+        self._close_done: asyncio.Future[None] | None = None
+        self._pc.on("connectionstatechange", self._on_connection_state)
+        self._pc.on("track", self._on_track)
+
+    async def negotiate(self, offer_sdp: str) -> str:
+        """Apply the offer and return the answer: audio ``recvonly`` with Opus, other media off."""
+        try:
+            await self._pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+        except ValueError as exc:
+            raise InvalidOffer(f"SDP offer rejected: {exc}") from exc
+        capabilities = RTCRtpReceiver.getCapabilities("audio")
+        assert capabilities is not None
+        opus = [c for c in capabilities.codecs if c.name == "opus"]
+        audio = 0
+        for transceiver in self._pc.getTransceivers():
+            if transceiver.kind == "audio" and audio == 0:
+                transceiver.direction = "recvonly"
+                transceiver.setCodecPreferences(opus)
+                audio += 1
+            else:
+                transceiver.direction = "inactive"
+        if audio == 0:
+            raise UnsupportedOffer("offer has no audio m-line")
+        answer = await self._pc.createAnswer()
+        await self._pc.setLocalDescription(answer)
+        return str(self._pc.localDescription.sdp)
+
+    async def add_candidates(self, candidates: Sequence[TrickleCandidate], end: bool) -> None:
+        for trickled in candidates:
+            try:
+                candidate = candidate_from_sdp(trickled.candidate.removeprefix("candidate:"))
+            except (ValueError, IndexError) as exc:
+                raise InvalidTrickle(f"unusable candidate {trickled.candidate!r}: {exc}") from exc
+            candidate.sdpMid = trickled.mid
+            candidate.sdpMLineIndex = trickled.mline_index
+            await self._pc.addIceCandidate(candidate)
+        if end:
+            await self._pc.addIceCandidate(None)
+
+    async def close(self) -> None:
+        """Stop the tasks and the peer connection. Safe to call more than once, concurrently."""
+        if self._close_done is not None:
+            await asyncio.shield(self._close_done)
+            return
+        self._close_done = asyncio.get_running_loop().create_future()
+        self._closed = True
+        try:
+            for task in self._tasks:
+                task.cancel()
+            for task in list(self._tasks):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await self._pc.close()
+            logger.debug("session %s: peer connection closed", self.session_id)
+        finally:
+            self._close_done.set_result(None)
+
+    def _start(self, coro: Any, name: str) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            logger.error("session %s: %s failed", self.session_id, task.get_name(), exc_info=exc)
+            self._events.internal_error(self.session_id, f"internal error in {task.get_name()}")
+
+    def _on_connection_state(self) -> None:
+        state = self._pc.connectionState
+        logger.debug("session %s: connection %s", self.session_id, state)
+        if self._closed:
+            return
+        if state == "connected":
+            self._events.transport_connected(self.session_id)
+        elif state == "failed":
+            self._events.transport_failed(self.session_id, "ICE or DTLS failed")
+
+    def _on_track(self, track: Any) -> None:
+        if (
+            track.kind != "audio"
+            or self._closed
+            or any(t.get_name().startswith("hark-audio") for t in self._tasks)
+        ):
+            return
+        consumer = AudioConsumer(
+            self.session_id, track, lambda _frame: self._events.audio_decoded(self.session_id)
+        )
+        self._start(consumer.run(), f"hark-audio-{self.session_id}")
+        receiver = next(t.receiver for t in self._pc.getTransceivers() if t.receiver.track is track)
+        self._start(self._watch_packets(receiver), f"hark-rtp-watch-{self.session_id}")
+
+    async def _watch_packets(self, receiver: RTCRtpReceiver) -> None:
+        """Reports RTP arrival: aiortc itself notices a vanished peer only after ~30 s."""
+        last_seen = None
+        while True:
+            await asyncio.sleep(MEDIA_POLL_INTERVAL_S)
+            sources = receiver.getSynchronizationSources()
+            if sources:
+                latest = max(s.timestamp for s in sources)
+                if latest != last_seen:
+                    last_seen = latest
+                    self._events.media_received(self.session_id)

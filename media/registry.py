@@ -1,0 +1,413 @@
+"""Live sessions by id: creation and limits, timeouts, retention of closed sessions, and watchers.
+
+Everything here runs on the event loop and never awaits between reading a session and subscribing
+to it, so a watcher can neither miss nor see twice an event that fires while it is being set up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import secrets
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Final, Protocol
+
+from media.clock import Clock
+from media.errors import (
+    CapacityExceeded,
+    Draining,
+    RevisionOutOfRange,
+    SessionClosed,
+    SessionNotFound,
+    SubscriberTooSlow,
+)
+from media.session import (
+    CloseReason,
+    Origin,
+    Session,
+    SessionEvent,
+    SessionSnapshot,
+    SessionState,
+    StateChanged,
+    Timeouts,
+)
+
+logger = logging.getLogger(__name__)
+
+REAP_INTERVAL_S: Final = 0.2
+WATCHER_QUEUE_LIMIT: Final = 1024
+
+
+class MediaHandle(Protocol):
+    """What the registry needs of a session's media (its peer connection)."""
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotItem:
+    """A watch stream's snapshot message; ``resync`` when replay was impossible."""
+
+    snapshot: SessionSnapshot
+    resync: bool = False
+
+
+WatchItem = SessionEvent | SnapshotItem
+
+
+class _End:
+    """Marks the end of a subscription."""
+
+
+END: Final = _End()
+
+
+class Subscription:
+    """One watcher's ordered queue of events."""
+
+    def __init__(self, limit: int = WATCHER_QUEUE_LIMIT) -> None:
+        self._queue: deque[SessionEvent] = deque()
+        self._limit = limit
+        self._wake = asyncio.Event()
+        self._finished = False
+        self._overflowed = False
+        self.delivered_revision = 0
+
+    def push(self, event: SessionEvent) -> None:
+        if self._overflowed or self._finished:
+            return
+        if len(self._queue) >= self._limit:
+            self._overflowed = True
+        else:
+            self._queue.append(event)
+        self._wake.set()
+
+    def finish(self) -> None:
+        self._finished = True
+        self._wake.set()
+
+    async def get(self, timeout: float) -> SessionEvent | _End | None:
+        """The next event; ``None`` after ``timeout`` idle seconds; ``END`` once finished."""
+        while not self._queue:
+            if self._overflowed:
+                raise SubscriberTooSlow(
+                    f"watcher fell more than {self._limit} events behind; reconnect with "
+                    f"since_revision={self.delivered_revision} to resume"
+                )
+            if self._finished:
+                return END
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                return None
+        event = self._queue.popleft()
+        self.delivered_revision = event.revision
+        return event
+
+
+@dataclass(eq=False)
+class Entry:
+    """A session and what the server keeps beside it."""
+
+    session: Session
+    token: str | None = field(default=None, repr=False)
+    media: MediaHandle | None = None
+    etag: str = ""
+    watchers: set[Subscription] = field(default_factory=set)
+
+
+def new_session_id() -> str:
+    """144 random bits, URL-safe."""
+    return secrets.token_urlsafe(18)
+
+
+def tokens_match(given: str | None, expected: str | None) -> bool:
+    if given is None or expected is None:
+        return False
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+class Registry:
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        timeouts: Timeouts,
+        closed_retention: float,
+        max_sessions: int,
+        event_retention: int = 256,
+    ) -> None:
+        self.clock = clock
+        self.timeouts = timeouts
+        self.closed_retention = closed_retention
+        self.max_sessions = max_sessions
+        self.event_retention = event_retention
+        self.observers: list[Callable[[SessionEvent], None]] = []
+        self._entries: dict[str, Entry] = {}
+        self._global_watchers: set[Subscription] = set()
+        self._media_closing: set[asyncio.Task[None]] = set()
+        self._reaper: asyncio.Task[None] | None = None
+        self._draining = False
+
+    # lifecycle
+
+    def start(self) -> None:
+        if self._reaper is None:
+            self._reaper = asyncio.create_task(self._reap_forever(), name="hark-registry-reaper")
+
+    def drain(self) -> None:
+        """Take no new sessions from now on."""
+        self._draining = True
+
+    async def shutdown(self) -> None:
+        """Close every session with SHUTDOWN, end every watcher, close all media."""
+        self._draining = True
+        for entry in list(self._entries.values()):
+            self.close(entry.session.id, CloseReason.SHUTDOWN, "server shutting down")
+        for sub in self._global_watchers:
+            sub.finish()
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+            self._reaper = None
+        while self._media_closing:
+            await asyncio.gather(*self._media_closing, return_exceptions=True)
+
+    # sessions
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def live_count(self) -> int:
+        return sum(1 for e in self._entries.values() if not e.session.closed)
+
+    def check_capacity(self) -> None:
+        if self._draining:
+            raise Draining("server is draining and takes no new sessions")
+        live = self.live_count()
+        if live >= self.max_sessions:
+            raise CapacityExceeded(
+                f"at capacity: {live} live sessions (--max-sessions {self.max_sessions})",
+                retry_after_s=2,
+            )
+
+    def create(
+        self,
+        origin: Origin,
+        *,
+        session_id: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        ttl: float | None = None,
+        with_token: bool = False,
+    ) -> Entry:
+        self.check_capacity()
+        sid = session_id or new_session_id()
+        timeouts = self.timeouts
+        if ttl:
+            timeouts = Timeouts(timeouts.ready, timeouts.media, ttl)
+        session = Session(
+            sid,
+            origin,
+            self.clock.now(),
+            timeouts=timeouts,
+            metadata=metadata,
+            retain_events=self.event_retention,
+        )
+        entry = Entry(session, token=secrets.token_urlsafe(24) if with_token else None)
+        self._entries[sid] = entry
+        logger.info("session %s: created (%s)", sid, origin.name)
+        self._publish(entry, session.events_after(0) or [])
+        return entry
+
+    def lookup(self, session_id: str) -> Entry:
+        entry = self._entries.get(session_id)
+        if entry is None:
+            raise SessionNotFound(session_id)
+        return entry
+
+    def lookup_open(self, session_id: str) -> Entry:
+        entry = self.lookup(session_id)
+        session = entry.session
+        if session.closed:
+            assert session.close_reason is not None
+            raise SessionClosed(session_id, session.close_reason.name, session.close_detail)
+        return entry
+
+    def entries(self) -> Iterable[Entry]:
+        return self._entries.values()
+
+    def attach_publisher(self, entry: Entry, media: MediaHandle, etag: str) -> None:
+        events = entry.session.publisher_attached(self.clock.now())
+        entry.media = media
+        entry.etag = etag
+        self._publish(entry, events)
+
+    def transport_connected(self, session_id: str) -> None:
+        entry = self._entries.get(session_id)
+        if entry is not None:
+            self._publish(entry, entry.session.transport_connected(self.clock.now()))
+
+    def transport_failed(self, session_id: str, detail: str) -> None:
+        self._close_if_open(session_id, CloseReason.ICE_FAILED, detail)
+
+    def internal_error(self, session_id: str, detail: str) -> None:
+        self._close_if_open(session_id, CloseReason.ERROR, detail)
+
+    def _close_if_open(self, session_id: str, reason: CloseReason, detail: str) -> None:
+        entry = self._entries.get(session_id)
+        if entry is not None and not entry.session.closed:
+            self.close(session_id, reason, detail)
+
+    def media_received(self, session_id: str) -> None:
+        entry = self._entries.get(session_id)
+        if entry is not None:
+            entry.session.media_received(self.clock.now())
+
+    def audio_decoded(self, session_id: str) -> None:
+        entry = self._entries.get(session_id)
+        if entry is not None:
+            events = entry.session.audio_decoded(self.clock.now())
+            if events:
+                self._publish(entry, events)
+
+    def set_listening(self, session_id: str, listening: bool) -> SessionSnapshot:
+        entry = self.lookup(session_id)
+        self._publish(entry, entry.session.set_listening(listening, self.clock.now()))
+        return entry.session.snapshot()
+
+    def close(self, session_id: str, reason: CloseReason, detail: str = "") -> SessionSnapshot:
+        """Close the session (idempotent) and release its media."""
+        entry = self.lookup(session_id)
+        events = entry.session.close(reason, detail, self.clock.now())
+        if events:
+            logger.info("session %s: closed %s %s", session_id, reason.name, detail)
+            self._publish(entry, events)
+            self._release_media(entry)
+        return entry.session.snapshot()
+
+    async def wait_ready(self, session_id: str) -> SessionSnapshot:
+        """Wait until the session is READY; raise SessionClosed if it closes first."""
+        entry = self.lookup(session_id)
+        initial, sub = self.subscribe(session_id, 0)
+        try:
+            while entry.session.state is not SessionState.READY:
+                if entry.session.closed or sub is None:
+                    entry_session = entry.session
+                    assert entry_session.close_reason is not None
+                    raise SessionClosed(
+                        session_id, entry_session.close_reason.name, entry_session.close_detail
+                    )
+                await sub.get(timeout=3600)
+            return entry.session.snapshot()
+        finally:
+            if sub is not None:
+                self.unsubscribe(session_id, sub)
+
+    # watchers
+
+    def subscribe(
+        self, session_id: str, since_revision: int
+    ) -> tuple[list[WatchItem], Subscription | None]:
+        """What to send first, and the subscription for what follows (None if already closed)."""
+        entry = self.lookup(session_id)
+        session = entry.session
+        if since_revision > session.revision:
+            raise RevisionOutOfRange(
+                f"since_revision {since_revision} is ahead of session {session_id!r}, "
+                f"whose latest revision is {session.revision}"
+            )
+        initial: list[WatchItem]
+        if since_revision == 0:
+            initial = [SnapshotItem(session.snapshot())]
+        else:
+            missed = session.events_after(since_revision)
+            initial = (
+                list(missed) if missed is not None else [SnapshotItem(session.snapshot(), True)]
+            )
+        if session.closed:
+            return initial, None
+        sub = Subscription()
+        sub.delivered_revision = session.revision
+        entry.watchers.add(sub)
+        return initial, sub
+
+    def unsubscribe(self, session_id: str, sub: Subscription) -> None:
+        entry = self._entries.get(session_id)
+        if entry is not None:
+            entry.watchers.discard(sub)
+
+    def subscribe_all(self, include_closed: bool) -> tuple[list[WatchItem], Subscription]:
+        initial: list[WatchItem] = [
+            SnapshotItem(e.session.snapshot())
+            for e in self._entries.values()
+            if include_closed or not e.session.closed
+        ]
+        sub = Subscription()
+        if self._draining and not self._entries:
+            sub.finish()
+        self._global_watchers.add(sub)
+        return initial, sub
+
+    def unsubscribe_all(self, sub: Subscription) -> None:
+        self._global_watchers.discard(sub)
+
+    def watcher_count(self) -> int:
+        return len(self._global_watchers) + sum(len(e.watchers) for e in self._entries.values())
+
+    # internals
+
+    def _publish(self, entry: Entry, events: Iterable[SessionEvent]) -> None:
+        for event in events:
+            for sub in entry.watchers:
+                sub.push(event)
+            for sub in self._global_watchers:
+                sub.push(event)
+            for observe in self.observers:
+                observe(event)
+            if isinstance(event.payload, StateChanged):
+                logger.debug(
+                    "session %s: r%d %s", event.session_id, event.revision, event.payload.state.name
+                )
+
+    def _release_media(self, entry: Entry) -> None:
+        media, entry.media = entry.media, None
+        if media is None:
+            return
+        task = asyncio.get_running_loop().create_task(
+            media.close(), name=f"hark-close-media-{entry.session.id}"
+        )
+        self._media_closing.add(task)
+        task.add_done_callback(self._media_closed)
+
+    def _media_closed(self, task: asyncio.Task[None]) -> None:
+        self._media_closing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.warning("closing media failed", exc_info=task.exception())
+
+    def _reap(self) -> None:
+        now = self.clock.now()
+        for sid, entry in list(self._entries.items()):
+            session = entry.session
+            if session.closed:
+                assert session.closed_time is not None
+                if now - session.closed_time >= self.closed_retention:
+                    del self._entries[sid]
+                continue
+            due = session.due_timeout(now)
+            if due is not None:
+                self.close(sid, *due)
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(REAP_INTERVAL_S)
+            try:
+                self._reap()
+            except Exception:
+                logger.exception("registry reaper failed; continuing")

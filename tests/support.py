@@ -1,0 +1,158 @@
+"""Test helpers: a real Hark server on port 0 and a real aiortc WHIP publisher."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import pathlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import grpc
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.contrib.media import MediaPlayer
+
+from media.app import HarkApp
+from media.config import Config
+from media.v1 import media_pb2 as pb
+from media.v1 import media_pb2_grpc
+
+FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+SPEECH = FIXTURES / "speech.ogg"
+
+
+def truth(name: str = "speech.json") -> dict[str, Any]:
+    return json.loads((FIXTURES / name).read_text())  # type: ignore[no-any-return]
+
+
+def test_config(**overrides: Any) -> Config:
+    base = Config(http_port=0, grpc_port=0, heartbeat_interval=1.0)
+    return dataclasses.replace(base, **overrides)
+
+
+@contextlib.asynccontextmanager
+async def running_server(**overrides: Any) -> AsyncIterator[HarkApp]:
+    app = HarkApp(test_config(**overrides))
+    await app.start()
+    try:
+        yield app
+    finally:
+        await app.stop()
+
+
+@contextlib.asynccontextmanager
+async def grpc_stub(
+    app: HarkApp, token: str | None = None
+) -> AsyncIterator[media_pb2_grpc.MediaServiceStub]:
+    async with grpc.aio.insecure_channel(app.grpc_target) as channel:
+        stub = media_pb2_grpc.MediaServiceStub(channel)
+        if token is not None:
+            stub = _AuthStub(stub, token)  # type: ignore[assignment]
+        yield stub
+
+
+class _AuthStub:
+    """Adds the bearer token to every call."""
+
+    def __init__(self, stub: media_pb2_grpc.MediaServiceStub, token: str) -> None:
+        self._stub = stub
+        self._metadata = (("authorization", f"Bearer {token}"),)
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._stub, name)
+
+        def call(request: Any, **kwargs: Any) -> Any:
+            kwargs.setdefault("metadata", self._metadata)
+            return method(request, **kwargs)
+
+        return call
+
+
+@dataclasses.dataclass
+class Publisher:
+    pc: RTCPeerConnection
+    player: MediaPlayer
+    location: str
+    etag: str
+    session_id: str
+    answer: str
+    base_url: str
+    token: str | None
+
+    @property
+    def url(self) -> str:
+        return self.base_url + self.location
+
+    async def delete(self) -> int:
+        async with aiohttp.ClientSession() as http:
+            async with http.delete(self.url, headers=_auth(self.token)) as response:
+                return response.status
+
+    async def vanish(self) -> None:
+        """Stop sending without telling the server."""
+        await self.pc.close()
+        with contextlib.suppress(Exception):
+            if self.player.audio is not None:
+                self.player.audio.stop()
+
+
+def _auth(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+async def publish(
+    base_url: str,
+    path: str = "/whip",
+    *,
+    token: str | None = None,
+    fixture: pathlib.Path = SPEECH,
+) -> Publisher:
+    """Publish ``fixture`` over WHIP without re-encoding it, like a browser would."""
+    player = MediaPlayer(str(fixture), decode=False)
+    pc = RTCPeerConnection()
+    pc.addTransceiver(player.audio, direction="sendonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    headers = {"Content-Type": "application/sdp", **_auth(token)}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(base_url + path, data=pc.localDescription.sdp, headers=headers) as r:
+            body = await r.text()
+            if r.status != 201:
+                await pc.close()
+                raise AssertionError(f"WHIP POST answered {r.status}: {body}")
+            location = r.headers["Location"]
+            etag = r.headers["ETag"]
+    await pc.setRemoteDescription(RTCSessionDescription(body, "answer"))
+    return Publisher(
+        pc=pc,
+        player=player,
+        location=location,
+        etag=etag,
+        session_id=location.rsplit("/", 1)[1],
+        answer=body,
+        base_url=base_url,
+        token=token,
+    )
+
+
+async def next_event(stream: Any, timeout: float = 10.0) -> pb.SessionEvent:
+    """The next non-heartbeat event of a watch stream."""
+    while True:
+        event = await asyncio.wait_for(stream.read(), timeout)
+        if event is grpc.aio.EOF:
+            raise AssertionError("watch stream ended")
+        assert isinstance(event, pb.SessionEvent)
+        if event.WhichOneof("payload") != "heartbeat":
+            return event
+
+
+async def collect_until_closed(stream: Any, timeout: float = 30.0) -> list[pb.SessionEvent]:
+    """Every non-heartbeat event until the stream completes."""
+    events: list[pb.SessionEvent] = []
+    async with asyncio.timeout(timeout):
+        while (event := await stream.read()) is not grpc.aio.EOF:
+            if event.WhichOneof("payload") != "heartbeat":
+                events.append(event)
+    return events

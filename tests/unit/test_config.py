@@ -1,0 +1,82 @@
+"""Configuration: flags, HARK_* variables and validation messages that name the option."""
+
+from __future__ import annotations
+
+import pytest
+
+from media.cli import build_parser, config_from_args
+from media.config import Config, ConfigError, IceServer
+
+
+def parse(argv: list[str]) -> Config:
+    return config_from_args(build_parser().parse_args(["serve", *argv]))
+
+
+def test_defaults_bind_loopback_with_the_documented_ports() -> None:
+    config = parse([])
+    assert (config.http_host, config.http_port) == ("127.0.0.1", 8080)
+    assert (config.grpc_host, config.grpc_port) == ("127.0.0.1", 50051)
+    assert (config.ready_timeout, config.media_timeout) == (10.0, 5.0)
+    assert (config.session_ttl, config.closed_retention, config.heartbeat_interval) == (60, 60, 5)
+    assert config.token is None and config.ice_servers == ()
+
+
+def test_environment_variables_set_defaults_and_flags_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HARK_HTTP_PORT", "9000")
+    monkeypatch.setenv("HARK_MEDIA_TIMEOUT", "2.5")
+    monkeypatch.setenv("HARK_ICE_SERVER", "stun:a.example:3478, stun:b.example:3478")
+    config = parse(["--http-port", "9001"])
+    assert config.http_port == 9001
+    assert config.media_timeout == 2.5
+    assert [s.url for s in config.ice_servers] == ["stun:a.example:3478", "stun:b.example:3478"]
+
+
+def test_ice_server_flags_repeat_and_carry_turn_credentials() -> None:
+    config = parse(
+        ["--ice-server", "stun:stun.example:3478", "--ice-server", "turn:ann:s3cret@t.example:3478"]
+    )
+    stun, turn = config.ice_servers
+    assert stun == IceServer("stun:stun.example:3478")
+    assert turn == IceServer("turn:t.example:3478", "ann", "s3cret")
+    assert turn.link_header() == (
+        '<turn:t.example:3478>; rel="ice-server"; username="ann"; credential="s3cret"; '
+        'credential-type="password"'
+    )
+    assert "s3cret" not in repr(turn)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("http://x", "expected stun:"),
+        ("turn:nopass@h:1", "USER:CREDENTIAL@"),
+        ("stun:", "expected"),
+    ],
+)
+def test_bad_ice_servers_name_the_option(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        IceServer.parse(text)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("http_port", 70000, "--http-port must be 0..65535"),
+        ("media_timeout", 0, "--media-timeout must be > 0"),
+        ("log_format", "xml", "--log-format must be text or json"),
+        ("token", "short", "--token must be at least 8"),
+        ("public_url", "example.com", "--public-url must start with http"),
+    ],
+)
+def test_invalid_values_name_the_option(field: str, value: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Config(**{field: value})  # type: ignore[arg-type]
+
+
+def test_the_token_never_shows_in_the_config_repr() -> None:
+    assert "hunter2hunter2" not in repr(Config(token="hunter2hunter2"))
+
+
+def test_public_url_defaults_to_the_bound_address() -> None:
+    assert Config(http_host="0.0.0.0").base_url(8123) == "http://127.0.0.1:8123"
+    assert Config(public_url="https://hark.example/").base_url(8123) == "https://hark.example"
