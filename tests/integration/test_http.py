@@ -64,7 +64,8 @@ async def test_bad_trickle_requests_on_a_live_session() -> None:
                 if line.startswith("a=ice-ufrag:")
             )
             candidate = "a=candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host"
-            good = f"a=ice-ufrag:{ufrag}\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n{candidate}\r\n"
+            mline = "m=audio 9 UDP/TLS/RTP/SAVPF 111"
+            good = f"a=ice-ufrag:{ufrag}\r\n{mline}\r\na=mid:0\r\n{candidate}\r\n"
             cases = [
                 ({"Content-Type": "application/sdp"}, good, 415, "trickle-ice-sdpfrag"),
                 ({**TRICKLE, "If-Match": '"stale"'}, good, 412, "If-Match"),
