@@ -35,6 +35,7 @@ class HarkApp:
             closed_retention=config.closed_retention,
             max_sessions=config.max_sessions,
             event_retention=config.event_retention,
+            speech=config.speech_settings(),
         )
         self.http_port = 0
         self.grpc_port = 0

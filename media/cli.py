@@ -20,6 +20,21 @@ logger = logging.getLogger("media")
 
 ENV_PREFIX = "HARK_"
 
+VAD_OPTIONS: list[tuple[str, Callable[[str], Any], str]] = [
+    ("vad-sample-rate", int, "VAD and StreamAudio rate: 8000, 16000, 32000 or 48000 Hz"),
+    ("vad-frame-ms", int, "VAD frame: 10, 20 or 30 ms"),
+    ("vad-aggressiveness", int, "webrtcvad aggressiveness 0..3"),
+    ("vad-start-window-ms", int, "speech starts when start-ratio of this window is voiced"),
+    ("vad-start-ratio", float, "voiced share of the start window that starts speech"),
+    ("vad-end-silence-ms", int, "speech ends after this much mostly-unvoiced audio"),
+    ("vad-end-ratio", float, "unvoiced share of end-silence that ends speech"),
+    ("vad-pre-roll-ms", int, "audio before the start that belongs to a segment"),
+    ("vad-min-speech-ms", int, "shorter bursts are discarded"),
+    ("vad-max-segment-ms", int, "longer speech is split"),
+    ("pre-listen-ms", int, "audio kept while not listening, replayed when listening starts"),
+    ("audio-queue-ms", int, "StreamAudio queue per subscriber; the oldest audio is dropped"),
+]
+
 
 def _env(name: str) -> str | None:
     return os.environ.get(ENV_PREFIX + name.upper().replace("-", "_"))
@@ -89,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
         "idle seconds per heartbeat",
     )
     _option(serve, "max-sessions", int, defaults.max_sessions, "live sessions at most")
+    for name, kind, help_text in VAD_OPTIONS:
+        _option(serve, name, kind, getattr(defaults, name.replace("-", "_")), help_text)
     _option(serve, "log-level", str, defaults.log_level, "DEBUG, INFO, WARNING or ERROR")
     _option(serve, "log-format", str, defaults.log_format, "text or json")
     return parser
@@ -110,6 +127,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
         closed_retention=args.closed_retention,
         heartbeat_interval=args.heartbeat_interval,
         max_sessions=args.max_sessions,
+        **{
+            name.replace("-", "_"): getattr(args, name.replace("-", "_"))
+            for name, _, _ in VAD_OPTIONS
+        },
         log_level=args.log_level.upper(),
         log_format=args.log_format,
     )

@@ -6,6 +6,10 @@ import ipaddress
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote
 
+from media.errors import InvalidRequest
+from media.speech import SpeechSettings
+from media.vad import SegmenterConfig
+
 ICE_SCHEMES = ("stun", "stuns", "turn", "turns")
 
 
@@ -73,6 +77,18 @@ class Config:
     heartbeat_interval: float = 5.0
     max_sessions: int = 500
     event_retention: int = 256
+    vad_sample_rate: int = 16000
+    vad_frame_ms: int = 20
+    vad_aggressiveness: int = 2
+    vad_start_window_ms: int = 100
+    vad_start_ratio: float = 0.75
+    vad_end_silence_ms: int = 500
+    vad_end_ratio: float = 0.9
+    vad_pre_roll_ms: int = 300
+    vad_min_speech_ms: int = 100
+    vad_max_segment_ms: int = 30000
+    pre_listen_ms: int = 500
+    audio_queue_ms: int = 2000
     log_level: str = "INFO"
     log_format: str = "text"
 
@@ -104,10 +120,38 @@ class Config:
             )
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"--log-format must be text or json, got {self.log_format}")
+        self.speech_settings()
         if self.public_url is not None and not self.public_url.startswith(("http://", "https://")):
             raise ConfigError(
                 f"--public-url must start with http:// or https://, got {self.public_url}"
             )
+
+    def speech_settings(self) -> SpeechSettings:
+        """The audio pipeline's server-wide defaults (``ConfigError`` names a bad option)."""
+        try:
+            segmenter = SegmenterConfig(
+                frame_ms=self.vad_frame_ms,
+                start_window_ms=self.vad_start_window_ms,
+                start_ratio=self.vad_start_ratio,
+                end_silence_ms=self.vad_end_silence_ms,
+                end_ratio=self.vad_end_ratio,
+                pre_roll_ms=self.vad_pre_roll_ms,
+                min_speech_ms=self.vad_min_speech_ms,
+                max_segment_ms=self.vad_max_segment_ms,
+            )
+            return SpeechSettings(
+                sample_rate=self.vad_sample_rate,
+                aggressiveness=self.vad_aggressiveness,
+                segmenter=segmenter,
+                pre_listen_ms=self.pre_listen_ms,
+                subscriber_queue_ms=self.audio_queue_ms,
+            )
+        except InvalidRequest as exc:
+            name = str(exc).split(" ", 1)[0]
+            flag = {"subscriber_queue_ms": "audio-queue-ms", "pre_listen_ms": "pre-listen-ms"}.get(
+                name, "vad-" + name.replace("_", "-")
+            )
+            raise ConfigError(f"--{flag}: {exc}") from exc
 
     def base_url(self, bound_http_port: int) -> str:
         """Where clients reach the HTTP surface: ``--public-url`` or the bound address."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -32,8 +33,17 @@ from media.session import (
     SessionState,
     StateChanged,
 )
+from media.speech import (
+    STREAM_ENDED,
+    Audio,
+    AudioMode,
+    SegmentEnd,
+    SegmentStart,
+    StreamItem,
+)
 from media.v1 import media_pb2 as pb
 from media.v1 import media_pb2_grpc
+from media.vad import SegmenterConfig, SpeechEnded, SpeechStarted
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +52,16 @@ MAX_METADATA_ENTRIES: Final = 64
 MAX_METADATA_KEY: Final = 128
 MAX_METADATA_VALUE: Final = 1024
 MAX_TTL_S: Final = 86400.0
+STREAM_SAMPLE_RATES: Final = (8000, 16000, 24000, 32000, 48000)
+VAD_OVERRIDES: Final = (
+    "start_window_ms",
+    "start_ratio",
+    "end_silence_ms",
+    "end_ratio",
+    "pre_roll_ms",
+    "min_speech_ms",
+    "max_segment_ms",
+)
 
 _CODES: Final[list[tuple[type[HarkError], grpc.StatusCode]]] = [
     (SessionNotFound, grpc.StatusCode.NOT_FOUND),
@@ -145,7 +165,75 @@ def event_pb(item: WatchItem, whip_url: str) -> pb.SessionEvent:
         )
     elif isinstance(payload, ListeningChanged):
         message.listening_changed.CopyFrom(pb.ListeningChanged(listening=payload.listening))
+    elif isinstance(payload, SpeechStarted):
+        message.speech_started.CopyFrom(
+            pb.SpeechStarted(segment_id=payload.segment_id, start_ms=payload.start_ms)
+        )
+    elif isinstance(payload, SpeechEnded):
+        message.speech_ended.CopyFrom(
+            pb.SpeechEnded(
+                segment_id=payload.segment_id,
+                start_ms=payload.start_ms,
+                end_ms=payload.end_ms,
+                duration_ms=payload.duration_ms,
+                reason=int(payload.reason),  # type: ignore[arg-type]
+            )
+        )
     return message
+
+
+def chunk_pb(session_id: str, sequence: int, item: StreamItem) -> pb.AudioChunk:
+    chunk = pb.AudioChunk(session_id=session_id, sequence=sequence)
+    if isinstance(item, Audio):
+        chunk.audio.CopyFrom(
+            pb.PcmAudio(
+                pcm=item.pcm,
+                sample_rate=item.sample_rate,
+                offset_ms=item.offset_ms,
+                duration_ms=item.duration_ms,
+                segment_id=item.segment_id,
+                voiced=item.voiced,
+                dropped_ms=item.dropped_ms,
+            )
+        )
+    elif isinstance(item, SegmentStart):
+        chunk.segment_start.CopyFrom(
+            pb.SegmentStart(
+                segment_id=item.segment_id,
+                start_ms=item.start_ms,
+                audio_start_ms=item.audio_start_ms,
+            )
+        )
+    elif isinstance(item, SegmentEnd):
+        chunk.segment_end.CopyFrom(
+            pb.SegmentEnd(
+                segment_id=item.segment_id,
+                start_ms=item.start_ms,
+                end_ms=item.end_ms,
+                reason=int(item.reason),  # type: ignore[arg-type]
+            )
+        )
+    return chunk
+
+
+def vad_overrides(
+    options: pb.VadOptions, defaults: SegmenterConfig
+) -> tuple[SegmenterConfig | None, int | None]:
+    """The segmenter config and aggressiveness a StartListening asks for (None: the defaults)."""
+    aggressiveness = None
+    if options.HasField("aggressiveness"):
+        aggressiveness = options.aggressiveness
+        if aggressiveness > 3:
+            raise InvalidRequest(
+                f"vad.aggressiveness must be between 0 and 3, got {aggressiveness}"
+            )
+    changes = {name: getattr(options, name) for name in VAD_OVERRIDES if options.HasField(name)}
+    if not changes:
+        return None, aggressiveness
+    try:
+        return dataclasses.replace(defaults, **changes), aggressiveness
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"vad.{exc}") from exc
 
 
 def is_closed_event(event: SessionEvent) -> bool:
@@ -234,6 +322,7 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
     ) -> pb.Session:
         session_id = _session_id(request)
         session = self._registry.lookup(session_id).session
+        segmenter, aggressiveness = vad_overrides(request.vad, self._registry.speech.segmenter)
         if request.wait_for_ready and session.state is not SessionState.READY:
             remaining = context.time_remaining()
             timeout = None if remaining is None else max(0.0, remaining - 0.05)
@@ -245,13 +334,13 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
                     f"session {session_id!r} is still {session.state.name}, not READY, "
                     "at the call's deadline",
                 )
-        return self._pb(self._registry.set_listening(session_id, True))
+        return self._pb(self._registry.start_listening(session_id, segmenter, aggressiveness))
 
     @unary
     async def StopListening(
         self, request: pb.StopListeningRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.Session:
-        return self._pb(self._registry.set_listening(_session_id(request), False))
+        return self._pb(self._registry.stop_listening(_session_id(request)))
 
     @streaming
     async def WatchSession(
@@ -300,6 +389,30 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
                 yield event_pb(event, self.whip_url(event.session_id))
         finally:
             self._registry.unsubscribe_all(sub)
+
+    @streaming
+    async def StreamAudio(
+        self, request: pb.StreamAudioRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.AudioChunk]:
+        session_id = _session_id(request)
+        if request.mode not in (0, AudioMode.SPEECH, AudioMode.ALL):
+            raise InvalidRequest(f"mode {request.mode} is not an AudioMode (SPEECH=1, ALL=2)")
+        if request.sample_rate and request.sample_rate not in STREAM_SAMPLE_RATES:
+            rates = ", ".join(map(str, STREAM_SAMPLE_RATES))
+            raise InvalidRequest(
+                f"sample_rate must be 0 or one of {rates}, got {request.sample_rate}"
+            )
+        pipeline = self._registry.lookup_open(session_id).audio
+        subscriber = pipeline.subscribe(
+            AudioMode(request.mode or AudioMode.SPEECH), request.sample_rate
+        )
+        sequence = 0
+        try:
+            while (item := await subscriber.get()) is not STREAM_ENDED:
+                sequence += 1
+                yield chunk_pb(session_id, sequence, item)
+        finally:
+            pipeline.unsubscribe(subscriber)
 
     def _heartbeat_pb(self, session_id: str, revision: int) -> pb.SessionEvent:
         return pb.SessionEvent(

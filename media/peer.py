@@ -16,6 +16,7 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.sdp import candidate_from_sdp
+from av import AudioFrame
 
 from media.audio import AudioConsumer
 from media.config import IceServer
@@ -38,7 +39,7 @@ class PeerEvents(Protocol):
 
     def media_received(self, session_id: str) -> None: ...
 
-    def audio_decoded(self, session_id: str) -> None: ...
+    def audio_decoded(self, session_id: str, frame: AudioFrame) -> None: ...
 
 
 def rtc_configuration(ice_servers: Sequence[IceServer]) -> RTCConfiguration:
@@ -146,7 +147,7 @@ class PublisherPeer:
         ):
             return
         consumer = AudioConsumer(
-            self.session_id, track, lambda _frame: self._events.audio_decoded(self.session_id)
+            self.session_id, track, lambda frame: self._events.audio_decoded(self.session_id, frame)
         )
         self._start(consumer.run(), f"hark-audio-{self.session_id}")
         receiver = next(t.receiver for t in self._pc.getTransceivers() if t.receiver.track is track)

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
+from av import AudioFrame
+
 from media.clock import Clock
 from media.errors import (
     CapacityExceeded,
@@ -35,6 +37,8 @@ from media.session import (
     StateChanged,
     Timeouts,
 )
+from media.speech import SpeechEvent, SpeechPipeline, SpeechSettings
+from media.vad import EndReason, SegmenterConfig
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +119,7 @@ class Entry:
     """A session and what the server keeps beside it."""
 
     session: Session
+    audio: SpeechPipeline
     token: str | None = field(default=None, repr=False)
     media: MediaHandle | None = None
     etag: str = ""
@@ -141,8 +146,10 @@ class Registry:
         closed_retention: float,
         max_sessions: int,
         event_retention: int = 256,
+        speech: SpeechSettings | None = None,
     ) -> None:
         self.clock = clock
+        self.speech = speech or SpeechSettings()
         self.timeouts = timeouts
         self.closed_retention = closed_retention
         self.max_sessions = max_sessions
@@ -220,7 +227,8 @@ class Registry:
             metadata=metadata,
             retain_events=self.event_retention,
         )
-        entry = Entry(session, token=secrets.token_urlsafe(24) if with_token else None)
+        audio = SpeechPipeline(self.speech, lambda event: self._speech_event(sid, event))
+        entry = Entry(session, audio, token=secrets.token_urlsafe(24) if with_token else None)
         self._entries[sid] = entry
         logger.info("session %s: created (%s)", sid, origin.name)
         self._publish(entry, session.events_after(0) or [])
@@ -270,21 +278,49 @@ class Registry:
         if entry is not None:
             entry.session.media_received(self.clock.now())
 
-    def audio_decoded(self, session_id: str) -> None:
+    def audio_decoded(self, session_id: str, frame: AudioFrame) -> None:
+        entry = self._entries.get(session_id)
+        if entry is None or entry.session.closed:
+            return
+        events = entry.session.audio_decoded(self.clock.now())
+        if events:
+            self._publish(entry, events)
+        entry.audio.push(frame)
+
+    def start_listening(
+        self,
+        session_id: str,
+        segmenter: SegmenterConfig | None = None,
+        aggressiveness: int | None = None,
+    ) -> SessionSnapshot:
+        """Listen (idempotent); the VAD overrides apply when listening starts."""
+        entry = self.lookup(session_id)
+        events = entry.session.set_listening(True, self.clock.now())
+        if events:
+            self._publish(entry, events)
+            entry.audio.start(
+                segmenter or self.speech.segmenter,
+                self.speech.aggressiveness if aggressiveness is None else aggressiveness,
+            )
+        return entry.session.snapshot()
+
+    def stop_listening(self, session_id: str) -> SessionSnapshot:
+        entry = self.lookup(session_id)
+        if not entry.session.closed:
+            entry.audio.stop(EndReason.STOPPED)
+        self._publish(entry, entry.session.set_listening(False, self.clock.now()))
+        return entry.session.snapshot()
+
+    def _speech_event(self, session_id: str, event: SpeechEvent) -> None:
         entry = self._entries.get(session_id)
         if entry is not None:
-            events = entry.session.audio_decoded(self.clock.now())
-            if events:
-                self._publish(entry, events)
-
-    def set_listening(self, session_id: str, listening: bool) -> SessionSnapshot:
-        entry = self.lookup(session_id)
-        self._publish(entry, entry.session.set_listening(listening, self.clock.now()))
-        return entry.session.snapshot()
+            self._publish(entry, entry.session.speech(event, self.clock.now()))
 
     def close(self, session_id: str, reason: CloseReason, detail: str = "") -> SessionSnapshot:
         """Close the session (idempotent) and release its media."""
         entry = self.lookup(session_id)
+        if not entry.session.closed:
+            entry.audio.close()
         events = entry.session.close(reason, detail, self.clock.now())
         if events:
             logger.info("session %s: closed %s %s", session_id, reason.name, detail)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from media.errors import NotReady, PublisherExists, SessionClosed
+from media.vad import SpeechEnded, SpeechStarted
 
 
 class SessionState(enum.IntEnum):
@@ -53,7 +54,7 @@ class ListeningChanged:
     listening: bool
 
 
-EventPayload = StateChanged | ListeningChanged
+EventPayload = StateChanged | ListeningChanged | SpeechStarted | SpeechEnded
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +162,12 @@ class Session:
             return []
         self.listening = listening
         return [self._emit(now, ListeningChanged(listening))]
+
+    def speech(self, payload: SpeechStarted | SpeechEnded, now: float) -> list[SessionEvent]:
+        """Record a speech event from the session's listening pipeline."""
+        if self.closed:
+            return []
+        return [self._emit(now, payload)]
 
     def close(self, reason: CloseReason, detail: str, now: float) -> list[SessionEvent]:
         """Close for ``reason``. Closing a closed session changes nothing."""
