@@ -1,0 +1,263 @@
+"""Speech detection and StreamAudio over real WebRTC, against the fixtures' ground truth."""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import pytest
+
+from media.v1 import media_pb2 as pb
+from tests.support import FIXTURES, grpc_stub, publish, running_server, truth
+
+TRUTH = truth()
+UTTERANCES = [(u["start_ms"], u["end_ms"]) for u in TRUTH["utterances"]]
+PRE_ROLL_MS = 300
+
+
+@dataclass
+class Heard:
+    """What a backend saw of one session: speech events and the StreamAudio chunks."""
+
+    started: list[pb.SpeechStarted] = field(default_factory=list)
+    ended: list[pb.SpeechEnded] = field(default_factory=list)
+    chunks: list[pb.AudioChunk] = field(default_factory=list)
+
+
+async def watch_speech(stub: Any, session_id: str, heard: Heard) -> None:
+    async for event in stub.WatchSession(pb.WatchSessionRequest(session_id=session_id)):
+        kind = event.WhichOneof("payload")
+        if kind == "speech_started":
+            heard.started.append(event.speech_started)
+        elif kind == "speech_ended":
+            heard.ended.append(event.speech_ended)
+
+
+async def read_audio(stream: Any, heard: Heard) -> None:
+    async for chunk in stream:
+        heard.chunks.append(chunk)
+
+
+async def listen_to(stub: Any, app: Any, fixture: pathlib.Path, **listen: Any) -> Heard:
+    """Pre-create a session, subscribe, publish ``fixture``, listen from READY until the end."""
+    created = await stub.CreateSession(pb.CreateSessionRequest())
+    heard = Heard()
+    watcher = asyncio.ensure_future(watch_speech(stub, created.id, heard))
+    audio = stub.StreamAudio(pb.StreamAudioRequest(session_id=created.id, mode=pb.SPEECH))
+    reader = asyncio.ensure_future(read_audio(audio, heard))
+    publisher = await publish(
+        app.base_url, f"/whip/{created.id}", token=created.token, fixture=fixture
+    )
+    try:
+        await stub.StartListening(
+            pb.StartListeningRequest(session_id=created.id, wait_for_ready=True, **listen),
+            timeout=10,
+        )
+        await asyncio.sleep(TRUTH["duration_ms"] / 1000 + 1.0)
+        await stub.EndSession(pb.EndSessionRequest(session_id=created.id))
+        await asyncio.wait_for(asyncio.gather(watcher, reader), 5)
+    finally:
+        watcher.cancel()
+        reader.cancel()
+        await publisher.vanish()
+    return heard
+
+
+def assert_matches_truth(heard: Heard, start_tolerance: int, end_tolerance: int) -> None:
+    assert len(heard.started) == len(UTTERANCES), heard.started
+    assert len(heard.ended) == len(UTTERANCES), heard.ended
+    for (true_start, true_end), started, ended in zip(
+        UTTERANCES, heard.started, heard.ended, strict=True
+    ):
+        assert started.segment_id == ended.segment_id
+        assert abs(started.start_ms - true_start) <= start_tolerance, (started, true_start)
+        assert abs(ended.end_ms - true_end) <= end_tolerance, (ended, true_end)
+        assert ended.reason == pb.SILENCE
+        assert ended.duration_ms == ended.end_ms - ended.start_ms
+
+
+def covered_ms(chunks: list[pb.AudioChunk]) -> list[tuple[int, int]]:
+    spans = sorted(
+        (c.audio.offset_ms, c.audio.offset_ms + c.audio.duration_ms)
+        for c in chunks
+        if c.WhichOneof("payload") == "audio"
+    )
+    merged: list[tuple[int, int]] = []
+    for start, end in spans:
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+async def test_speech_segments_and_audio_match_the_ground_truth() -> None:
+    async with running_server() as app, grpc_stub(app) as stub:
+        clean, noisy, silent, hiss = await asyncio.gather(
+            listen_to(stub, app, FIXTURES / "speech.ogg"),
+            listen_to(stub, app, FIXTURES / "speech_noise20.ogg"),
+            listen_to(stub, app, FIXTURES / "silence.ogg"),
+            listen_to(stub, app, FIXTURES / "noise.ogg"),
+        )
+
+    assert_matches_truth(clean, start_tolerance=150, end_tolerance=250)
+    assert_matches_truth(noisy, start_tolerance=150, end_tolerance=250)
+    assert (silent.started, silent.ended, silent.chunks) == ([], [], [])
+    assert (hiss.started, hiss.ended, hiss.chunks) == ([], [], [])
+
+    spans = covered_ms(clean.chunks)
+    for true_start, true_end in UTTERANCES:
+        want = (max(0, true_start - PRE_ROLL_MS + 40), true_end - 20)
+        assert any(s <= want[0] and want[1] <= e for s, e in spans), (want, spans)
+    kinds = [c.WhichOneof("payload") for c in clean.chunks]
+    assert kinds.count("segment_start") == kinds.count("segment_end") == len(UTTERANCES)
+    assert kinds[0] == "segment_start" and kinds[-1] == "segment_end"
+    assert [c.sequence for c in clean.chunks] == list(range(1, len(clean.chunks) + 1))
+    for chunk in clean.chunks:
+        if chunk.WhichOneof("payload") == "audio":
+            audio = chunk.audio
+            assert audio.sample_rate == 16000 and audio.segment_id > 0
+            assert len(audio.pcm) == audio.sample_rate * audio.duration_ms // 1000 * 2
+            assert 10 <= audio.duration_ms <= 100
+            assert audio.dropped_ms == 0
+
+
+async def test_listening_started_after_the_onset_still_delivers_the_first_syllable() -> None:
+    first_start, first_end = UTTERANCES[0]
+    async with running_server() as app, grpc_stub(app) as stub:
+        created = await stub.CreateSession(pb.CreateSessionRequest())
+        heard = Heard()
+        watcher = asyncio.ensure_future(watch_speech(stub, created.id, heard))
+        audio = stub.StreamAudio(pb.StreamAudioRequest(session_id=created.id))
+        reader = asyncio.ensure_future(read_audio(audio, heard))
+        publisher = await publish(app.base_url, f"/whip/{created.id}", token=created.token)
+        try:
+            ready = await app.registry.wait_ready(created.id)
+            assert ready.ready_time is not None
+            delay = (first_start + 200) / 1000 - (app.clock.now() - ready.ready_time)
+            await asyncio.sleep(delay)
+            await stub.StartListening(pb.StartListeningRequest(session_id=created.id))
+            while not heard.ended:
+                await asyncio.sleep(0.1)
+            await stub.EndSession(pb.EndSessionRequest(session_id=created.id))
+            await asyncio.wait_for(asyncio.gather(watcher, reader), 5)
+        finally:
+            watcher.cancel()
+            reader.cancel()
+            await publisher.vanish()
+    assert abs(heard.started[0].start_ms - first_start) <= 150
+    first_audio = next(c.audio for c in heard.chunks if c.WhichOneof("payload") == "audio")
+    assert first_audio.offset_ms <= first_start
+
+
+async def test_a_slow_reader_is_told_what_it_lost_and_a_fast_one_loses_nothing() -> None:
+    async with running_server(audio_queue_ms=300) as app, grpc_stub(app) as stub:
+        publisher = await publish(app.base_url)
+        sid = publisher.session_id
+        slow_channel = grpc.aio.insecure_channel(
+            app.grpc_target, options=[("grpc.http2.bdp_probe", 0)]
+        )
+        try:
+            from media.v1 import media_pb2_grpc
+
+            slow_stub = media_pb2_grpc.MediaServiceStub(slow_channel)
+            request = pb.StreamAudioRequest(session_id=sid, mode=pb.ALL, sample_rate=48000)
+            slow = slow_stub.StreamAudio(request)
+            fast_heard = Heard()
+            fast = asyncio.ensure_future(
+                read_audio(
+                    stub.StreamAudio(pb.StreamAudioRequest(session_id=sid, mode=pb.ALL)), fast_heard
+                )
+            )
+            await stub.StartListening(
+                pb.StartListeningRequest(session_id=sid, wait_for_ready=True), timeout=10
+            )
+            await asyncio.sleep(4.0)
+            slow_chunks = []
+            async with asyncio.timeout(5):
+                while sum(c.audio.dropped_ms for c in slow_chunks) == 0:
+                    slow_chunks.append(await slow.read())
+            await stub.EndSession(pb.EndSessionRequest(session_id=sid))
+            await asyncio.wait_for(fast, 5)
+        finally:
+            await slow_channel.close()
+            await publisher.vanish()
+    assert sum(c.audio.dropped_ms for c in slow_chunks) > 0
+    audio = [c.audio for c in fast_heard.chunks if c.WhichOneof("payload") == "audio"]
+    assert sum(a.dropped_ms for a in audio) == 0
+    assert sum(a.duration_ms for a in audio) >= 3500
+    for before, after in zip(audio, audio[1:], strict=False):
+        assert after.offset_ms == before.offset_ms + before.duration_ms
+
+
+async def test_vad_overrides_apply_per_session_and_bad_values_name_the_field() -> None:
+    async with running_server() as app, grpc_stub(app) as stub:
+        created = await stub.CreateSession(pb.CreateSessionRequest())
+        cases = [
+            (pb.VadOptions(start_ratio=1.5), "vad.start_ratio must be between 0.05 and 1"),
+            (pb.VadOptions(aggressiveness=7), "vad.aggressiveness must be between 0 and 3"),
+            (pb.VadOptions(end_silence_ms=10), "vad.end_silence_ms must be between 100"),
+            (pb.VadOptions(max_segment_ms=50), "vad.max_segment_ms must be between"),
+        ]
+        for options, message in cases:
+            with pytest.raises(grpc.aio.AioRpcError) as bad:
+                await stub.StartListening(
+                    pb.StartListeningRequest(session_id=created.id, vad=options)
+                )
+            assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert message in (bad.value.details() or "")
+        for request, message in [
+            (pb.StreamAudioRequest(session_id=created.id, sample_rate=11025), "sample_rate"),
+            (pb.StreamAudioRequest(session_id=created.id, mode=9), "mode 9"),  # type: ignore[arg-type]
+        ]:
+            with pytest.raises(grpc.aio.AioRpcError) as bad:
+                await stub.StreamAudio(request).read()
+            assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert message in (bad.value.details() or "")
+        with pytest.raises(grpc.aio.AioRpcError) as unknown:
+            await stub.StreamAudio(pb.StreamAudioRequest(session_id="nope")).read()
+        assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+
+        split = await listen_to(
+            stub, app, FIXTURES / "speech.ogg", vad=pb.VadOptions(max_segment_ms=1000)
+        )
+    longest = max(e.duration_ms for e in split.ended)
+    assert longest <= 1000
+    assert any(e.reason == pb.MAX_LENGTH for e in split.ended)
+    assert len(split.started) > len(UTTERANCES)
+
+
+async def test_stop_listening_cuts_a_segment_with_a_reason_and_the_stream_stays_open() -> None:
+    async with running_server() as app, grpc_stub(app) as stub:
+        created = await stub.CreateSession(pb.CreateSessionRequest())
+        heard = Heard()
+        watcher = asyncio.ensure_future(watch_speech(stub, created.id, heard))
+        reader = asyncio.ensure_future(
+            read_audio(stub.StreamAudio(pb.StreamAudioRequest(session_id=created.id)), heard)
+        )
+        publisher = await publish(app.base_url, f"/whip/{created.id}", token=created.token)
+        try:
+            await stub.StartListening(
+                pb.StartListeningRequest(session_id=created.id, wait_for_ready=True), timeout=10
+            )
+            while not heard.started:
+                await asyncio.sleep(0.05)
+            await stub.StopListening(pb.StopListeningRequest(session_id=created.id))
+            await asyncio.sleep(0.1)
+            assert heard.ended[0].reason == pb.STOPPED
+            assert not reader.done()
+            await stub.StartListening(pb.StartListeningRequest(session_id=created.id))
+            while len(heard.ended) < 2:
+                await asyncio.sleep(0.05)
+            await stub.EndSession(pb.EndSessionRequest(session_id=created.id))
+            await asyncio.wait_for(asyncio.gather(watcher, reader), 5)
+        finally:
+            watcher.cancel()
+            reader.cancel()
+            await publisher.vanish()
+    assert heard.ended[1].reason == pb.SILENCE
+    ends = [c.segment_end for c in heard.chunks if c.WhichOneof("payload") == "segment_end"]
+    assert [e.reason for e in ends[:2]] == [pb.STOPPED, pb.SILENCE]
