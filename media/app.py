@@ -64,6 +64,7 @@ class HarkApp:
             server_token=self.config.token,
             ice_servers=self.config.ice_servers,
             base_url=lambda: self.base_url,
+            jitter_frames=self.config.jitter_frames,
         )
         whip.add_routes(app)
         return app

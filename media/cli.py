@@ -20,7 +20,7 @@ logger = logging.getLogger("media")
 
 ENV_PREFIX = "HARK_"
 
-VAD_OPTIONS: list[tuple[str, Callable[[str], Any], str]] = [
+AUDIO_OPTIONS: list[tuple[str, Callable[[str], Any], str]] = [
     ("vad-sample-rate", int, "VAD and StreamAudio rate: 8000, 16000, 32000 or 48000 Hz"),
     ("vad-frame-ms", int, "VAD frame: 10, 20 or 30 ms"),
     ("vad-aggressiveness", int, "webrtcvad aggressiveness 0..3"),
@@ -33,6 +33,11 @@ VAD_OPTIONS: list[tuple[str, Callable[[str], Any], str]] = [
     ("vad-max-segment-ms", int, "longer speech is split"),
     ("pre-listen-ms", int, "audio kept while not listening, replayed when listening starts"),
     ("audio-queue-ms", int, "StreamAudio queue per subscriber; the oldest audio is dropped"),
+    (
+        "jitter-frames",
+        int,
+        "audio frames aiortc's jitter buffer holds before decoding (20 ms each)",
+    ),
 ]
 
 
@@ -104,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         "idle seconds per heartbeat",
     )
     _option(serve, "max-sessions", int, defaults.max_sessions, "live sessions at most")
-    for name, kind, help_text in VAD_OPTIONS:
+    for name, kind, help_text in AUDIO_OPTIONS:
         _option(serve, name, kind, getattr(defaults, name.replace("-", "_")), help_text)
     _option(serve, "log-level", str, defaults.log_level, "DEBUG, INFO, WARNING or ERROR")
     _option(serve, "log-format", str, defaults.log_format, "text or json")
@@ -129,7 +134,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         max_sessions=args.max_sessions,
         **{
             name.replace("-", "_"): getattr(args, name.replace("-", "_"))
-            for name, _, _ in VAD_OPTIONS
+            for name, _, _ in AUDIO_OPTIONS
         },
         log_level=args.log_level.upper(),
         log_format=args.log_format,

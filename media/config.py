@@ -89,6 +89,7 @@ class Config:
     vad_max_segment_ms: int = 30000
     pre_listen_ms: int = 500
     audio_queue_ms: int = 2000
+    jitter_frames: int = 1
     log_level: str = "INFO"
     log_format: str = "text"
 
@@ -108,6 +109,8 @@ class Config:
                 raise ConfigError(f"--{_flag(name)} must be > 0 and <= 86400 s, got {value}")
         if not 0 <= self.closed_retention <= 86400:
             raise ConfigError(f"--closed-retention must be 0..86400 s, got {self.closed_retention}")
+        if not 0 <= self.jitter_frames <= 8:
+            raise ConfigError(f"--jitter-frames must be 0..8, got {self.jitter_frames}")
         if self.max_sessions < 1:
             raise ConfigError(f"--max-sessions must be >= 1, got {self.max_sessions}")
         if self.event_retention < 16:

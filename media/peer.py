@@ -42,6 +42,19 @@ class PeerEvents(Protocol):
     def audio_decoded(self, session_id: str, frame: AudioFrame) -> None: ...
 
 
+def set_jitter_frames(receiver: RTCRtpReceiver, frames: int) -> bool:
+    """Hold ``frames`` audio frames in aiortc's jitter buffer before decoding (aiortc: 4).
+
+    aiortc has no API for it; every held frame is 20 ms of latency before the VAD sees the audio.
+    Returns False when this aiortc version keeps the buffer elsewhere (then its default stays).
+    """
+    buffer = getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None)
+    if buffer is None or not isinstance(getattr(buffer, "_prefetch", None), int):
+        return False
+    buffer._prefetch = frames
+    return True
+
+
 def rtc_configuration(ice_servers: Sequence[IceServer]) -> RTCConfiguration:
     return RTCConfiguration(
         iceServers=[RTCIceServer(s.url, s.username, s.credential) for s in ice_servers]
@@ -52,9 +65,14 @@ class PublisherPeer:
     """Receives one publisher's audio. Owns its peer connection and tasks; ``close()`` ends both."""
 
     def __init__(
-        self, session_id: str, events: PeerEvents, ice_servers: Sequence[IceServer] = ()
+        self,
+        session_id: str,
+        events: PeerEvents,
+        ice_servers: Sequence[IceServer] = (),
+        jitter_frames: int = 1,
     ) -> None:
         self.session_id = session_id
+        self._jitter_frames = jitter_frames
         self._events = events
         self._pc = RTCPeerConnection(rtc_configuration(ice_servers))
         self._tasks: set[asyncio.Task[None]] = set()
@@ -151,6 +169,8 @@ class PublisherPeer:
         )
         self._start(consumer.run(), f"hark-audio-{self.session_id}")
         receiver = next(t.receiver for t in self._pc.getTransceivers() if t.receiver.track is track)
+        if not set_jitter_frames(receiver, self._jitter_frames):
+            logger.debug("session %s: aiortc's jitter buffer left as it is", self.session_id)
         self._start(self._watch_packets(receiver), f"hark-rtp-watch-{self.session_id}")
 
     async def _watch_packets(self, receiver: RTCRtpReceiver) -> None:

@@ -34,7 +34,9 @@ class WhipHandlers:
         server_token: str | None,
         ice_servers: Sequence[IceServer],
         base_url: Callable[[], str],
+        jitter_frames: int = 1,
     ) -> None:
+        self._jitter_frames = jitter_frames
         self._registry = registry
         self._token = server_token
         self._ice_servers = tuple(ice_servers)
@@ -157,7 +159,7 @@ class WhipHandlers:
         self, session_id: str, offer: tuple[str, OfferSummary]
     ) -> tuple[PublisherPeer, str]:
         sdp, summary = offer
-        peer = PublisherPeer(session_id, self._registry, self._ice_servers)
+        peer = PublisherPeer(session_id, self._registry, self._ice_servers, self._jitter_frames)
         peer.remote_ice = (summary.ice_ufrag or "", summary.ice_pwd)
         try:
             answer = await peer.negotiate(sdp)

@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import json
 import pathlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -109,11 +109,13 @@ async def publish(
     *,
     token: str | None = None,
     fixture: pathlib.Path = SPEECH,
+    wrap: Callable[[Any], Any] | None = None,
 ) -> Publisher:
     """Publish ``fixture`` over WHIP without re-encoding it, like a browser would."""
     player = MediaPlayer(str(fixture), decode=False)
     pc = RTCPeerConnection()
-    pc.addTransceiver(player.audio, direction="sendonly")
+    track = wrap(player.audio) if wrap else player.audio
+    pc.addTransceiver(track, direction="sendonly")
     await pc.setLocalDescription(await pc.createOffer())
     headers = {"Content-Type": "application/sdp", **_auth(token)}
     async with aiohttp.ClientSession() as http:

@@ -1,0 +1,172 @@
+"""Per-frame cost of the audio pipeline against its C-level floor, and onset latency over WebRTC.
+
+    .venv/bin/python benchmarks/pipeline.py [--passes N] [--sessions N]
+
+1. CPU: for every 20 ms Opus packet of the speech fixture, the floor is PyAV decode + PyAV resample
+   to 16 kHz mono + webrtcvad, called alone in a tight loop; Hark is PyAV decode + the session's
+   whole ``SpeechPipeline.push`` (downmix/resample, framing, webrtcvad, segmenter, events, a
+   StreamAudio subscriber). Both run in the same process, interleaved pass by pass; the median pass
+   is reported, with the ratio.
+2. Onset latency: a real server on loopback, aiortc publishers sending the fixture without
+   re-encoding; for each true onset, wall time from the publisher handing the RTP packet that carries
+   it to aiortc, to the SpeechStarted event arriving at a gRPC watcher.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import pathlib
+import statistics
+import sys
+import time
+from typing import Any
+
+import av
+import webrtcvad
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from media.speech import AudioMode, SpeechPipeline, SpeechSettings  # noqa: E402
+from tests.support import FIXTURES, SPEECH, truth  # noqa: E402
+
+
+def opus_packets(path: pathlib.Path) -> list[av.Packet]:
+    with av.open(str(path)) as container:
+        return [packet for packet in container.demux(audio=0) if packet.size]
+
+
+def floor_pass(packets: list[av.Packet]) -> float:
+    decoder = av.CodecContext.create("opus", "r")
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=16000)
+    vad = webrtcvad.Vad(2)
+    buffer = b""
+    start = time.perf_counter()
+    for packet in packets:
+        for frame in decoder.decode(packet):
+            for out in resampler.resample(frame):
+                buffer += bytes(out.planes[0])[: out.samples * 2]
+                while len(buffer) >= 640:
+                    vad.is_speech(buffer[:640], 16000)
+                    buffer = buffer[640:]
+    return time.perf_counter() - start
+
+
+def hark_pass(packets: list[av.Packet]) -> float:
+    decoder = av.CodecContext.create("opus", "r")
+    pipeline = SpeechPipeline(SpeechSettings(), lambda event: None)
+    pipeline.subscribe(AudioMode.SPEECH, 0)
+    pipeline.start(SpeechSettings().segmenter, 2)
+    start = time.perf_counter()
+    for packet in packets:
+        for frame in decoder.decode(packet):
+            pipeline.push(frame)
+    return time.perf_counter() - start
+
+
+def cpu(passes: int) -> dict[str, float]:
+    packets = opus_packets(SPEECH)
+    floor_times, hark_times = [], []
+    for _ in range(passes):
+        floor_times.append(floor_pass(packets))
+        hark_times.append(hark_pass(packets))
+    per_frame = 1e6 / len(packets)
+    floor_us = statistics.median(floor_times) * per_frame
+    hark_us = statistics.median(hark_times) * per_frame
+    return {"frames": len(packets), "floor_us": floor_us, "hark_us": hark_us}
+
+
+async def onset_latency(sessions: int) -> list[float]:
+    from aiortc.mediastreams import MediaStreamTrack
+
+    from media.v1 import media_pb2 as pb
+    from tests.support import grpc_stub, publish, running_server
+
+    onsets = [u["start_ms"] for u in truth()["utterances"]]
+    latencies: list[float] = []
+
+    class Stamped(MediaStreamTrack):
+        """Passes the player's packets on and notes when each one is handed to aiortc."""
+
+        kind = "audio"
+
+        def __init__(self, inner: MediaStreamTrack, sent: dict[int, float]) -> None:
+            super().__init__()
+            self._inner = inner
+            self._sent = sent
+
+        async def recv(self) -> Any:
+            packet = await self._inner.recv()
+            self._sent[int(packet.pts * 1000 * packet.time_base)] = time.time()
+            return packet
+
+    async def one(stub: Any, app: Any) -> None:
+        created = await stub.CreateSession(pb.CreateSessionRequest())
+        sent: dict[int, float] = {}
+        heard: dict[int, float] = {}
+
+        async def watch() -> None:
+            async for event in stub.WatchSession(pb.WatchSessionRequest(session_id=created.id)):
+                if event.HasField("speech_started"):
+                    heard[event.speech_started.start_ms] = time.time()
+
+        watcher = asyncio.ensure_future(watch())
+        publisher = await publish(
+            app.base_url,
+            f"/whip/{created.id}",
+            token=created.token,
+            wrap=lambda track: Stamped(track, sent),
+        )
+        await stub.StartListening(
+            pb.StartListeningRequest(session_id=created.id, wait_for_ready=True), timeout=10
+        )
+        await asyncio.sleep(truth()["duration_ms"] / 1000 + 0.5)
+        await stub.EndSession(pb.EndSessionRequest(session_id=created.id))
+        await asyncio.wait_for(watcher, 5)
+        await publisher.vanish()
+        for onset in onsets:
+            packet_ms = max(t for t in sent if t <= onset)
+            detected = min(heard, key=lambda start: abs(start - onset))
+            latencies.append((heard[detected] - sent[packet_ms]) * 1000)
+
+    async with running_server() as app, grpc_stub(app) as stub:
+        await asyncio.gather(*(one(stub, app) for _ in range(sessions)))
+    return latencies
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--passes", type=int, default=30)
+    parser.add_argument("--sessions", type=int, default=3)
+    args = parser.parse_args()
+
+    result = cpu(args.passes)
+    ratio = result["hark_us"] / result["floor_us"]
+    print(f"fixture: {result['frames']:.0f} Opus packets of 20 ms ({FIXTURES.name}/speech.ogg)")
+    print(f"floor (PyAV decode + resample + webrtcvad): {result['floor_us']:.1f} us per 20 ms")
+    print(f"hark  (PyAV decode + SpeechPipeline.push):  {result['hark_us']:.1f} us per 20 ms")
+    print(f"ratio: {ratio:.2f}x (target <= 1.5x)")
+
+    import logging
+
+    for name in ("aiortc", "aioice"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    import aioice.ice
+
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
+    latencies = asyncio.run(onset_latency(args.sessions))
+    print(
+        f"onset latency over loopback WebRTC ({len(latencies)} onsets, {args.sessions} sessions): "
+        f"median {statistics.median(latencies):.0f} ms, p95 {percentile(latencies, 0.95):.0f} ms "
+        "(target: median < 160 ms)"
+    )
+
+
+if __name__ == "__main__":
+    main()
