@@ -8,8 +8,8 @@
    StreamAudio subscriber). Both run in the same process, interleaved pass by pass; the median pass
    is reported, with the ratio.
 2. Onset latency: a real server on loopback, aiortc publishers sending the fixture without
-   re-encoding; for each true onset, wall time from the publisher handing the RTP packet that carries
-   it to aiortc, to the SpeechStarted event arriving at a gRPC watcher.
+   re-encoding; for each true onset, wall time from the publisher handing the RTP packet that
+   carries it to aiortc, to the SpeechStarted event arriving at a gRPC watcher.
 """
 
 from __future__ import annotations
