@@ -1,9 +1,13 @@
-"""Composition root: the registry, the HTTP app and the gRPC server; start, drain and stop."""
+"""Composition root: the registry, the HTTP app, the gRPC server and metrics; start, drain, stop."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import pathlib
 import socket
+import ssl
 
 import grpc
 from aiohttp import web
@@ -11,24 +15,31 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from media.audio import DecodeErrorCounter
 from media.clock import Clock
 from media.config import Config
-from media.grpc_service import SERVICE_NAME, BearerAuth, MediaService
+from media.grpc_service import SERVICE_NAME, BearerAuth, MediaService, RpcMetrics
 from media.http import make_middlewares
+from media.metrics import Metrics
+from media.ratelimit import RateLimiter
 from media.registry import Registry
-from media.session import Timeouts
+from media.session import Session, SessionEvent, SessionState, StateChanged, Timeouts
 from media.v1 import media_pb2_grpc
 from media.whip import WhipHandlers
 
 logger = logging.getLogger(__name__)
 
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
 
 class HarkApp:
-    """One Hark server: ``start()`` binds both ports, ``stop()`` closes every session."""
+    """One Hark server: ``start()`` binds the ports, ``drain()`` then ``stop()`` wind it down."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.clock = Clock()
+        self.metrics = Metrics()
         self.registry = Registry(
             self.clock,
             timeouts=Timeouts(config.ready_timeout, config.media_timeout, config.session_ttl),
@@ -36,17 +47,24 @@ class HarkApp:
             max_sessions=config.max_sessions,
             event_retention=config.event_retention,
             speech=config.speech_settings(),
+            metrics=self.metrics,
+            max_watchers=config.max_watchers,
         )
+        self.metrics.watch_sessions(lambda: (e.session for e in self.registry.entries()))
         self.http_port = 0
         self.grpc_port = 0
-        self._runner: web.AppRunner | None = None
+        self.metrics_port: int | None = None
+        self._runners: list[web.AppRunner] = []
         self._grpc: grpc.aio.Server | None = None
         self._health = HealthServicer()
+        self._health_dirty = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._decode_errors = DecodeErrorCounter(self.metrics.decode_errors.inc)
         self._started = False
 
     @property
     def base_url(self) -> str:
-        return self.config.base_url(self.http_port)
+        return self.config.base_url(self.http_port, secure=self.config.http_tls_cert is not None)
 
     @property
     def grpc_target(self) -> str:
@@ -54,51 +72,79 @@ class HarkApp:
         host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
         return f"[{host}]:{self.grpc_port}" if ":" in host else f"{host}:{self.grpc_port}"
 
+    @property
+    def ready(self) -> bool:
+        """Takes new sessions: not draining and below --max-sessions."""
+        return not self.registry.draining and self.registry.live_count() < self.config.max_sessions
+
+    # HTTP
+
     def build_http_app(self) -> web.Application:
+        limiter = None
+        if self.config.rate_limit > 0:
+            limiter = RateLimiter(self.config.rate_limit, self.config.rate_burst)
         app = web.Application(
-            middlewares=make_middlewares("*"),
+            middlewares=make_middlewares(self.config.effective_cors_origins, self.metrics, limiter),
             client_max_size=1024 * 1024,
         )
-        whip = WhipHandlers(
+        WhipHandlers(
             self.registry,
             server_token=self.config.token,
             ice_servers=self.config.ice_servers,
             base_url=lambda: self.base_url,
             jitter_frames=self.config.jitter_frames,
-        )
-        whip.add_routes(app)
+        ).add_routes(app)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        if self.config.metrics_port is None:
+            app.router.add_get("/metrics", self._metrics)
         return app
 
-    async def start(self) -> None:
-        self.registry.start()
-        await self._start_http()
-        await self._start_grpc()
-        self._started = True
-        logger.info(
-            "hark serving: HTTP on %s:%d, gRPC on %s:%d, public URL %s",
-            self.config.http_host,
-            self.http_port,
-            self.config.grpc_host,
-            self.grpc_port,
-            self.base_url,
-        )
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
 
-    async def _start_http(self) -> None:
-        self._runner = web.AppRunner(self.build_http_app(), access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.http_host, self.config.http_port)
+    async def _readyz(self, request: web.Request) -> web.Response:
+        if self.registry.draining:
+            return web.Response(status=503, text="draining\n", headers={"Retry-After": "5"})
+        live = self.registry.live_count()
+        if live >= self.config.max_sessions:
+            text = (
+                f"at capacity: {live} live sessions (--max-sessions {self.config.max_sessions})\n"
+            )
+            return web.Response(status=503, text=text, headers={"Retry-After": "2"})
+        return web.Response(text="ready\n")
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        response = web.Response(body=self.metrics.exposition())
+        response.content_type = "text/plain"
+        response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
+        return response
+
+    async def _serve_http(self, app: web.Application, port: int) -> int:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        self._runners.append(runner)
+        site = web.TCPSite(runner, self.config.http_host, port, ssl_context=self._http_tls())
         await site.start()
         server = site._server
         assert server is not None
         sockets: list[socket.socket] = list(server.sockets)  # type: ignore[attr-defined]
-        self.http_port = int(sockets[0].getsockname()[1])
+        return int(sockets[0].getsockname()[1])
+
+    def _http_tls(self) -> ssl.SSLContext | None:
+        if self.config.http_tls_cert is None or self.config.http_tls_key is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.config.http_tls_cert, self.config.http_tls_key)
+        return context
+
+    # gRPC
 
     async def _start_grpc(self) -> None:
-        interceptors = [BearerAuth(self.config.token)] if self.config.token else []
-        server = grpc.aio.server(
-            interceptors=interceptors,
-            options=[("grpc.so_reuseport", 0)],
-        )
+        interceptors: list[grpc.aio.ServerInterceptor] = [RpcMetrics(self.metrics)]
+        if self.config.token:
+            interceptors.append(BearerAuth(self.config.token))
+        server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
         service = MediaService(
             self.registry,
             base_url=lambda: self.base_url,
@@ -106,34 +152,119 @@ class HarkApp:
         )
         media_pb2_grpc.add_MediaServiceServicer_to_server(service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         reflection.enable_server_reflection(
-            [
-                SERVICE_NAME,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ],
-            server,
+            [SERVICE_NAME, health_name, reflection.SERVICE_NAME], server
         )
-        address = f"{self.config.grpc_host}:{self.config.grpc_port}"
-        if ":" in self.config.grpc_host:
-            address = f"[{self.config.grpc_host}]:{self.config.grpc_port}"
-        self.grpc_port = server.add_insecure_port(address)
+        host, port = self.config.grpc_host, self.config.grpc_port
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        credentials = self._grpc_tls()
+        if credentials is None:
+            self.grpc_port = server.add_insecure_port(address)
+        else:
+            self.grpc_port = server.add_secure_port(address, credentials)
         await server.start()
         self._grpc = server
-        for service_name in ("", SERVICE_NAME):
-            await self._health.set(service_name, health_pb2.HealthCheckResponse.SERVING)
+
+    def _grpc_tls(self) -> grpc.ServerCredentials | None:
+        config = self.config
+        if config.grpc_tls_cert is None or config.grpc_tls_key is None:
+            return None
+        key = pathlib.Path(config.grpc_tls_key).read_bytes()
+        cert = pathlib.Path(config.grpc_tls_cert).read_bytes()
+        client_ca = (
+            pathlib.Path(config.grpc_client_ca).read_bytes() if config.grpc_client_ca else None
+        )
+        return grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+        )
+
+    # health
+
+    def _on_event(self, event: SessionEvent, session: Session) -> None:
+        payload = event.payload
+        if isinstance(payload, StateChanged) and payload.state in (
+            SessionState.NEW,
+            SessionState.CLOSED,
+        ):
+            self._health_dirty.set()
+
+    async def _report_health(self) -> None:
+        serving: int | None = None
+        while True:
+            await self._health_dirty.wait()
+            self._health_dirty.clear()
+            status = SERVING if self.ready else NOT_SERVING
+            if status != serving:
+                serving = status
+                for name in ("", SERVICE_NAME):
+                    await self._health.set(name, status)
+
+    # lifecycle
+
+    async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        logging.getLogger("aiortc.rtcrtpreceiver").addFilter(self._decode_errors)
+        self.registry.start()
+        self.registry.observers.append(self._on_event)
+        self.http_port = await self._serve_http(self.build_http_app(), self.config.http_port)
+        if self.config.metrics_port is not None:
+            metrics_app = web.Application()
+            metrics_app.router.add_get("/metrics", self._metrics)
+            self.metrics_port = await self._serve_http(metrics_app, self.config.metrics_port)
+        await self._start_grpc()
+        self._tasks = [
+            asyncio.create_task(self.metrics.sample_loop_lag(), name="hark-loop-lag"),
+            asyncio.create_task(self._report_health(), name="hark-health"),
+        ]
+        self._health_dirty.set()
+        self._started = True
+        logger.info(
+            "hark serving: HTTP on %s:%d, gRPC on %s:%d%s, public URL %s",
+            self.config.http_host,
+            self.http_port,
+            self.config.grpc_host,
+            self.grpc_port,
+            f", metrics on :{self.metrics_port}" if self.metrics_port is not None else "",
+            self.base_url,
+        )
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Refuse new sessions, report not ready, and wait for live sessions to end or time out."""
+        timeout = self.config.drain_timeout if timeout is None else timeout
+        self.registry.drain()
+        self._health_dirty.set()
+        live = self.registry.live_count()
+        logger.info("draining: %d live sessions, waiting up to %g s", live, timeout)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.registry.live_count() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.1)
 
     async def stop(self) -> None:
-        """Close every session with SHUTDOWN (watchers are told), then stop both servers."""
-        for service_name in ("", SERVICE_NAME):
-            await self._health.set(service_name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        """Close every session with SHUTDOWN (watchers are told), then stop the servers."""
+        self.registry.drain()
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, NOT_SERVING)
         await self.registry.shutdown()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
         if self._grpc is not None:
             await self._grpc.stop(grace=2.0)
             self._grpc = None
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        for runner in self._runners:
+            await runner.cleanup()
+        self._runners = []
+        logging.getLogger("aiortc.rtcrtpreceiver").removeFilter(self._decode_errors)
         if self._started:
             logger.info("hark stopped")
             self._started = False

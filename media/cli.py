@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -38,6 +39,19 @@ AUDIO_OPTIONS: list[tuple[str, Callable[[str], Any], str]] = [
         int,
         "audio frames aiortc's jitter buffer holds before decoding (20 ms each)",
     ),
+]
+
+OPERATIONS_OPTIONS: list[tuple[str, Callable[[str], Any], str]] = [
+    ("metrics-port", int, "serve /metrics on this port instead of the HTTP port"),
+    ("max-watchers", int, "open WatchSession/WatchSessions streams at most"),
+    ("rate-limit", float, "POST/PATCH/DELETE per second per client IP (0: off)"),
+    ("rate-burst", int, "burst allowed above --rate-limit"),
+    ("drain-timeout", float, "seconds SIGTERM waits for live sessions before SHUTDOWN"),
+    ("http-tls-cert", str, "PEM certificate: serve HTTPS"),
+    ("http-tls-key", str, "PEM private key for --http-tls-cert"),
+    ("grpc-tls-cert", str, "PEM certificate: serve gRPC over TLS"),
+    ("grpc-tls-key", str, "PEM private key for --grpc-tls-cert"),
+    ("grpc-client-ca", str, "PEM CA bundle: require client certificates (mTLS) on gRPC"),
 ]
 
 
@@ -109,8 +123,23 @@ def build_parser() -> argparse.ArgumentParser:
         "idle seconds per heartbeat",
     )
     _option(serve, "max-sessions", int, defaults.max_sessions, "live sessions at most")
-    for name, kind, help_text in AUDIO_OPTIONS:
+    for name, kind, help_text in AUDIO_OPTIONS + OPERATIONS_OPTIONS:
         _option(serve, name, kind, getattr(defaults, name.replace("-", "_")), help_text)
+    serve.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        default=_env("insecure-no-auth") in ("1", "true", "yes"),
+        help="allow binding a non-loopback address without --token [env HARK_INSECURE_NO_AUTH]",
+    )
+    cors_env = _env("cors-origin")
+    serve.add_argument(
+        "--cors-origin",
+        action="append",
+        default=None,
+        help="allowed browser origin, repeatable; default * only when HTTP is bound to loopback "
+        "[env HARK_CORS_ORIGIN, space- or comma-separated]",
+    )
+    serve.set_defaults(cors_origin_env=re.split(r"[\s,]+", cors_env.strip()) if cors_env else [])
     _option(serve, "log-level", str, defaults.log_level, "DEBUG, INFO, WARNING or ERROR")
     _option(serve, "log-format", str, defaults.log_format, "text or json")
     return parser
@@ -132,9 +161,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
         closed_retention=args.closed_retention,
         heartbeat_interval=args.heartbeat_interval,
         max_sessions=args.max_sessions,
+        insecure_no_auth=args.insecure_no_auth,
+        cors_origins=tuple(args.cors_origin or args.cors_origin_env),
         **{
             name.replace("-", "_"): getattr(args, name.replace("-", "_"))
-            for name, _, _ in AUDIO_OPTIONS
+            for name, _, _ in AUDIO_OPTIONS + OPERATIONS_OPTIONS
         },
         log_level=args.log_level.upper(),
         log_format=args.log_format,
@@ -165,25 +196,32 @@ def configure_logging(level: str, fmt: str) -> None:
     root.setLevel(level)
     # aiortc and aioice log per packet at DEBUG and per decode failure at WARNING.
     for noisy in ("aiortc", "aioice"):
-        logging.getLogger(noisy).setLevel(max(logging.getLevelName(level), logging.ERROR))
+        logging.getLogger(noisy).setLevel(max(logging.getLevelName(level), logging.WARNING))
 
 
 async def serve(config: Config) -> int:
     from media.app import HarkApp
 
     app = HarkApp(config)
-    stop = asyncio.Event()
+    signals = asyncio.Queue[int]()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, signals.put_nowait, sig)
     try:
         await app.start()
     except OSError as exc:
         logger.error("cannot start: %s", exc)
-        await app.stop()
         return 2
-    await stop.wait()
-    logger.info("signal received; closing every session with SHUTDOWN")
+    first = await signals.get()
+    logger.info("%s: draining; a second signal skips the wait", signal.Signals(first).name)
+    drain = asyncio.create_task(app.drain())
+    second = asyncio.create_task(signals.get())
+    await asyncio.wait({drain, second}, return_when=asyncio.FIRST_COMPLETED)
+    for task in (drain, second):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    logger.info("closing every remaining session with SHUTDOWN")
     await app.stop()
     return 0
 

@@ -90,6 +90,18 @@ class Config:
     pre_listen_ms: int = 500
     audio_queue_ms: int = 2000
     jitter_frames: int = 1
+    metrics_port: int | None = None
+    max_watchers: int = 1000
+    rate_limit: float = 20.0
+    rate_burst: int = 40
+    drain_timeout: float = 10.0
+    http_tls_cert: str | None = None
+    http_tls_key: str | None = None
+    grpc_tls_cert: str | None = None
+    grpc_tls_key: str | None = None
+    grpc_client_ca: str | None = None
+    insecure_no_auth: bool = False
+    cors_origins: tuple[str, ...] = ()
     log_level: str = "INFO"
     log_format: str = "text"
 
@@ -109,6 +121,17 @@ class Config:
                 raise ConfigError(f"--{_flag(name)} must be > 0 and <= 86400 s, got {value}")
         if not 0 <= self.closed_retention <= 86400:
             raise ConfigError(f"--closed-retention must be 0..86400 s, got {self.closed_retention}")
+        self._check_security()
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"--metrics-port must be 0..65535, got {self.metrics_port}")
+        if self.max_watchers < 1:
+            raise ConfigError(f"--max-watchers must be >= 1, got {self.max_watchers}")
+        if self.rate_limit < 0:
+            raise ConfigError(f"--rate-limit must be >= 0 (0 turns it off), got {self.rate_limit}")
+        if self.rate_burst < 1:
+            raise ConfigError(f"--rate-burst must be >= 1, got {self.rate_burst}")
+        if not 0 <= self.drain_timeout <= 3600:
+            raise ConfigError(f"--drain-timeout must be 0..3600 s, got {self.drain_timeout}")
         if not 0 <= self.jitter_frames <= 8:
             raise ConfigError(f"--jitter-frames must be 0..8, got {self.jitter_frames}")
         if self.max_sessions < 1:
@@ -128,6 +151,29 @@ class Config:
             raise ConfigError(
                 f"--public-url must start with http:// or https://, got {self.public_url}"
             )
+
+    def _check_security(self) -> None:
+        for cert, key, name in (
+            (self.http_tls_cert, self.http_tls_key, "http"),
+            (self.grpc_tls_cert, self.grpc_tls_key, "grpc"),
+        ):
+            if (cert is None) != (key is None):
+                raise ConfigError(f"--{name}-tls-cert and --{name}-tls-key go together")
+        if self.grpc_client_ca is not None and self.grpc_tls_cert is None:
+            raise ConfigError("--grpc-client-ca needs --grpc-tls-cert and --grpc-tls-key")
+        exposed = [h for h in (self.http_host, self.grpc_host) if not is_loopback(h)]
+        if exposed and self.token is None and not self.insecure_no_auth:
+            raise ConfigError(
+                f"binding {exposed[0]} exposes Hark beyond this machine: set --token, "
+                "or --insecure-no-auth to run without authentication"
+            )
+
+    @property
+    def effective_cors_origins(self) -> tuple[str, ...]:
+        """``--cors-origin``, or ``*`` when HTTP is bound to loopback only."""
+        if self.cors_origins:
+            return self.cors_origins
+        return ("*",) if is_loopback(self.http_host) else ()
 
     def speech_settings(self) -> SpeechSettings:
         """The audio pipeline's server-wide defaults (``ConfigError`` names a bad option)."""
@@ -156,11 +202,21 @@ class Config:
             )
             raise ConfigError(f"--{flag}: {exc}") from exc
 
-    def base_url(self, bound_http_port: int) -> str:
+    def base_url(self, bound_http_port: int, secure: bool = False) -> str:
         """Where clients reach the HTTP surface: ``--public-url`` or the bound address."""
         if self.public_url:
             return self.public_url.rstrip("/")
-        return f"http://{_url_host(self.http_host)}:{bound_http_port}"
+        scheme = "https" if secure else "http"
+        return f"{scheme}://{_url_host(self.http_host)}:{bound_http_port}"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _flag(name: str) -> str:

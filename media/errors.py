@@ -102,3 +102,11 @@ class SubscriberTooSlow(HarkError):
 
 class UnsupportedContentType(HarkError):
     """The request's Content-Type is not the one the resource takes (HTTP 415)."""
+
+
+class RateLimited(HarkError):
+    """Too many requests from one client (HTTP 429 with Retry-After)."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

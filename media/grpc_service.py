@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Final, TypeVar
 
@@ -23,6 +24,7 @@ from media.errors import (
     SubscriberTooSlow,
     Unauthorized,
 )
+from media.metrics import Metrics
 from media.registry import END, Registry, SnapshotItem, WatchItem, tokens_match
 from media.session import (
     CloseReason,
@@ -349,6 +351,8 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
         session_id = _session_id(request)
         whip_url = self.whip_url(session_id)
         initial, sub = self._registry.subscribe(session_id, request.since_revision)
+        gauge = self._registry.metrics.watch_streams
+        gauge.inc()
         try:
             for item in initial:
                 yield event_pb(item, whip_url)
@@ -366,6 +370,7 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
                 if is_closed_event(event):
                     return
         finally:
+            gauge.dec()
             if sub is not None:
                 self._registry.unsubscribe(session_id, sub)
 
@@ -374,6 +379,8 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
         self, request: pb.WatchSessionsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.SessionEvent]:
         initial, sub = self._registry.subscribe_all(request.include_closed)
+        gauge = self._registry.metrics.watch_streams
+        gauge.inc()
         try:
             for item in initial:
                 sid = item.snapshot.id if isinstance(item, SnapshotItem) else item.session_id
@@ -388,6 +395,7 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
                 assert isinstance(event, SessionEvent)
                 yield event_pb(event, self.whip_url(event.session_id))
         finally:
+            gauge.dec()
             self._registry.unsubscribe_all(sub)
 
     @streaming
@@ -407,11 +415,14 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
             AudioMode(request.mode or AudioMode.SPEECH), request.sample_rate
         )
         sequence = 0
+        gauge = self._registry.metrics.audio_subscribers
+        gauge.inc()
         try:
             while (item := await subscriber.get()) is not STREAM_ENDED:
                 sequence += 1
                 yield chunk_pb(session_id, sequence, item)
         finally:
+            gauge.dec()
             pipeline.unsubscribe(subscriber)
 
     def _heartbeat_pb(self, session_id: str, revision: int) -> pb.SessionEvent:
@@ -421,6 +432,73 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
             time=timestamp(self._registry.clock.now()),
             heartbeat=pb.Heartbeat(),
         )
+
+
+def _status(context: grpc.aio.ServicerContext[Any, Any], error: BaseException | None) -> str:
+    if isinstance(error, asyncio.CancelledError):
+        return "CANCELLED"
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return str(code.name)
+    if error is not None and not isinstance(error, grpc.aio.AbortError):
+        return "UNKNOWN"
+    return "OK"
+
+
+class RpcMetrics(grpc.aio.ServerInterceptor):
+    """Counts every call by method and status code, and times unary calls."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        requests, durations = self._metrics.grpc_requests, self._metrics.grpc_duration
+        kwargs = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary:
+            inner: Any = handler.unary_unary
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                start = time.perf_counter()
+                error: BaseException | None = None
+                try:
+                    return await inner(request, context)
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    requests.labels(method, _status(context, error)).inc()
+                    durations.labels(method).observe(time.perf_counter() - start)
+
+            return grpc.unary_unary_rpc_method_handler(unary, **kwargs)
+        if handler.unary_stream:
+            inner_stream: Any = handler.unary_stream
+
+            async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                error: BaseException | None = None
+                try:
+                    async for item in inner_stream(request, context):
+                        yield item
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    requests.labels(method, _status(context, error)).inc()
+
+            return grpc.unary_stream_rpc_method_handler(stream, **kwargs)
+        return handler
 
 
 class BearerAuth(grpc.aio.ServerInterceptor):

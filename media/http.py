@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
 from aiohttp import web
@@ -15,6 +16,7 @@ from media.errors import (
     IceRestartUnsupported,
     InvalidRequest,
     OfferTooLarge,
+    RateLimited,
     SessionClosed,
     SessionConflict,
     SessionNotFound,
@@ -23,6 +25,8 @@ from media.errors import (
     UnsupportedContentType,
     UnsupportedOffer,
 )
+from media.metrics import Metrics
+from media.ratelimit import RateLimiter
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +45,7 @@ _STATUS: Final[list[tuple[type[HarkError], int]]] = [
     (SessionClosed, 404),
     (SessionConflict, 409),
     (StaleEtag, 412),
+    (RateLimited, 429),
     (OfferTooLarge, 413),
     (UnsupportedContentType, 415),
     (UnsupportedOffer, 422),
@@ -63,21 +68,39 @@ def error_response(exc: HarkError) -> web.Response:
     response = web.Response(status=status, text=f"{exc}\n", content_type="text/plain")
     if status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="hark"'
-    if isinstance(exc, CapacityExceeded):
+    if isinstance(exc, CapacityExceeded | RateLimited):
         response.headers["Retry-After"] = str(exc.retry_after_s)
     elif isinstance(exc, Draining):
         response.headers["Retry-After"] = "5"
     return response
 
 
-def make_middlewares(cors_origin: str) -> list[Callable[..., Awaitable[web.StreamResponse]]]:
+def route_of(request: web.Request) -> str:
+    """The matched route's pattern (``/whip/{id}``), never the path with a session id in it."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+MUTATING: Final = frozenset({"POST", "PATCH", "DELETE"})
+
+
+def make_middlewares(
+    cors_origins: Sequence[str],
+    metrics: Metrics,
+    limiter: RateLimiter | None,
+) -> list[Callable[..., Awaitable[web.StreamResponse]]]:
     @web.middleware
-    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
+        status = 500
         try:
-            return await handler(request)
-        except HarkError as exc:
-            logger.info("%s %s -> %d: %s", request.method, request.path, status_for(exc), exc)
-            return error_response(exc)
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            metrics.http_requests.labels(route_of(request), request.method, str(status)).inc()
 
     @web.middleware
     async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -85,15 +108,36 @@ def make_middlewares(cors_origin: str) -> list[Callable[..., Awaitable[web.Strea
             response = await handler(request)
         except web.HTTPException as exc:
             response = exc
-        response.headers["Access-Control-Allow-Origin"] = cors_origin
-        response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
-        if cors_origin != "*":
+        origin = request.headers.get("Origin")
+        if "*" in cors_origins:
+            response.headers["Access-Control-Allow-Origin"] = "*"
+        elif origin is not None and origin in cors_origins:
+            response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Vary"] = "Origin"
+        response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
         if isinstance(response, web.HTTPException):
             raise response
         return response
 
-    return [cors, errors]
+    @web.middleware
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            if limiter is not None and request.method in MUTATING:
+                client = request.remote or "unknown"
+                wait = limiter.check(client, time.monotonic())
+                if wait:
+                    metrics.rate_limited.labels(route_of(request)).inc()
+                    raise RateLimited(
+                        f"too many requests from {client}: at most {limiter.rate:g} per second "
+                        f"(bursts of {limiter.burst})",
+                        limiter.retry_after(wait),
+                    )
+            return await handler(request)
+        except HarkError as exc:
+            logger.info("%s %s -> %d: %s", request.method, route_of(request), status_for(exc), exc)
+            return error_response(exc)
+
+    return [count, cors, errors]
 
 
 def preflight(accept_post: str | None = None) -> web.Response:

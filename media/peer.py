@@ -26,6 +26,8 @@ from media.sdp import TrickleCandidate
 logger = logging.getLogger(__name__)
 
 MEDIA_POLL_INTERVAL_S: Final = 0.5
+STATS_EVERY_POLLS: Final = 2
+OPUS_CLOCK_RATE: Final = 48000
 
 
 class PeerEvents(Protocol):
@@ -38,6 +40,8 @@ class PeerEvents(Protocol):
     def internal_error(self, session_id: str, detail: str) -> None: ...
 
     def media_received(self, session_id: str) -> None: ...
+
+    def rtp_stats(self, session_id: str, lost: int, jitter_s: float) -> None: ...
 
     def audio_decoded(self, session_id: str, frame: AudioFrame) -> None: ...
 
@@ -176,6 +180,8 @@ class PublisherPeer:
     async def _watch_packets(self, receiver: RTCRtpReceiver) -> None:
         """Reports RTP arrival: aiortc itself notices a vanished peer only after ~30 s."""
         last_seen = None
+        lost_before = 0
+        polls = 0
         while True:
             await asyncio.sleep(MEDIA_POLL_INTERVAL_S)
             sources = receiver.getSynchronizationSources()
@@ -184,3 +190,11 @@ class PublisherPeer:
                 if latest != last_seen:
                     last_seen = latest
                     self._events.media_received(self.session_id)
+            polls += 1
+            if polls % STATS_EVERY_POLLS == 0:
+                for stats in (await receiver.getStats()).values():
+                    if getattr(stats, "type", None) == "inbound-rtp":
+                        lost = int(stats.packetsLost)
+                        jitter_s = float(stats.jitter) / OPUS_CLOCK_RATE
+                        self._events.rtp_stats(self.session_id, lost - lost_before, jitter_s)
+                        lost_before = lost

@@ -27,6 +27,7 @@ from media.errors import (
     SessionNotFound,
     SubscriberTooSlow,
 )
+from media.metrics import Metrics
 from media.session import (
     CloseReason,
     Origin,
@@ -147,14 +148,18 @@ class Registry:
         max_sessions: int,
         event_retention: int = 256,
         speech: SpeechSettings | None = None,
+        metrics: Metrics | None = None,
+        max_watchers: int = 1000,
     ) -> None:
+        self.max_watchers = max_watchers
         self.clock = clock
+        self.metrics = metrics or Metrics()
         self.speech = speech or SpeechSettings()
         self.timeouts = timeouts
         self.closed_retention = closed_retention
         self.max_sessions = max_sessions
         self.event_retention = event_retention
-        self.observers: list[Callable[[SessionEvent], None]] = []
+        self.observers: list[Callable[[SessionEvent, Session], None]] = []
         self._entries: dict[str, Entry] = {}
         self._global_watchers: set[Subscription] = set()
         self._media_closing: set[asyncio.Task[None]] = set()
@@ -227,7 +232,9 @@ class Registry:
             metadata=metadata,
             retain_events=self.event_retention,
         )
-        audio = SpeechPipeline(self.speech, lambda event: self._speech_event(sid, event))
+        audio = SpeechPipeline(
+            self.speech, lambda event: self._speech_event(sid, event), self.metrics
+        )
         entry = Entry(session, audio, token=secrets.token_urlsafe(24) if with_token else None)
         self._entries[sid] = entry
         logger.info("session %s: created (%s)", sid, origin.name)
@@ -282,10 +289,16 @@ class Registry:
         entry = self._entries.get(session_id)
         if entry is None or entry.session.closed:
             return
+        self.metrics.frames_decoded.inc()
         events = entry.session.audio_decoded(self.clock.now())
         if events:
             self._publish(entry, events)
         entry.audio.push(frame)
+
+    def rtp_stats(self, session_id: str, lost: int, jitter_s: float) -> None:
+        if lost > 0:
+            self.metrics.rtp_packets_lost.inc(lost)
+        self.metrics.rtp_jitter.observe(jitter_s)
 
     def start_listening(
         self,
@@ -359,6 +372,7 @@ class Registry:
                 f"since_revision {since_revision} is ahead of session {session_id!r}, "
                 f"whose latest revision is {session.revision}"
             )
+        self._check_watchers()
         initial: list[WatchItem]
         if since_revision == 0:
             initial = [SnapshotItem(session.snapshot())]
@@ -380,6 +394,7 @@ class Registry:
             entry.watchers.discard(sub)
 
     def subscribe_all(self, include_closed: bool) -> tuple[list[WatchItem], Subscription]:
+        self._check_watchers()
         initial: list[WatchItem] = [
             SnapshotItem(e.session.snapshot())
             for e in self._entries.values()
@@ -397,6 +412,13 @@ class Registry:
     def watcher_count(self) -> int:
         return len(self._global_watchers) + sum(len(e.watchers) for e in self._entries.values())
 
+    def _check_watchers(self) -> None:
+        count = self.watcher_count()
+        if count >= self.max_watchers:
+            raise CapacityExceeded(
+                f"at capacity: {count} watch streams (--max-watchers {self.max_watchers})"
+            )
+
     # internals
 
     def _publish(self, entry: Entry, events: Iterable[SessionEvent]) -> None:
@@ -405,8 +427,9 @@ class Registry:
                 sub.push(event)
             for sub in self._global_watchers:
                 sub.push(event)
+            self.metrics.observe_event(event, entry.session)
             for observe in self.observers:
-                observe(event)
+                observe(event, entry.session)
             if isinstance(event.payload, StateChanged):
                 logger.debug(
                     "session %s: r%d %s", event.session_id, event.revision, event.payload.state.name

@@ -120,6 +120,11 @@ class Session:
         self._emit(now, StateChanged(SessionState.NEW, None))
 
     @property
+    def connecting_time(self) -> float | None:
+        """When the publisher's offer was answered."""
+        return self._connecting_time
+
+    @property
     def closed(self) -> bool:
         return self.state is SessionState.CLOSED
 

@@ -20,6 +20,7 @@ from av import AudioFrame
 
 from media.audio import Downmixer, Framer, PcmResampler
 from media.errors import InvalidRequest
+from media.metrics import Metrics
 from media.vad import EndReason, Segmenter, SegmenterConfig, SpeechEnded, SpeechStarted
 
 logger = logging.getLogger(__name__)
@@ -108,8 +109,16 @@ class AudioSubscriber:
     Audio dropped for a slow reader is added up and reported on the next audio it receives.
     """
 
-    def __init__(self, mode: AudioMode, sample_rate: int, source_rate: int, limit_ms: int) -> None:
+    def __init__(
+        self,
+        mode: AudioMode,
+        sample_rate: int,
+        source_rate: int,
+        limit_ms: int,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.mode = mode
+        self._metrics = metrics
         self.sample_rate = sample_rate
         self._resampler = (
             PcmResampler(source_rate, sample_rate) if sample_rate != source_rate else None
@@ -160,6 +169,8 @@ class AudioSubscriber:
                 self._queued_ms -= queued.duration_ms
                 self._dropped_ms += queued.duration_ms
                 self.total_dropped_ms += queued.duration_ms
+                if self._metrics is not None:
+                    self._metrics.audio_dropped.inc(queued.duration_ms / 1000)
                 return
 
     async def get(self) -> StreamItem:
@@ -179,8 +190,14 @@ SpeechEvent = SpeechStarted | SpeechEnded
 class SpeechPipeline:
     """Per-session pipeline. ``push`` takes decoded frames; listening gates analysis."""
 
-    def __init__(self, settings: SpeechSettings, on_event: Callable[[SpeechEvent], None]) -> None:
+    def __init__(
+        self,
+        settings: SpeechSettings,
+        on_event: Callable[[SpeechEvent], None],
+        metrics: Metrics | None = None,
+    ) -> None:
         self.settings = settings
+        self._metrics = metrics
         self._on_event = on_event
         self._rate = settings.sample_rate
         self._downmixer = Downmixer(self._rate)
@@ -196,6 +213,7 @@ class SpeechPipeline:
         self._last_offset_ms = 0
         self.frames_analysed = 0
         self.discarded_bursts = 0
+        self._discarded_seen = 0
 
     @property
     def listening(self) -> bool:
@@ -222,6 +240,7 @@ class SpeechPipeline:
         if self._segmenter is not None:
             return
         self._segmenter = Segmenter(segmenter)
+        self._discarded_seen = 0
         self._vad.set_mode(aggressiveness)
         keep_ms = segmenter.pre_roll_ms + segmenter.start_window_ms + segmenter.min_speech_ms
         self._recent = deque(maxlen=keep_ms // segmenter.frame_ms + 2)
@@ -234,7 +253,7 @@ class SpeechPipeline:
         if self._segmenter is None:
             return
         events = self._segmenter.flush(reason, self._last_offset_ms + self.settings.frame_ms)
-        self.discarded_bursts = self._segmenter.discarded
+        self._count_discarded()
         self._segmenter = None
         self._recent.clear()
         self._handle(events)
@@ -249,7 +268,11 @@ class SpeechPipeline:
 
     def subscribe(self, mode: AudioMode, sample_rate: int) -> AudioSubscriber:
         subscriber = AudioSubscriber(
-            mode, sample_rate or self._rate, self._rate, self.settings.subscriber_queue_ms
+            mode,
+            sample_rate or self._rate,
+            self._rate,
+            self.settings.subscriber_queue_ms,
+            self._metrics,
         )
         self._subscribers.add(subscriber)
         return subscriber
@@ -269,6 +292,8 @@ class SpeechPipeline:
         self.frames_analysed += 1
         self._recent.append((offset_ms, vad_frame, voiced))
         events = self._segmenter.push(voiced, offset_ms)
+        if self._segmenter.discarded != self._discarded_seen:
+            self._count_discarded()
         if events:
             self._handle(events)
         if self._subscribers:
@@ -276,6 +301,14 @@ class SpeechPipeline:
             for subscriber in self._subscribers:
                 if subscriber.mode is AudioMode.ALL or (segment_id and not events):
                     subscriber.push(self._audio(offset_ms, vad_frame, voiced, segment_id))
+
+    def _count_discarded(self) -> None:
+        assert self._segmenter is not None
+        new = self._segmenter.discarded - self._discarded_seen
+        self._discarded_seen = self._segmenter.discarded
+        self.discarded_bursts += new
+        if self._metrics is not None and new:
+            self._metrics.discarded_bursts.inc(new)
 
     def _handle(self, events: list[SpeechEvent]) -> None:
         for event in events:

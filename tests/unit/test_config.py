@@ -78,5 +78,39 @@ def test_the_token_never_shows_in_the_config_repr() -> None:
 
 
 def test_public_url_defaults_to_the_bound_address() -> None:
-    assert Config(http_host="0.0.0.0").base_url(8123) == "http://127.0.0.1:8123"
+    open_config = Config(http_host="0.0.0.0", insecure_no_auth=True)
+    assert open_config.base_url(8123) == "http://127.0.0.1:8123"
+    assert open_config.base_url(8123, secure=True) == "https://127.0.0.1:8123"
     assert Config(public_url="https://hark.example/").base_url(8123) == "https://hark.example"
+
+
+def test_binding_beyond_loopback_needs_a_token_or_an_explicit_opt_out() -> None:
+    with pytest.raises(ConfigError, match="set --token, or --insecure-no-auth"):
+        parse(["--http-host", "0.0.0.0"])
+    with pytest.raises(ConfigError, match="binding 10.1.2.3"):
+        Config(grpc_host="10.1.2.3")
+    assert parse(["--http-host", "0.0.0.0", "--token", "long-enough-token"]).token
+    assert parse(["--http-host", "::", "--insecure-no-auth"]).insecure_no_auth
+
+
+def test_cors_defaults_to_any_origin_only_on_loopback() -> None:
+    assert Config().effective_cors_origins == ("*",)
+    assert Config(http_host="0.0.0.0", token="long-enough-token").effective_cors_origins == ()
+    config = parse(["--cors-origin", "https://app.example", "--cors-origin", "https://b.example"])
+    assert config.effective_cors_origins == ("https://app.example", "https://b.example")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--http-tls-cert", "c.pem"], "--http-tls-cert and --http-tls-key go together"),
+        (["--grpc-client-ca", "ca.pem"], "--grpc-client-ca needs --grpc-tls-cert"),
+        (["--vad-start-ratio", "2"], "--vad-start-ratio: start_ratio must be between"),
+        (["--vad-frame-ms", "25"], "--vad-frame-ms: frame_ms must be 10, 20 or 30"),
+        (["--pre-listen-ms", "-1"], "--pre-listen-ms"),
+        (["--rate-burst", "0"], "--rate-burst must be >= 1"),
+    ],
+)
+def test_operations_and_audio_options_are_validated(argv: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse(argv)

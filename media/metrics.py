@@ -1,0 +1,182 @@
+"""Every Prometheus metric Hark exports, defined once. No label ever carries a session id.
+
+Each server gets its own ``CollectorRegistry`` (so several servers in one process, as in the
+tests, do not share counts), with the standard process, platform and GC collectors added.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from typing import Final
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from media.session import CloseReason, Session, SessionEvent, SessionState, StateChanged
+from media.vad import SpeechEnded
+
+LATENCY_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+LOOP_LAG_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+RPC_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0)
+JITTER_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25)
+LOOP_LAG_INTERVAL_S: Final = 0.1
+
+
+class _SessionCollector(Collector):
+    """Gauges read from the registry at scrape time."""
+
+    def __init__(self, sessions: Callable[[], Iterable[Session]]) -> None:
+        self._sessions = sessions
+
+    def collect(self) -> Iterable[Metric]:
+        by_state = {state: 0 for state in SessionState if state is not SessionState.CLOSED}
+        listening = 0
+        for session in self._sessions():
+            if session.state in by_state:
+                by_state[session.state] += 1
+                listening += session.listening
+        states = GaugeMetricFamily(
+            "hark_sessions",
+            "Live sessions by state (closed ones are not counted).",
+            labels=["state"],
+        )
+        for state, count in by_state.items():
+            states.add_metric([state.name], count)
+        yield states
+        yield GaugeMetricFamily(
+            "hark_sessions_listening", "Live sessions that are listening.", value=listening
+        )
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        self.sessions_created = Counter(
+            "hark_sessions_created", "Sessions created, by origin.", ["origin"], registry=r
+        )
+        self.sessions_closed = Counter(
+            "hark_sessions_closed", "Sessions closed, by close reason.", ["reason"], registry=r
+        )
+        self.time_to_ready = Histogram(
+            "hark_time_to_ready_seconds",
+            "From the offer being answered to the first decoded audio frame.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.http_requests = Counter(
+            "hark_http_requests",
+            "HTTP requests by route, method and status code.",
+            ["route", "method", "code"],
+            registry=r,
+        )
+        self.grpc_requests = Counter(
+            "hark_grpc_requests",
+            "gRPC calls by method and status code.",
+            ["method", "code"],
+            registry=r,
+        )
+        self.grpc_duration = Histogram(
+            "hark_grpc_unary_duration_seconds",
+            "Duration of unary gRPC calls.",
+            ["method"],
+            buckets=RPC_BUCKETS,
+            registry=r,
+        )
+        self.watch_streams = Gauge(
+            "hark_watch_streams", "Open WatchSession and WatchSessions streams.", registry=r
+        )
+        self.audio_subscribers = Gauge(
+            "hark_audio_subscribers", "Open StreamAudio streams.", registry=r
+        )
+        self.frames_decoded = Counter(
+            "hark_audio_frames_decoded", "Audio frames decoded from publishers.", registry=r
+        )
+        self.decode_errors = Counter(
+            "hark_audio_decode_errors", "Audio packets that could not be decoded.", registry=r
+        )
+        self.rtp_packets_lost = Counter(
+            "hark_rtp_packets_lost", "RTP packets lost on the way in (receiver stats).", registry=r
+        )
+        self.rtp_jitter = Histogram(
+            "hark_rtp_jitter_seconds",
+            "Interarrival jitter of incoming audio, sampled per session every second.",
+            buckets=JITTER_BUCKETS,
+            registry=r,
+        )
+        self.vad_segments = Counter(
+            "hark_vad_segments", "Speech segments detected (SpeechEnded events).", registry=r
+        )
+        self.speech_seconds = Counter(
+            "hark_vad_speech_seconds", "Seconds of speech in detected segments.", registry=r
+        )
+        self.discarded_bursts = Counter(
+            "hark_vad_discarded_bursts", "Voiced bursts shorter than min_speech_ms.", registry=r
+        )
+        self.audio_dropped = Counter(
+            "hark_stream_audio_dropped_seconds",
+            "Audio dropped for StreamAudio subscribers that read too slowly.",
+            registry=r,
+        )
+        self.loop_lag = Histogram(
+            "hark_event_loop_lag_seconds",
+            f"How late a {LOOP_LAG_INTERVAL_S:g} s timer fires on the event loop.",
+            buckets=LOOP_LAG_BUCKETS,
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "hark_http_rate_limited",
+            "HTTP requests refused with 429, by route.",
+            ["route"],
+            registry=r,
+        )
+        for reason in CloseReason:
+            self.sessions_closed.labels(reason.name)
+        for origin in ("WHIP", "API"):
+            self.sessions_created.labels(origin)
+
+    def watch_sessions(self, sessions: Callable[[], Iterable[Session]]) -> None:
+        self.registry.register(_SessionCollector(sessions))
+
+    def observe_event(self, event: SessionEvent, session: Session) -> None:
+        payload = event.payload
+        if isinstance(payload, StateChanged):
+            if payload.state is SessionState.NEW:
+                self.sessions_created.labels(session.origin.name).inc()
+            elif payload.state is SessionState.READY:
+                connecting = session.connecting_time
+                if connecting is not None:
+                    self.time_to_ready.observe(max(0.0, event.time - connecting))
+            elif payload.state is SessionState.CLOSED and payload.close_reason is not None:
+                self.sessions_closed.labels(payload.close_reason.name).inc()
+        elif isinstance(payload, SpeechEnded):
+            self.vad_segments.inc()
+            self.speech_seconds.inc(payload.duration_ms / 1000)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    async def sample_loop_lag(self) -> None:
+        """Runs until cancelled: the first sign of an overloaded asyncio media server."""
+        loop = asyncio.get_running_loop()
+        while True:
+            expected = loop.time() + LOOP_LAG_INTERVAL_S
+            await asyncio.sleep(LOOP_LAG_INTERVAL_S)
+            self.loop_lag.observe(max(0.0, loop.time() - expected))
