@@ -78,8 +78,8 @@ class WhipHandlers:
 
     async def publish(self, request: web.Request) -> web.Response:
         self.authorize_server(request)
-        offer = await self._read_offer(request)
         self._registry.check_capacity()
+        offer = await self._read_offer(request)
         peer, answer = await self._negotiate(new_session_id(), offer)
         try:
             entry = self._registry.create(Origin.WHIP, session_id=peer.session_id)
