@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 MEDIA_POLL_INTERVAL_S: Final = 0.5
 STATS_EVERY_POLLS: Final = 2
 OPUS_CLOCK_RATE: Final = 48000
+ORPHAN_WATCH_POLLS: Final = 5
 
 
 class PeerEvents(Protocol):
@@ -57,6 +58,35 @@ def set_jitter_frames(receiver: RTCRtpReceiver, frames: int) -> bool:
         return False
     buffer._prefetch = frames
     return True
+
+
+def ice_connections(pc: RTCPeerConnection) -> list[Any]:
+    """The aioice connections under a peer connection (empty if aiortc hides them elsewhere)."""
+    found = []
+    for transceiver in pc.getTransceivers():
+        ice = getattr(transceiver.receiver.transport, "transport", None)
+        connection = getattr(ice, "_connection", None)
+        if connection is not None and connection not in found:
+            found.append(connection)
+    return found
+
+
+async def stop_orphaned_consent_checks(connections: Sequence[Any]) -> None:
+    """Cancel consent checks that aioice 0.13 starts after a close that raced ICE completion.
+
+    ``Connection.connect()`` starts the RFC 7675 consent task when it resumes after the check
+    list completed; if ``close()`` ran in between, nothing ever cancels that task, and it keeps
+    sending STUN on closed sockets for ~30 s. ``connect()`` polls every 20 ms, so watching for
+    a little longer than that and cancelling what appears ends it.
+    """
+    for _ in range(ORPHAN_WATCH_POLLS):
+        await asyncio.sleep(0.02)
+        for connection in connections:
+            task = getattr(connection, "_query_consent_task", None)
+            if getattr(connection, "_closing", False) and isinstance(task, asyncio.Task):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
 
 def rtc_configuration(ice_servers: Sequence[IceServer]) -> RTCConfiguration:
@@ -134,7 +164,9 @@ class PublisherPeer:
             for task in list(self._tasks):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            connections = ice_connections(self._pc)
             await self._pc.close()
+            await stop_orphaned_consent_checks(connections)
             logger.debug("session %s: peer connection closed", self.session_id)
         finally:
             self._close_done.set_result(None)

@@ -17,6 +17,7 @@ from aiortc.contrib.media import MediaPlayer
 
 from media.app import HarkApp
 from media.config import Config
+from media.peer import ice_connections, stop_orphaned_consent_checks
 from media.v1 import media_pb2 as pb
 from media.v1 import media_pb2_grpc
 
@@ -29,7 +30,7 @@ def truth(name: str = "speech.json") -> dict[str, Any]:
 
 
 def test_config(**overrides: Any) -> Config:
-    base = Config(http_port=0, grpc_port=0, heartbeat_interval=1.0)
+    base = Config(http_port=0, grpc_port=0, heartbeat_interval=1.0, rate_limit=0)
     return dataclasses.replace(base, **overrides)
 
 
@@ -93,7 +94,9 @@ class Publisher:
 
     async def vanish(self) -> None:
         """Stop sending without telling the server."""
+        connections = ice_connections(self.pc)
         await self.pc.close()
+        await stop_orphaned_consent_checks(connections)
         with contextlib.suppress(Exception):
             if self.player.audio is not None:
                 self.player.audio.stop()

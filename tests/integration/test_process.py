@@ -1,0 +1,134 @@
+"""The real ``hark serve`` process: startup log, graceful drain on SIGTERM, exit code."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+import time
+
+import aiohttp
+import grpc
+
+from media.v1 import media_pb2 as pb
+from media.v1 import media_pb2_grpc
+from tests.support import collect_until_closed, next_event, publish
+
+STARTED = re.compile(r"HTTP on [\d.]+:(\d+), gRPC on [\d.]+:(\d+)")
+
+
+class HarkProcess:
+    def __init__(self, *args: str) -> None:
+        self.args = args
+        self.proc: asyncio.subprocess.Process | None = None
+        self.log: list[str] = []
+        self.http_port = self.grpc_port = 0
+
+    async def __aenter__(self) -> HarkProcess:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "media",
+            "serve",
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "0",
+            *self.args,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        assert self.proc.stderr is not None
+        async with asyncio.timeout(20):
+            while True:
+                line = (await self.proc.stderr.readline()).decode()
+                assert line, "hark exited before serving:\n" + "".join(self.log)
+                self.log.append(line)
+                if match := STARTED.search(line):
+                    self.http_port, self.grpc_port = int(match[1]), int(match[2])
+                    return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+    async def wait(self, timeout: float) -> int:
+        assert self.proc is not None and self.proc.stderr is not None
+        async with asyncio.timeout(timeout):
+            rest = await self.proc.stderr.read()
+            self.log.append(rest.decode())
+            return await self.proc.wait()
+
+
+async def test_sigterm_drains_then_closes_everyone_with_shutdown_and_exits_0() -> None:
+    async with HarkProcess("--drain-timeout", "2", "--log-level", "INFO") as hark:
+        base = f"http://127.0.0.1:{hark.http_port}"
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{hark.grpc_port}") as channel:
+            stub = media_pb2_grpc.MediaServiceStub(channel)
+            publisher = await publish(base)
+            sid = publisher.session_id
+            await stub.StartListening(
+                pb.StartListeningRequest(session_id=sid, wait_for_ready=True), timeout=10
+            )
+            created = await stub.CreateSession(pb.CreateSessionRequest())
+            watchers = [
+                stub.WatchSession(pb.WatchSessionRequest(session_id=session_id))
+                for session_id in (sid, created.id)
+            ]
+            for watcher in watchers:
+                await next_event(watcher)
+            everyone = stub.WatchSessions(pb.WatchSessionsRequest())
+            await next_event(everyone)
+
+            assert hark.proc is not None
+            signalled = time.monotonic()
+            hark.proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.3)
+            async with aiohttp.ClientSession() as http:
+                async with http.get(base + "/readyz") as response:
+                    assert response.status == 503
+                    assert "draining" in await response.text()
+                async with http.post(
+                    base + "/whip", headers={"Content-Type": "application/sdp"}, data="v=0"
+                ) as response:
+                    assert response.status == 503
+            try:
+                await stub.CreateSession(pb.CreateSessionRequest())
+                raise AssertionError("CreateSession succeeded while draining")
+            except grpc.aio.AioRpcError as draining:
+                assert draining.code() == grpc.StatusCode.UNAVAILABLE
+
+            for watcher in watchers:
+                closed = (await collect_until_closed(watcher, timeout=10))[-1]
+                assert closed.state_changed.state == pb.CLOSED
+                assert closed.state_changed.close_reason == pb.SHUTDOWN
+            code = await hark.wait(timeout=10)
+            elapsed = time.monotonic() - signalled
+            await publisher.vanish()
+    assert code == 0, "".join(hark.log)
+    assert elapsed < 2 + 3, f"exited {elapsed:.1f} s after SIGTERM with a 2 s drain timeout"
+    assert "Traceback" not in "".join(hark.log)
+
+
+async def test_port_zero_is_reported_and_bad_options_exit_with_a_message() -> None:
+    async with HarkProcess() as hark:
+        assert hark.http_port > 0 and hark.grpc_port > 0
+        assert hark.proc is not None
+        hark.proc.send_signal(signal.SIGINT)
+        assert await hark.wait(timeout=10) == 0
+    bad = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "media",
+        "serve",
+        "--http-host",
+        "0.0.0.0",
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await bad.communicate()
+    assert bad.returncode == 2
+    assert b"--insecure-no-auth" in err
