@@ -19,7 +19,7 @@ from media.audio import DecodeErrorCounter
 from media.clock import Clock
 from media.config import Config
 from media.grpc_service import SERVICE_NAME, BearerAuth, MediaService, RpcMetrics
-from media.http import make_middlewares
+from media.http import ClientProtocolErrors, make_middlewares
 from media.metrics import Metrics
 from media.ratelimit import RateLimiter
 from media.registry import Registry
@@ -60,6 +60,7 @@ class HarkApp:
         self._health_dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._decode_errors = DecodeErrorCounter(self.metrics.decode_errors.inc)
+        self._protocol_errors = ClientProtocolErrors()
         self._started = False
 
     @property
@@ -211,6 +212,7 @@ class HarkApp:
 
     async def _start(self) -> None:
         logging.getLogger("aiortc.rtcrtpreceiver").addFilter(self._decode_errors)
+        logging.getLogger("aiohttp.server").addFilter(self._protocol_errors)
         self.registry.start()
         self.registry.observers.append(self._on_event)
         self.http_port = await self._serve_http(self.build_http_app(), self.config.http_port)
@@ -265,6 +267,7 @@ class HarkApp:
             await runner.cleanup()
         self._runners = []
         logging.getLogger("aiortc.rtcrtpreceiver").removeFilter(self._decode_errors)
+        logging.getLogger("aiohttp.server").removeFilter(self._protocol_errors)
         if self._started:
             logger.info("hark stopped")
             self._started = False

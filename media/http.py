@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from media.errors import (
     CapacityExceeded,
@@ -54,6 +55,25 @@ _STATUS: Final[list[tuple[type[HarkError], int]]] = [
     (CapacityExceeded, 503),
     (Draining, 503),
 ]
+
+
+class ClientProtocolErrors(logging.Filter):
+    """aiohttp answers a malformed HTTP request with 400 but logs it at ERROR with a traceback;
+    attached to ``aiohttp.server``, this logs it as the client mistake it is, in one INFO line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            record.msg, record.args = (
+                "malformed HTTP request answered %s: %s",
+                (
+                    error.code,
+                    str(error.message).splitlines()[0] if error.message else type(error).__name__,
+                ),
+            )
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info = record.exc_text = None
+        return True
 
 
 def status_for(exc: HarkError) -> int:

@@ -20,7 +20,7 @@ from av import AudioFrame
 
 from media.audio import AudioConsumer
 from media.config import IceServer
-from media.errors import InvalidOffer, InvalidTrickle, UnsupportedOffer
+from media.errors import HarkError, InvalidOffer, InvalidTrickle, UnsupportedOffer
 from media.sdp import TrickleCandidate
 
 logger = logging.getLogger(__name__)
@@ -119,9 +119,18 @@ class PublisherPeer:
     async def negotiate(self, offer_sdp: str) -> str:
         """Apply the offer and return the answer: audio ``recvonly`` with Opus, other media off."""
         try:
-            await self._pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
-        except ValueError as exc:
-            raise InvalidOffer(f"SDP offer rejected: {exc}") from exc
+            return await self._negotiate(offer_sdp)
+        except HarkError:
+            raise
+        except Exception as exc:
+            # aiortc reports what it cannot use in an offer with assorted exception types.
+            logger.debug("session %s: offer rejected by aiortc", self.session_id, exc_info=True)
+            raise InvalidOffer(
+                f"SDP offer rejected by the WebRTC stack: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    async def _negotiate(self, offer_sdp: str) -> str:
+        await self._pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
         capabilities = RTCRtpReceiver.getCapabilities("audio")
         assert capabilities is not None
         opus = [c for c in capabilities.codecs if c.name == "opus"]

@@ -11,6 +11,8 @@ Direction = Literal["publish", "play"]
 _DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
 _CAN_SEND = ("sendrecv", "sendonly")
 _CAN_RECEIVE = ("sendrecv", "recvonly")
+_FINGERPRINT_BYTES = {"sha-1": 20, "sha-224": 28, "sha-256": 32, "sha-384": 48, "sha-512": 64}
+_SETUP_ROLES = ("actpass", "active", "passive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,15 +134,39 @@ def check_offer(
     if audio_direction not in allowed:
         need = " or ".join(allowed)
         raise UnsupportedOffer(f"offer's audio is {audio_direction}; a {direction} needs {need}")
+    ice_ufrag = _attribute(audio.attributes, "ice-ufrag") or _attribute(session, "ice-ufrag")
+    ice_pwd = _attribute(audio.attributes, "ice-pwd") or _attribute(session, "ice-pwd")
+    if not ice_ufrag or not ice_pwd:
+        raise InvalidOffer("offer's audio has no a=ice-ufrag and a=ice-pwd (ICE is required)")
+    _check_dtls(audio.attributes, session)
     return OfferSummary(
         audio_mid=_attribute(audio.attributes, "mid"),
-        ice_ufrag=_attribute(audio.attributes, "ice-ufrag") or _attribute(session, "ice-ufrag"),
-        ice_pwd=_attribute(audio.attributes, "ice-pwd") or _attribute(session, "ice-pwd"),
+        ice_ufrag=ice_ufrag,
+        ice_pwd=ice_pwd,
         opus_payload_type=opus[0],
         audio_direction=audio_direction,
         media_count=len(media),
         has_video=any(m.kind == "video" and m.port != 0 for m in media),
     )
+
+
+def _check_dtls(media: list[str], session: list[str]) -> None:
+    """DTLS-SRTP needs a well-formed fingerprint and setup role (RFC 8122, RFC 5763)."""
+    fingerprint = _attribute(media, "fingerprint") or _attribute(session, "fingerprint")
+    if fingerprint is None:
+        raise InvalidOffer("offer has no a=fingerprint (DTLS-SRTP is required)")
+    algorithm, _, digest = fingerprint.partition(" ")
+    size = _FINGERPRINT_BYTES.get(algorithm.lower())
+    octets = digest.strip().split(":")
+    if (
+        size is None
+        or len(octets) != size
+        or not all(len(o) == 2 and all(c in "0123456789abcdefABCDEF" for c in o) for o in octets)
+    ):
+        raise InvalidOffer(f"a=fingerprint is malformed: {_short(fingerprint)!r}")
+    setup = _attribute(media, "setup") or _attribute(session, "setup")
+    if setup not in _SETUP_ROLES:
+        raise InvalidOffer(f"a=setup must be actpass, active or passive, got {setup!r}")
 
 
 def _check_candidate(number: int, value: str) -> None:

@@ -29,14 +29,14 @@ def truth(name: str = "speech.json") -> dict[str, Any]:
     return json.loads((FIXTURES / name).read_text())  # type: ignore[no-any-return]
 
 
-def test_config(**overrides: Any) -> Config:
+def server_config(**overrides: Any) -> Config:
     base = Config(http_port=0, grpc_port=0, heartbeat_interval=1.0, rate_limit=0)
     return dataclasses.replace(base, **overrides)
 
 
 @contextlib.asynccontextmanager
 async def running_server(**overrides: Any) -> AsyncIterator[HarkApp]:
-    app = HarkApp(test_config(**overrides))
+    app = HarkApp(server_config(**overrides))
     await app.start()
     try:
         yield app
