@@ -8,7 +8,8 @@ webrtcvad classifies each fixed frame; this turns the flags into segments:
   its latest voiced frame), so a shorter burst is discarded without any event (``discarded`` counts
   them);
 * speech **ends** once the last ``end_silence_ms`` is at least ``end_ratio`` unvoiced, dated at the
-  end of the last voiced frame;
+  end of the last voiced frame that still met the start criterion (so a stray voiced frame in
+  the trailing silence does not stretch the segment);
 * speech longer than ``max_segment_ms`` is split: ``SpeechEnded(MAX_LENGTH)`` and a new
   ``SpeechStarted`` at the same offset.
 """
@@ -130,7 +131,7 @@ class Segmenter:
         "_start_needed",
         "_end_needed",
         "_start_ms",
-        "_last_voiced_end",
+        "_speech_end",
         "_confirmed",
         "_next_id",
         "_expected_ms",
@@ -146,7 +147,7 @@ class Segmenter:
         )
         self._end_needed = max(1, math.ceil(self.config.end_ratio * self.config.end_frames - 1e-9))
         self._start_ms: int | None = None
-        self._last_voiced_end = 0
+        self._speech_end = 0
         self._confirmed = False
         self._next_id = 1
         self._expected_ms: int | None = None
@@ -182,20 +183,20 @@ class Segmenter:
 
     def _step(self, voiced: bool, offset_ms: int, events: list[SegmentEvent]) -> None:
         frame = self.config.frame_ms
-        if voiced:
-            self._last_voiced_end = offset_ms + frame
+        self._start_window.push(offset_ms, voiced)
+        dense = voiced and self._start_window.count >= self._start_needed
+        if dense:
+            self._speech_end = offset_ms + frame
         if self._start_ms is None:
-            self._start_window.push(offset_ms, voiced)
-            if voiced and self._start_window.count >= self._start_needed:
-                self._start_ms = self._start_window.first_true()
-                self._end_window.clear()
-                self._confirmed = False
-            else:
+            if not dense:
                 return
+            self._start_ms = self._start_window.first_true()
+            self._end_window.clear()
+            self._confirmed = False
         self._end_window.push(offset_ms, voiced)
         assert self._start_ms is not None
         if not self._confirmed:
-            if self._last_voiced_end - self._start_ms >= self.config.min_speech_ms:
+            if self._speech_end - self._start_ms >= self.config.min_speech_ms:
                 self._confirmed = True
                 events.append(SpeechStarted(self._next_id, self._start_ms))
         if (
@@ -215,7 +216,7 @@ class Segmenter:
     def _end(self, reason: EndReason, events: list[SegmentEvent]) -> None:
         assert self._start_ms is not None
         if self._confirmed:
-            end_ms = max(self._last_voiced_end, self._start_ms)
+            end_ms = max(self._speech_end, self._start_ms)
             events.append(SpeechEnded(self._next_id, self._start_ms, end_ms, reason))
             self._next_id += 1
         else:
