@@ -154,7 +154,6 @@ class AudioSubscriber:
             or (self.mode is AudioMode.ALL and last.voiced != item.voiced)
             or last.offset_ms + last.duration_ms != item.offset_ms
             or last.duration_ms + item.duration_ms > MAX_CHUNK_MS
-            or len(self._queue) == 1
         ):
             return False
         last.pcm += item.pcm
