@@ -227,6 +227,11 @@ class HarkApp:
         ]
         self._health_dirty.set()
         self._started = True
+        if self.config.insecure_no_auth and self.config.token is None:
+            logger.warning(
+                "running WITHOUT authentication (--insecure-no-auth): anyone who can reach "
+                "the HTTP and gRPC ports can publish, watch and control sessions"
+            )
         logger.info(
             "hark serving: HTTP on %s:%d, gRPC on %s:%d%s, public URL %s",
             self.config.http_host,
