@@ -21,7 +21,22 @@ logger = logging.getLogger("media")
 
 ENV_PREFIX = "HARK_"
 
-AUDIO_OPTIONS: list[tuple[str, Callable[[str], Any], str]] = [
+Parse = Callable[[str], Any]
+
+# Every scalar option of `hark serve`: flag name, parser, help. The default is Config's.
+SERVE_OPTIONS: list[tuple[str, Parse, str]] = [
+    ("http-host", str, "HTTP (WHIP) bind address"),
+    ("http-port", int, "HTTP port; 0 picks a free one"),
+    ("grpc-host", str, "gRPC bind address"),
+    ("grpc-port", int, "gRPC port; 0 picks a free one"),
+    ("public-url", str, "base URL for Location/whip_url (default: the bound address)"),
+    ("token", str, "server bearer token for WHIP POST and gRPC"),
+    ("ready-timeout", float, "seconds from offer to READY"),
+    ("media-timeout", float, "seconds without RTP before MEDIA_TIMEOUT"),
+    ("session-ttl", float, "seconds a pre-created session waits for a publisher"),
+    ("closed-retention", float, "seconds closed sessions stay readable"),
+    ("heartbeat-interval", float, "idle seconds between watch heartbeats"),
+    ("max-sessions", int, "live sessions at most"),
     ("vad-sample-rate", int, "VAD and StreamAudio rate: 8000, 16000, 32000 or 48000 Hz"),
     ("vad-frame-ms", int, "VAD frame: 10, 20 or 30 ms"),
     ("vad-aggressiveness", int, "webrtcvad aggressiveness 0..3"),
@@ -32,16 +47,9 @@ AUDIO_OPTIONS: list[tuple[str, Callable[[str], Any], str]] = [
     ("vad-pre-roll-ms", int, "audio before the start that belongs to a segment"),
     ("vad-min-speech-ms", int, "shorter bursts are discarded"),
     ("vad-max-segment-ms", int, "longer speech is split"),
-    ("pre-listen-ms", int, "audio kept while not listening, replayed when listening starts"),
+    ("pre-listen-ms", int, "audio kept while not listening, analysed when listening starts"),
     ("audio-queue-ms", int, "StreamAudio queue per subscriber; the oldest audio is dropped"),
-    (
-        "jitter-frames",
-        int,
-        "audio frames aiortc's jitter buffer holds before decoding (20 ms each)",
-    ),
-]
-
-OPERATIONS_OPTIONS: list[tuple[str, Callable[[str], Any], str]] = [
+    ("jitter-frames", int, "audio frames aiortc's jitter buffer holds (20 ms each)"),
     ("metrics-port", int, "serve /metrics on this port instead of the HTTP port"),
     ("max-watchers", int, "open WatchSession/WatchSessions streams at most"),
     ("rate-limit", float, "POST/PATCH/DELETE per second per client IP (0: off)"),
@@ -52,34 +60,26 @@ OPERATIONS_OPTIONS: list[tuple[str, Callable[[str], Any], str]] = [
     ("grpc-tls-cert", str, "PEM certificate: serve gRPC over TLS"),
     ("grpc-tls-key", str, "PEM private key for --grpc-tls-cert"),
     ("grpc-client-ca", str, "PEM CA bundle: require client certificates (mTLS) on gRPC"),
+    ("log-level", str, "DEBUG, INFO, WARNING or ERROR"),
+    ("log-format", str, "text or json"),
+]
+
+# Repeatable options; their environment variable takes a space- or comma-separated list.
+LIST_OPTIONS: list[tuple[str, str]] = [
+    (
+        "ice-server",
+        "STUN/TURN URL: stun:HOST:PORT or turn:USER:CRED@HOST:PORT?transport=udp",
+    ),
+    ("cors-origin", "allowed browser origin; default * only when HTTP is bound to loopback"),
 ]
 
 
-def _env(name: str) -> str | None:
-    return os.environ.get(ENV_PREFIX + name.upper().replace("-", "_"))
+def _attr(flag: str) -> str:
+    return flag.replace("-", "_")
 
 
-def _option(
-    parser: argparse.ArgumentParser,
-    name: str,
-    kind: Callable[[str], Any],
-    default: Any,
-    help_text: str,
-) -> None:
-    raw = _env(name)
-    try:
-        value = kind(raw) if raw is not None else default
-    except ValueError:
-        parser.error(
-            f"{ENV_PREFIX}{name.upper().replace('-', '_')}={raw!r} is not valid for --{name}"
-        )
-    env_name = ENV_PREFIX + name.upper().replace("-", "_")
-    parser.add_argument(
-        f"--{name}",
-        type=kind,
-        default=value,
-        help=f"{help_text} [env {env_name}; default {default}]",
-    )
+def _env_name(flag: str) -> str:
+    return ENV_PREFIX + flag.upper().replace("-", "_")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,87 +88,50 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the server")
     defaults = Config()
-    _option(serve, "http-host", str, defaults.http_host, "HTTP (WHIP) bind address")
-    _option(serve, "http-port", int, defaults.http_port, "HTTP port; 0 picks a free one")
-    _option(serve, "grpc-host", str, defaults.grpc_host, "gRPC bind address")
-    _option(serve, "grpc-port", int, defaults.grpc_port, "gRPC port; 0 picks a free one")
-    _option(
-        serve, "public-url", str, None, "base URL for Location/whip_url (default: bound address)"
-    )
-    _option(serve, "token", str, None, "server bearer token for WHIP POST and gRPC")
-    ice_env = _env("ice-server")
-    serve.add_argument(
-        "--ice-server",
-        action="append",
-        default=None,
-        help="STUN/TURN URL, repeatable: stun:HOST:PORT or turn:USER:CRED@HOST:PORT?transport=udp "
-        "[env HARK_ICE_SERVER, space- or comma-separated]",
-    )
-    serve.set_defaults(ice_server_env=re.split(r"[\s,]+", ice_env.strip()) if ice_env else [])
-    _option(serve, "ready-timeout", float, defaults.ready_timeout, "seconds from offer to READY")
-    _option(
-        serve, "media-timeout", float, defaults.media_timeout, "seconds without RTP before close"
-    )
-    _option(
-        serve, "session-ttl", float, defaults.session_ttl, "seconds a pre-created session waits"
-    )
-    _option(
-        serve, "closed-retention", float, defaults.closed_retention, "seconds closed sessions stay"
-    )
-    _option(
-        serve,
-        "heartbeat-interval",
-        float,
-        defaults.heartbeat_interval,
-        "idle seconds per heartbeat",
-    )
-    _option(serve, "max-sessions", int, defaults.max_sessions, "live sessions at most")
-    for name, kind, help_text in AUDIO_OPTIONS + OPERATIONS_OPTIONS:
-        _option(serve, name, kind, getattr(defaults, name.replace("-", "_")), help_text)
+    for flag, parse, help_text in SERVE_OPTIONS:
+        default = getattr(defaults, _attr(flag))
+        raw = os.environ.get(_env_name(flag))
+        try:
+            value = parse(raw) if raw is not None else default
+        except ValueError:
+            parser.error(f"{_env_name(flag)}={raw!r} is not valid for --{flag}")
+        shown = "none" if default is None else default
+        serve.add_argument(
+            f"--{flag}",
+            type=parse,
+            default=value,
+            help=f"{help_text} [env {_env_name(flag)}; default {shown}]",
+        )
+    for flag, help_text in LIST_OPTIONS:
+        raw = os.environ.get(_env_name(flag), "").strip()
+        serve.add_argument(
+            f"--{flag}",
+            action="append",
+            default=None,
+            help=f"{help_text}; repeatable [env {_env_name(flag)}, space- or comma-separated]",
+        )
+        serve.set_defaults(**{f"{_attr(flag)}_env": re.split(r"[\s,]+", raw) if raw else []})
     serve.add_argument(
         "--insecure-no-auth",
         action="store_true",
-        default=_env("insecure-no-auth") in ("1", "true", "yes"),
+        default=os.environ.get(_env_name("insecure-no-auth")) in ("1", "true", "yes"),
         help="allow binding a non-loopback address without --token [env HARK_INSECURE_NO_AUTH]",
     )
-    cors_env = _env("cors-origin")
-    serve.add_argument(
-        "--cors-origin",
-        action="append",
-        default=None,
-        help="allowed browser origin, repeatable; default * only when HTTP is bound to loopback "
-        "[env HARK_CORS_ORIGIN, space- or comma-separated]",
-    )
-    serve.set_defaults(cors_origin_env=re.split(r"[\s,]+", cors_env.strip()) if cors_env else [])
-    _option(serve, "log-level", str, defaults.log_level, "DEBUG, INFO, WARNING or ERROR")
-    _option(serve, "log-format", str, defaults.log_format, "text or json")
     return parser
 
 
+def _listed(args: argparse.Namespace, flag: str) -> list[str]:
+    return list(getattr(args, _attr(flag)) or getattr(args, f"{_attr(flag)}_env"))
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
-    ice = [IceServer.parse(text) for text in (args.ice_server or args.ice_server_env)]
+    values = {_attr(flag): getattr(args, _attr(flag)) for flag, _, _ in SERVE_OPTIONS}
+    values["log_level"] = values["log_level"].upper()
     return Config(
-        http_host=args.http_host,
-        http_port=args.http_port,
-        grpc_host=args.grpc_host,
-        grpc_port=args.grpc_port,
-        public_url=args.public_url,
-        token=args.token,
-        ice_servers=tuple(ice),
-        ready_timeout=args.ready_timeout,
-        media_timeout=args.media_timeout,
-        session_ttl=args.session_ttl,
-        closed_retention=args.closed_retention,
-        heartbeat_interval=args.heartbeat_interval,
-        max_sessions=args.max_sessions,
+        **values,
+        ice_servers=tuple(IceServer.parse(text) for text in _listed(args, "ice-server")),
+        cors_origins=tuple(_listed(args, "cors-origin")),
         insecure_no_auth=args.insecure_no_auth,
-        cors_origins=tuple(args.cors_origin or args.cors_origin_env),
-        **{
-            name.replace("-", "_"): getattr(args, name.replace("-", "_"))
-            for name, _, _ in AUDIO_OPTIONS + OPERATIONS_OPTIONS
-        },
-        log_level=args.log_level.upper(),
-        log_format=args.log_format,
     )
 
 

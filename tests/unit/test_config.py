@@ -114,3 +114,19 @@ def test_cors_defaults_to_any_origin_only_on_loopback() -> None:
 def test_operations_and_audio_options_are_validated(argv: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse(argv)
+
+
+def test_every_option_is_a_flag_and_is_in_the_readme() -> None:
+    import dataclasses
+    import pathlib
+
+    from media.cli import LIST_OPTIONS, SERVE_OPTIONS
+
+    flags = {flag for flag, _, _ in SERVE_OPTIONS} | {flag for flag, _ in LIST_OPTIONS}
+    flags.add("insecure-no-auth")
+    fields = {f.name.replace("_", "-") for f in dataclasses.fields(Config)}
+    plural = {"ice-servers": "ice-server", "cors-origins": "cors-origin"}
+    assert {plural.get(f, f) for f in fields} - {"event-retention"} == flags
+    readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
+    missing = sorted(flag for flag in flags if f"--{flag}" not in readme)
+    assert not missing, f"options missing from README.md: {missing}"
