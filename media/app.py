@@ -18,7 +18,8 @@ from grpc_reflection.v1alpha import reflection
 from media.audio import DecodeErrorCounter
 from media.clock import Clock
 from media.config import Config
-from media.grpc_service import SERVICE_NAME, BearerAuth, MediaService, RpcMetrics
+from media.grpc_interceptors import BearerAuth, RpcMetrics
+from media.grpc_service import SERVICE_NAME, MediaService
 from media.http import ClientProtocolErrors, make_middlewares
 from media.metrics import Metrics
 from media.ratelimit import RateLimiter

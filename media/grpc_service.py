@@ -6,12 +6,10 @@ import asyncio
 import dataclasses
 import functools
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Final, TypeVar
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from media.errors import (
     CapacityExceeded,
@@ -24,28 +22,22 @@ from media.errors import (
     SubscriberTooSlow,
     Unauthorized,
 )
-from media.metrics import Metrics
-from media.registry import END, Registry, SnapshotItem, WatchItem, tokens_match
+from media.protobuf import chunk_pb, event_pb, is_closed_event, session_pb, timestamp
+from media.registry import END, Registry, SnapshotItem
 from media.session import (
     CloseReason,
-    ListeningChanged,
     Origin,
     SessionEvent,
     SessionSnapshot,
     SessionState,
-    StateChanged,
 )
 from media.speech import (
     STREAM_ENDED,
-    Audio,
     AudioMode,
-    SegmentEnd,
-    SegmentStart,
-    StreamItem,
 )
 from media.v1 import media_pb2 as pb
 from media.v1 import media_pb2_grpc
-from media.vad import SegmenterConfig, SpeechEnded, SpeechStarted
+from media.vad import SegmenterConfig
 
 logger = logging.getLogger(__name__)
 
@@ -117,107 +109,6 @@ def streaming(
     return wrapper
 
 
-def timestamp(seconds: float | None) -> Timestamp | None:
-    if seconds is None:
-        return None
-    ts = Timestamp()
-    ts.FromNanoseconds(int(seconds * 1e9))
-    return ts
-
-
-def session_pb(snap: SessionSnapshot, whip_url: str, token: str | None = None) -> pb.Session:
-    return pb.Session(
-        id=snap.id,
-        state=int(snap.state),  # type: ignore[arg-type]
-        listening=snap.listening,
-        revision=snap.revision,
-        created_time=timestamp(snap.created_time),
-        ready_time=timestamp(snap.ready_time),
-        closed_time=timestamp(snap.closed_time),
-        close_reason=int(snap.close_reason or 0),  # type: ignore[arg-type]
-        close_detail=snap.close_detail,
-        whip_url=whip_url,
-        metadata=dict(snap.metadata),
-        origin=int(snap.origin),  # type: ignore[arg-type]
-        token=token or "",
-    )
-
-
-def event_pb(item: WatchItem, whip_url: str) -> pb.SessionEvent:
-    if isinstance(item, SnapshotItem):
-        snap = item.snapshot
-        return pb.SessionEvent(
-            session_id=snap.id,
-            revision=snap.revision,
-            time=timestamp(snap.closed_time or snap.ready_time or snap.created_time),
-            snapshot=pb.Snapshot(session=session_pb(snap, whip_url), resync=item.resync),
-        )
-    message = pb.SessionEvent(
-        session_id=item.session_id, revision=item.revision, time=timestamp(item.time)
-    )
-    payload = item.payload
-    if isinstance(payload, StateChanged):
-        message.state_changed.CopyFrom(
-            pb.StateChanged(
-                state=int(payload.state),  # type: ignore[arg-type]
-                previous=int(payload.previous or 0),  # type: ignore[arg-type]
-                close_reason=int(payload.close_reason or 0),  # type: ignore[arg-type]
-                close_detail=payload.close_detail,
-            )
-        )
-    elif isinstance(payload, ListeningChanged):
-        message.listening_changed.CopyFrom(pb.ListeningChanged(listening=payload.listening))
-    elif isinstance(payload, SpeechStarted):
-        message.speech_started.CopyFrom(
-            pb.SpeechStarted(segment_id=payload.segment_id, start_ms=payload.start_ms)
-        )
-    elif isinstance(payload, SpeechEnded):
-        message.speech_ended.CopyFrom(
-            pb.SpeechEnded(
-                segment_id=payload.segment_id,
-                start_ms=payload.start_ms,
-                end_ms=payload.end_ms,
-                duration_ms=payload.duration_ms,
-                reason=int(payload.reason),  # type: ignore[arg-type]
-            )
-        )
-    return message
-
-
-def chunk_pb(session_id: str, sequence: int, item: StreamItem) -> pb.AudioChunk:
-    chunk = pb.AudioChunk(session_id=session_id, sequence=sequence)
-    if isinstance(item, Audio):
-        chunk.audio.CopyFrom(
-            pb.PcmAudio(
-                pcm=item.pcm,
-                sample_rate=item.sample_rate,
-                offset_ms=item.offset_ms,
-                duration_ms=item.duration_ms,
-                segment_id=item.segment_id,
-                voiced=item.voiced,
-                dropped_ms=item.dropped_ms,
-            )
-        )
-    elif isinstance(item, SegmentStart):
-        chunk.segment_start.CopyFrom(
-            pb.SegmentStart(
-                segment_id=item.segment_id,
-                start_ms=item.start_ms,
-                audio_start_ms=item.audio_start_ms,
-            )
-        )
-    elif isinstance(item, SegmentEnd):
-        chunk.segment_end.CopyFrom(
-            pb.SegmentEnd(
-                segment_id=item.segment_id,
-                start_ms=item.start_ms,
-                end_ms=item.end_ms,
-                reason=int(item.reason),  # type: ignore[arg-type]
-            )
-        )
-    return chunk
-
-
 def vad_overrides(
     options: pb.VadOptions, defaults: SegmenterConfig
 ) -> tuple[SegmenterConfig | None, int | None]:
@@ -236,11 +127,6 @@ def vad_overrides(
         return dataclasses.replace(defaults, **changes), aggressiveness
     except InvalidRequest as exc:
         raise InvalidRequest(f"vad.{exc}") from exc
-
-
-def is_closed_event(event: SessionEvent) -> bool:
-    payload = event.payload
-    return isinstance(payload, StateChanged) and payload.state is SessionState.CLOSED
 
 
 def _session_id(request: Any) -> str:
@@ -432,125 +318,3 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
             time=timestamp(self._registry.clock.now()),
             heartbeat=pb.Heartbeat(),
         )
-
-
-def _status(context: grpc.aio.ServicerContext[Any, Any], error: BaseException | None) -> str:
-    if isinstance(error, asyncio.CancelledError):
-        return "CANCELLED"
-    code = context.code()
-    if isinstance(code, grpc.StatusCode):
-        return str(code.name)
-    if error is not None and not isinstance(error, grpc.aio.AbortError):
-        return "UNKNOWN"
-    return "OK"
-
-
-class RpcMetrics(grpc.aio.ServerInterceptor):
-    """Counts every call by method and status code, and times unary calls."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
-
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
-        requests, durations = self._metrics.grpc_requests, self._metrics.grpc_duration
-        kwargs = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary:
-            inner: Any = handler.unary_unary
-
-            async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                start = time.perf_counter()
-                error: BaseException | None = None
-                try:
-                    return await inner(request, context)
-                except BaseException as exc:
-                    error = exc
-                    raise
-                finally:
-                    requests.labels(method, _status(context, error)).inc()
-                    durations.labels(method).observe(time.perf_counter() - start)
-
-            return grpc.unary_unary_rpc_method_handler(unary, **kwargs)
-        if handler.unary_stream:
-            inner_stream: Any = handler.unary_stream
-
-            async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                error: BaseException | None = None
-                try:
-                    async for item in inner_stream(request, context):
-                        yield item
-                except BaseException as exc:
-                    error = exc
-                    raise
-                finally:
-                    requests.labels(method, _status(context, error)).inc()
-
-            return grpc.unary_stream_rpc_method_handler(stream, **kwargs)
-        return handler
-
-
-class BearerAuth(grpc.aio.ServerInterceptor):
-    """Requires ``authorization: Bearer <token>`` metadata; health and reflection are exempt."""
-
-    EXEMPT: Final = ("/grpc.health.v1.Health/", "/grpc.reflection.")
-
-    def __init__(self, token: str) -> None:
-        self._token = token
-
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or method.startswith(self.EXEMPT):
-            return handler
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        header = str(metadata.get("authorization", ""))
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() == "bearer" and tokens_match(given.strip(), self._token):
-            return handler
-        message = (
-            "missing bearer token: send 'authorization: Bearer <token>' metadata"
-            if not header
-            else "wrong bearer token"
-        )
-        return _denied(handler, message)
-
-
-def _denied(
-    handler: grpc.RpcMethodHandler[Any, Any], message: str
-) -> grpc.RpcMethodHandler[Any, Any]:
-    async def deny_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-
-    async def deny_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-        yield None  # pragma: no cover
-
-    kwargs = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(deny_unary, **kwargs)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(deny_stream, **kwargs)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(deny_unary, **kwargs)
-    return grpc.stream_stream_rpc_method_handler(deny_stream, **kwargs)

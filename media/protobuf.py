@@ -1,0 +1,123 @@
+"""Domain objects → media.v1 protobuf messages (for gRPC and the SSE mirror alike)."""
+
+from __future__ import annotations
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from media.registry import SnapshotItem, WatchItem
+from media.session import (
+    ListeningChanged,
+    SessionEvent,
+    SessionSnapshot,
+    SessionState,
+    StateChanged,
+)
+from media.speech import Audio, SegmentEnd, SegmentStart, StreamItem
+from media.v1 import media_pb2 as pb
+from media.vad import SpeechEnded, SpeechStarted
+
+
+def timestamp(seconds: float | None) -> Timestamp | None:
+    if seconds is None:
+        return None
+    ts = Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def session_pb(snap: SessionSnapshot, whip_url: str, token: str | None = None) -> pb.Session:
+    return pb.Session(
+        id=snap.id,
+        state=int(snap.state),  # type: ignore[arg-type]
+        listening=snap.listening,
+        revision=snap.revision,
+        created_time=timestamp(snap.created_time),
+        ready_time=timestamp(snap.ready_time),
+        closed_time=timestamp(snap.closed_time),
+        close_reason=int(snap.close_reason or 0),  # type: ignore[arg-type]
+        close_detail=snap.close_detail,
+        whip_url=whip_url,
+        metadata=dict(snap.metadata),
+        origin=int(snap.origin),  # type: ignore[arg-type]
+        token=token or "",
+    )
+
+
+def event_pb(item: WatchItem, whip_url: str) -> pb.SessionEvent:
+    if isinstance(item, SnapshotItem):
+        snap = item.snapshot
+        return pb.SessionEvent(
+            session_id=snap.id,
+            revision=snap.revision,
+            time=timestamp(snap.closed_time or snap.ready_time or snap.created_time),
+            snapshot=pb.Snapshot(session=session_pb(snap, whip_url), resync=item.resync),
+        )
+    message = pb.SessionEvent(
+        session_id=item.session_id, revision=item.revision, time=timestamp(item.time)
+    )
+    payload = item.payload
+    if isinstance(payload, StateChanged):
+        message.state_changed.CopyFrom(
+            pb.StateChanged(
+                state=int(payload.state),  # type: ignore[arg-type]
+                previous=int(payload.previous or 0),  # type: ignore[arg-type]
+                close_reason=int(payload.close_reason or 0),  # type: ignore[arg-type]
+                close_detail=payload.close_detail,
+            )
+        )
+    elif isinstance(payload, ListeningChanged):
+        message.listening_changed.CopyFrom(pb.ListeningChanged(listening=payload.listening))
+    elif isinstance(payload, SpeechStarted):
+        message.speech_started.CopyFrom(
+            pb.SpeechStarted(segment_id=payload.segment_id, start_ms=payload.start_ms)
+        )
+    elif isinstance(payload, SpeechEnded):
+        message.speech_ended.CopyFrom(
+            pb.SpeechEnded(
+                segment_id=payload.segment_id,
+                start_ms=payload.start_ms,
+                end_ms=payload.end_ms,
+                duration_ms=payload.duration_ms,
+                reason=int(payload.reason),  # type: ignore[arg-type]
+            )
+        )
+    return message
+
+
+def chunk_pb(session_id: str, sequence: int, item: StreamItem) -> pb.AudioChunk:
+    chunk = pb.AudioChunk(session_id=session_id, sequence=sequence)
+    if isinstance(item, Audio):
+        chunk.audio.CopyFrom(
+            pb.PcmAudio(
+                pcm=item.pcm,
+                sample_rate=item.sample_rate,
+                offset_ms=item.offset_ms,
+                duration_ms=item.duration_ms,
+                segment_id=item.segment_id,
+                voiced=item.voiced,
+                dropped_ms=item.dropped_ms,
+            )
+        )
+    elif isinstance(item, SegmentStart):
+        chunk.segment_start.CopyFrom(
+            pb.SegmentStart(
+                segment_id=item.segment_id,
+                start_ms=item.start_ms,
+                audio_start_ms=item.audio_start_ms,
+            )
+        )
+    elif isinstance(item, SegmentEnd):
+        chunk.segment_end.CopyFrom(
+            pb.SegmentEnd(
+                segment_id=item.segment_id,
+                start_ms=item.start_ms,
+                end_ms=item.end_ms,
+                reason=int(item.reason),  # type: ignore[arg-type]
+            )
+        )
+    return chunk
+
+
+def is_closed_event(event: SessionEvent) -> bool:
+    payload = event.payload
+    return isinstance(payload, StateChanged) and payload.state is SessionState.CLOSED
