@@ -18,10 +18,12 @@ from grpc_reflection.v1alpha import reflection
 from media.audio import DecodeErrorCounter
 from media.clock import Clock
 from media.config import Config
+from media.events_http import SessionEventsHandlers
 from media.grpc_interceptors import BearerAuth, RpcMetrics
 from media.grpc_service import SERVICE_NAME, MediaService
 from media.http import ClientProtocolErrors, make_middlewares
 from media.metrics import Metrics
+from media.peer import restrict_host_candidates
 from media.ratelimit import RateLimiter
 from media.registry import Registry
 from media.session import Session, SessionEvent, SessionState, StateChanged, Timeouts
@@ -30,6 +32,7 @@ from media.whip import WhipHandlers
 
 logger = logging.getLogger(__name__)
 
+STATIC = pathlib.Path(__file__).parent / "static"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -89,18 +92,31 @@ class HarkApp:
             middlewares=make_middlewares(self.config.effective_cors_origins, self.metrics, limiter),
             client_max_size=1024 * 1024,
         )
-        WhipHandlers(
+        whip = WhipHandlers(
             self.registry,
             server_token=self.config.token,
             ice_servers=self.config.ice_servers,
             base_url=lambda: self.base_url,
             jitter_frames=self.config.jitter_frames,
+        )
+        whip.add_routes(app)
+        SessionEventsHandlers(
+            self.registry,
+            authorize=whip.authorize_session,
+            base_url=lambda: self.base_url,
+            heartbeat_interval=self.config.heartbeat_interval,
+            wait_limit=self.config.ready_timeout,
         ).add_routes(app)
+        app.router.add_get("/", self._demo_page)
+        app.router.add_static("/static", STATIC, append_version=True)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         if self.config.metrics_port is None:
             app.router.add_get("/metrics", self._metrics)
         return app
+
+    async def _demo_page(self, request: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC / "index.html")
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
@@ -212,6 +228,8 @@ class HarkApp:
             raise
 
     async def _start(self) -> None:
+        if self.config.ice_addresses:
+            restrict_host_candidates(self.config.ice_addresses)
         logging.getLogger("aiortc.rtcrtpreceiver").addFilter(self._decode_errors)
         logging.getLogger("aiohttp.server").addFilter(self._protocol_errors)
         self.registry.start()

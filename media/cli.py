@@ -71,6 +71,7 @@ LIST_OPTIONS: list[tuple[str, str]] = [
         "STUN/TURN URL: stun:HOST:PORT or turn:USER:CRED@HOST:PORT?transport=udp",
     ),
     ("cors-origin", "allowed browser origin; default * only when HTTP is bound to loopback"),
+    ("ice-address", "local IP address to offer as ICE host candidate (default: every interface)"),
 ]
 
 
@@ -131,6 +132,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         **values,
         ice_servers=tuple(IceServer.parse(text) for text in _listed(args, "ice-server")),
         cors_origins=tuple(_listed(args, "cors-origin")),
+        ice_addresses=tuple(_listed(args, "ice-address")),
         insecure_no_auth=args.insecure_no_auth,
     )
 

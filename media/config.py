@@ -102,6 +102,7 @@ class Config:
     grpc_client_ca: str | None = None
     insecure_no_auth: bool = False
     cors_origins: tuple[str, ...] = ()
+    ice_addresses: tuple[str, ...] = ()
     log_level: str = "INFO"
     log_format: str = "text"
 
@@ -122,6 +123,11 @@ class Config:
         if not 0 <= self.closed_retention <= 86400:
             raise ConfigError(f"--closed-retention must be 0..86400 s, got {self.closed_retention}")
         self._check_security()
+        for address in self.ice_addresses:
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                raise ConfigError(f"--ice-address {address!r} is not an IP address") from None
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"--metrics-port must be 0..65535, got {self.metrics_port}")
         if self.max_watchers < 1:

@@ -18,6 +18,7 @@ from media.errors import (
     InvalidRequest,
     OfferTooLarge,
     RateLimited,
+    RevisionOutOfRange,
     SessionClosed,
     SessionConflict,
     SessionNotFound,
@@ -52,6 +53,7 @@ _STATUS: Final[list[tuple[type[HarkError], int]]] = [
     (UnsupportedOffer, 422),
     (IceRestartUnsupported, 422),
     (InvalidRequest, 400),
+    (RevisionOutOfRange, 400),
     (CapacityExceeded, 503),
     (Draining, 503),
 ]

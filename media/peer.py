@@ -8,6 +8,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Final, Protocol
 
+import aioice.ice
 from aiortc import (
     RTCConfiguration,
     RTCIceServer,
@@ -87,6 +88,20 @@ async def stop_orphaned_consent_checks(connections: Sequence[Any]) -> None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+
+def restrict_host_candidates(addresses: Sequence[str]) -> None:
+    """Offer only ``addresses`` as ICE host candidates, for every peer connection in the process.
+
+    aioice offers every interface but loopback and has no setting for it; a multi-homed host, or
+    a test that must stay on 127.0.0.1, needs to choose.
+    """
+    chosen = list(addresses)
+
+    def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+
+    aioice.ice.get_host_addresses = host_addresses
 
 
 def rtc_configuration(ice_servers: Sequence[IceServer]) -> RTCConfiguration:

@@ -63,9 +63,16 @@ class WhipHandlers:
         if not tokens_match(given, self._token):
             raise Unauthorized("wrong bearer token")
 
-    def authorize_session(self, request: web.Request, entry: Entry) -> None:
-        """The server token or the session's own token; none needed when neither exists."""
+    def authorize_session(
+        self, request: web.Request, entry: Entry, *, query_token: bool = False
+    ) -> None:
+        """The server token or the session's own token; none needed when neither exists.
+
+        ``query_token`` also takes ``?token=``, for EventSource, which cannot set headers.
+        """
         given = bearer_token(request)
+        if given is None and query_token:
+            given = request.query.get("token") or None
         if self._token is None and entry.token is None:
             return
         if tokens_match(given, self._token) or tokens_match(given, entry.token):

@@ -125,7 +125,11 @@ def test_every_option_is_a_flag_and_is_in_the_readme() -> None:
     flags = {flag for flag, _, _ in SERVE_OPTIONS} | {flag for flag, _ in LIST_OPTIONS}
     flags.add("insecure-no-auth")
     fields = {f.name.replace("_", "-") for f in dataclasses.fields(Config)}
-    plural = {"ice-servers": "ice-server", "cors-origins": "cors-origin"}
+    plural = {
+        "ice-servers": "ice-server",
+        "cors-origins": "cors-origin",
+        "ice-addresses": "ice-address",
+    }
     assert {plural.get(f, f) for f in fields} - {"event-retention"} == flags
     readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
     missing = sorted(flag for flag in flags if f"--{flag}" not in readme)
