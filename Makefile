@@ -39,10 +39,11 @@ proto: $(STAMP)
 fixtures: $(STAMP)
 	$(BIN)/python scripts/make_fixtures.py
 
-# Debian packages the tests and fixtures use.
+# Debian packages the tests and fixtures use: chromium for the browser tests, espeak-ng and sox
+# for the speech fixtures. (Playwright drives Debian's chromium; it never downloads a browser.)
 deps-debian:
 	apt-get update -qq
-	apt-get install -y -qq espeak-ng sox
+	apt-get install -y -qq chromium espeak-ng sox
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/pipeline.py

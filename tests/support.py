@@ -6,7 +6,10 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import os
 import pathlib
+import re
+import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -161,3 +164,51 @@ async def collect_until_closed(stream: Any, timeout: float = 30.0) -> list[pb.Se
             if event.WhichOneof("payload") != "heartbeat":
                 events.append(event)
     return events
+
+
+STARTED = re.compile(r"HTTP on [\d.]+:(\d+), gRPC on [\d.]+:(\d+)")
+
+
+class HarkProcess:
+    def __init__(self, *args: str) -> None:
+        self.args = args
+        self.proc: asyncio.subprocess.Process | None = None
+        self.log: list[str] = []
+        self.http_port = self.grpc_port = 0
+
+    async def __aenter__(self) -> HarkProcess:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "media",
+            "serve",
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "0",
+            *self.args,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        assert self.proc.stderr is not None
+        async with asyncio.timeout(20):
+            while True:
+                line = (await self.proc.stderr.readline()).decode()
+                assert line, "hark exited before serving:\n" + "".join(self.log)
+                self.log.append(line)
+                if match := STARTED.search(line):
+                    self.http_port, self.grpc_port = int(match[1]), int(match[2])
+                    return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+    async def wait(self, timeout: float) -> int:
+        assert self.proc is not None and self.proc.stderr is not None
+        async with asyncio.timeout(timeout):
+            rest = await self.proc.stderr.read()
+            self.log.append(rest.decode())
+            return await self.proc.wait()

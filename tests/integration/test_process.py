@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import re
 import signal
 import sys
 import time
@@ -14,54 +12,7 @@ import grpc
 
 from media.v1 import media_pb2 as pb
 from media.v1 import media_pb2_grpc
-from tests.support import collect_until_closed, next_event, publish
-
-STARTED = re.compile(r"HTTP on [\d.]+:(\d+), gRPC on [\d.]+:(\d+)")
-
-
-class HarkProcess:
-    def __init__(self, *args: str) -> None:
-        self.args = args
-        self.proc: asyncio.subprocess.Process | None = None
-        self.log: list[str] = []
-        self.http_port = self.grpc_port = 0
-
-    async def __aenter__(self) -> HarkProcess:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "media",
-            "serve",
-            "--http-port",
-            "0",
-            "--grpc-port",
-            "0",
-            *self.args,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-        )
-        assert self.proc.stderr is not None
-        async with asyncio.timeout(20):
-            while True:
-                line = (await self.proc.stderr.readline()).decode()
-                assert line, "hark exited before serving:\n" + "".join(self.log)
-                self.log.append(line)
-                if match := STARTED.search(line):
-                    self.http_port, self.grpc_port = int(match[1]), int(match[2])
-                    return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.kill()
-            await self.proc.wait()
-
-    async def wait(self, timeout: float) -> int:
-        assert self.proc is not None and self.proc.stderr is not None
-        async with asyncio.timeout(timeout):
-            rest = await self.proc.stderr.read()
-            self.log.append(rest.decode())
-            return await self.proc.wait()
+from tests.support import HarkProcess, collect_until_closed, next_event, publish
 
 
 async def test_sigterm_drains_then_closes_everyone_with_shutdown_and_exits_0() -> None:

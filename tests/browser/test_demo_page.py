@@ -1,0 +1,153 @@
+"""A real browser end to end: headless Chromium publishes a fake microphone through the demo page.
+
+Chromium plays the speech fixture as its microphone; the test drives the page, watches the session
+over gRPC like a backend would, and checks the page shows what the server sees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pathlib
+import shutil
+import wave
+
+import grpc
+import pytest
+
+from media.v1 import media_pb2 as pb
+from media.v1 import media_pb2_grpc
+from scripts.make_fixtures import decode
+from tests.support import SPEECH, HarkProcess, next_event, truth
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+OUTPUT = pathlib.Path(__file__).resolve().parents[2] / "test-output"
+
+pytestmark = pytest.mark.browser
+if not os.path.exists(CHROMIUM):
+    reason = "Debian's chromium is not installed (make deps-debian installs it)"
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}: CI must run the browser tests", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+playwright = pytest.importorskip("playwright.async_api", reason="playwright is not installed")
+
+
+def speech_wav(folder: pathlib.Path) -> pathlib.Path:
+    """The speech fixture as the 48 kHz mono WAV Chromium's fake microphone plays."""
+    path = folder / "speech.wav"
+    samples = decode(SPEECH)
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(48000)
+        out.writeframes(samples.tobytes())
+    return path
+
+
+def chromium_args(wav: pathlib.Path) -> list[str]:
+    return [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={wav}%noloop",
+        "--allow-loopback-in-peer-connection",
+        "--disable-features=WebRtcHideLocalIpsWithMdns",
+    ]
+
+
+async def test_the_page_publishes_is_heard_and_hangs_up(tmp_path: pathlib.Path) -> None:
+    utterances = truth()["utterances"]
+    async with HarkProcess("--ice-address", "127.0.0.1") as hark:
+        base = f"http://127.0.0.1:{hark.http_port}"
+        async with (
+            grpc.aio.insecure_channel(f"127.0.0.1:{hark.grpc_port}") as channel,
+            playwright.async_playwright() as driver,
+        ):
+            stub = media_pb2_grpc.MediaServiceStub(channel)
+            browser = await driver.chromium.launch(
+                executable_path=CHROMIUM, args=chromium_args(speech_wav(tmp_path))
+            )
+            try:
+                page = await browser.new_page()
+                await page.goto(base + "/")
+                everyone = stub.WatchSessions(pb.WatchSessionsRequest())
+                await page.click("#start")
+                session_id = (await next_event(everyone, timeout=15)).session_id
+                everyone.cancel()
+
+                watch = stub.WatchSession(pb.WatchSessionRequest(session_id=session_id))
+                await stub.StartListening(
+                    pb.StartListeningRequest(session_id=session_id, wait_for_ready=True),
+                    timeout=15,
+                )
+                await page.wait_for_function("document.body.dataset.state === 'READY'")
+                assert await page.text_content("#status") == "Connected"
+                assert await page.text_content("#session-id") == session_id
+
+                started, ended = 0, 0
+                loop = asyncio.get_running_loop()
+                until = loop.time() + truth()["duration_ms"] / 1000 + 2
+                while loop.time() < until and ended < len(utterances):
+                    try:
+                        event = await next_event(watch, timeout=until - loop.time())
+                    except TimeoutError:
+                        break
+                    started += event.HasField("speech_started")
+                    ended += event.HasField("speech_ended")
+                await page.wait_for_function("document.body.dataset.spoke === 'yes'")
+                OUTPUT.mkdir(exist_ok=True)
+                await page.screenshot(path=str(OUTPUT / "demo-page.png"), full_page=True)
+
+                await page.close(run_before_unload=True)
+                closed = await next_closed(watch)
+            finally:
+                await browser.close()
+
+    assert abs(started - len(utterances)) <= 1, f"{started} SpeechStarted for {len(utterances)}"
+    assert abs(ended - len(utterances)) <= 1, f"{ended} SpeechEnded for {len(utterances)}"
+    reason = pb.CloseReason.Name(closed.state_changed.close_reason)
+    print(f"\nclosing the page ended the session with {reason}")
+    assert reason in ("CLIENT_DELETE", "MEDIA_TIMEOUT")
+
+
+async def next_closed(watch: grpc.aio.UnaryStreamCall) -> pb.SessionEvent:  # type: ignore[type-arg]
+    while True:
+        event = await next_event(watch, timeout=15)
+        if event.HasField("state_changed") and event.state_changed.state == pb.CLOSED:
+            return event
+
+
+async def test_a_wrong_token_shows_a_clear_error_and_creates_no_session(
+    tmp_path: pathlib.Path,
+) -> None:
+    token = "the-right-token-123"
+    async with HarkProcess("--token", token, "--ice-address", "127.0.0.1") as hark:
+        base = f"http://127.0.0.1:{hark.http_port}"
+        async with (
+            grpc.aio.insecure_channel(f"127.0.0.1:{hark.grpc_port}") as channel,
+            playwright.async_playwright() as driver,
+        ):
+            browser = await driver.chromium.launch(
+                executable_path=CHROMIUM, args=chromium_args(speech_wav(tmp_path))
+            )
+            try:
+                page = await browser.new_page()
+                await page.goto(base + "/")
+                await page.fill("#token", "not-the-token")
+                await page.click("#start")
+                await page.wait_for_selector("#error:not([hidden])")
+                error = await page.text_content("#error") or ""
+            finally:
+                await browser.close()
+            stub = media_pb2_grpc.MediaServiceStub(channel)
+            listed = await stub.ListSessions(
+                pb.ListSessionsRequest(include_closed=True),
+                metadata=(("authorization", f"Bearer {token}"),),
+            )
+    assert "401" in error and "wrong bearer token" in error
+    assert list(listed.sessions) == []
