@@ -98,6 +98,8 @@ class HarkApp:
             ice_servers=self.config.ice_servers,
             base_url=lambda: self.base_url,
             jitter_frames=self.config.jitter_frames,
+            max_offer_bytes=self.config.max_offer_bytes,
+            max_m_lines=self.config.max_m_lines,
         )
         whip.add_routes(app)
         SessionEventsHandlers(

@@ -52,6 +52,8 @@ SERVE_OPTIONS: list[tuple[str, Parse, str]] = [
     ("jitter-frames", int, "audio frames aiortc's jitter buffer holds (20 ms each)"),
     ("metrics-port", int, "serve /metrics on this port instead of the HTTP port"),
     ("max-watchers", int, "open WatchSession/WatchSessions streams at most"),
+    ("max-offer-bytes", int, "largest SDP offer or trickle fragment accepted (413 above it)"),
+    ("max-m-lines", int, "most m-lines accepted in an offer (422 above it)"),
     ("rate-limit", float, "POST/PATCH/DELETE per second per client IP (0: off)"),
     ("rate-burst", int, "burst allowed above --rate-limit"),
     ("drain-timeout", float, "seconds SIGTERM waits for live sessions before SHUTDOWN"),

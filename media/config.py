@@ -92,6 +92,8 @@ class Config:
     jitter_frames: int = 1
     metrics_port: int | None = None
     max_watchers: int = 1000
+    max_offer_bytes: int = 65536
+    max_m_lines: int = 4
     rate_limit: float = 20.0
     rate_burst: int = 40
     drain_timeout: float = 10.0
@@ -130,6 +132,12 @@ class Config:
                 raise ConfigError(f"--ice-address {address!r} is not an IP address") from None
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"--metrics-port must be 0..65535, got {self.metrics_port}")
+        if not 1024 <= self.max_offer_bytes <= 1024 * 1024:
+            raise ConfigError(
+                f"--max-offer-bytes must be 1024..1048576, got {self.max_offer_bytes}"
+            )
+        if not 1 <= self.max_m_lines <= 64:
+            raise ConfigError(f"--max-m-lines must be 1..64, got {self.max_m_lines}")
         if self.max_watchers < 1:
             raise ConfigError(f"--max-watchers must be >= 1, got {self.max_watchers}")
         if self.rate_limit < 0:

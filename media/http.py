@@ -186,15 +186,13 @@ def require_content_type(request: web.Request, expected: str) -> None:
         raise UnsupportedContentType(f"Content-Type must be {expected}, got {given}")
 
 
-async def read_text_body(request: web.Request, what: str) -> str:
+async def read_text_body(request: web.Request, what: str, limit: int = MAX_BODY_BYTES) -> str:
     """The body as UTF-8 text, refusing more than 64 KiB before reading it all."""
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise OfferTooLarge(
-            f"{what} is {request.content_length} bytes; the limit is {MAX_BODY_BYTES}"
-        )
-    body = await request.content.read(MAX_BODY_BYTES + 1)
-    if len(body) > MAX_BODY_BYTES:
-        raise OfferTooLarge(f"{what} is over the limit of {MAX_BODY_BYTES} bytes")
+    if request.content_length is not None and request.content_length > limit:
+        raise OfferTooLarge(f"{what} is {request.content_length} bytes; the limit is {limit}")
+    body = await request.content.read(limit + 1)
+    if len(body) > limit:
+        raise OfferTooLarge(f"{what} is over the limit of {limit} bytes")
     if not body.strip():
         raise InvalidRequest(f"{what} is empty")
     try:

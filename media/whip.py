@@ -35,8 +35,12 @@ class WhipHandlers:
         ice_servers: Sequence[IceServer],
         base_url: Callable[[], str],
         jitter_frames: int = 1,
+        max_offer_bytes: int = 65536,
+        max_m_lines: int = 4,
     ) -> None:
         self._jitter_frames = jitter_frames
+        self._max_offer_bytes = max_offer_bytes
+        self._max_m_lines = max_m_lines
         self._registry = registry
         self._token = server_token
         self._ice_servers = tuple(ice_servers)
@@ -120,7 +124,8 @@ class WhipHandlers:
                 f"If-Match {if_match} does not name the current ICE session of "
                 f"{entry.session.id!r} ({entry.etag})"
             )
-        fragment = parse_trickle_fragment(await read_text_body(request, "trickle fragment"))
+        body = await read_text_body(request, "trickle fragment", self._max_offer_bytes)
+        fragment = parse_trickle_fragment(body)
         peer = entry.media
         if not isinstance(peer, PublisherPeer):
             self._check_no_publisher(entry)
@@ -159,8 +164,14 @@ class WhipHandlers:
 
     async def _read_offer(self, request: web.Request) -> tuple[str, OfferSummary]:
         require_content_type(request, SDP)
-        offer = await read_text_body(request, "SDP offer")
-        return offer, check_offer(offer, direction="publish")
+        offer = await read_text_body(request, "SDP offer", self._max_offer_bytes)
+        summary = check_offer(
+            offer,
+            direction="publish",
+            max_bytes=self._max_offer_bytes,
+            max_media=self._max_m_lines,
+        )
+        return offer, summary
 
     async def _negotiate(
         self, session_id: str, offer: tuple[str, OfferSummary]

@@ -226,3 +226,18 @@ async def test_bad_grpc_arguments_get_precise_status_codes() -> None:
             await stub.StartListening(pb.StartListeningRequest(session_id=created.id))
         assert early.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "is NEW, not READY" in (early.value.details() or "")
+
+
+async def test_offer_limits_are_configurable() -> None:
+    from tests.offers import OFFER
+
+    video = "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n"
+    async with running_server(max_m_lines=1, max_offer_bytes=2048) as app:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(app.base_url + "/whip", headers=SDP, data=OFFER + video) as two:
+                assert two.status == 422
+                assert "2 m-lines; at most 1" in await two.text()
+            padded = OFFER + "a=x-padding:" + "p" * 2048 + "\r\n"
+            async with http.post(app.base_url + "/whip", headers=SDP, data=padded) as big:
+                assert big.status == 413
+                assert "the limit is 2048" in await big.text()
