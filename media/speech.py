@@ -210,13 +210,7 @@ class SpeechPipeline:
         self._segment: SpeechStarted | None = None
         self._subscribers: set[AudioSubscriber] = set()
         self._last_offset_ms = 0
-        self.frames_analysed = 0
-        self.discarded_bursts = 0
         self._discarded_seen = 0
-
-    @property
-    def listening(self) -> bool:
-        return self._segmenter is not None
 
     # input
 
@@ -279,16 +273,11 @@ class SpeechPipeline:
     def unsubscribe(self, subscriber: AudioSubscriber) -> None:
         self._subscribers.discard(subscriber)
 
-    @property
-    def subscriber_count(self) -> int:
-        return len(self._subscribers)
-
     # internals
 
     def _analyse(self, offset_ms: int, vad_frame: bytes) -> None:
         assert self._segmenter is not None
         voiced = self._vad.is_speech(vad_frame, self._rate)
-        self.frames_analysed += 1
         self._recent.append((offset_ms, vad_frame, voiced))
         events = self._segmenter.push(voiced, offset_ms)
         if self._segmenter.discarded != self._discarded_seen:
@@ -305,23 +294,30 @@ class SpeechPipeline:
         assert self._segmenter is not None
         new = self._segmenter.discarded - self._discarded_seen
         self._discarded_seen = self._segmenter.discarded
-        self.discarded_bursts += new
         if self._metrics is not None and new:
             self._metrics.discarded_bursts.inc(new)
 
     def _handle(self, events: list[SpeechEvent]) -> None:
+        split = False
         for event in events:
             if isinstance(event, SpeechStarted):
                 self._segment = event
-                self._segment_started(event)
+                self._segment_started(event, continues_split=split)
             else:
                 self._segment = None
                 self._segment_ended(event)
+                split = event.reason is EndReason.MAX_LENGTH
             self._on_event(event)
 
-    def _segment_started(self, event: SpeechStarted) -> None:
+    def _segment_started(self, event: SpeechStarted, continues_split: bool) -> None:
+        """Marker, then the backlog: pre-roll and the audio that confirmed the start.
+
+        A segment that continues a split at max_segment_ms gets no pre-roll: that audio was
+        delivered as the end of the previous segment.
+        """
         assert self._segmenter is not None
-        audio_start = max(0, event.start_ms - self._segmenter.config.pre_roll_ms)
+        pre_roll = 0 if continues_split else self._segmenter.config.pre_roll_ms
+        audio_start = max(0, event.start_ms - pre_roll)
         marker = SegmentStart(event.segment_id, event.start_ms, audio_start)
         backlog = [
             self._audio(offset, pcm, voiced, event.segment_id)

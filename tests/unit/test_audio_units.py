@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fractions
 
 import pytest
+from av import AudioFrame
 
 from media.audio import Framer
 from media.ratelimit import RateLimiter
-from media.speech import Audio, AudioMode, AudioSubscriber, SegmentStart
+from media.speech import (
+    Audio,
+    AudioMode,
+    AudioSubscriber,
+    SegmentEnd,
+    SegmentStart,
+    SpeechPipeline,
+    SpeechSettings,
+)
+from media.vad import EndReason, SegmenterConfig
+from tests.unit.test_vad import harmonic_burst
 
 RATE = 16000
 FRAME_BYTES = 640  # 20 ms at 16 kHz, 16-bit mono
@@ -86,3 +99,25 @@ def test_rate_limiter_forgets_the_least_recent_clients_first() -> None:
     limiter.check("c", 0.0)
     assert limiter.check("a", 0.0) == 0.0  # "a" was forgotten, so it starts with a full bucket
     assert limiter.check("c", 0.0) > 0.0
+
+
+async def test_a_split_segment_continues_without_repeating_audio() -> None:
+    pipeline = SpeechPipeline(SpeechSettings(), lambda event: None)
+    subscriber = pipeline.subscribe(AudioMode.SPEECH, 0)
+    pipeline.start(SegmenterConfig(max_segment_ms=1000), 2)
+    pcm = bytes(RATE) + harmonic_burst(RATE, 2500) + bytes(RATE * 2)
+    for start in range(0, len(pcm) - FRAME_BYTES + 1, FRAME_BYTES):
+        frame = AudioFrame(format="s16", layout="mono", samples=FRAME_BYTES // 2)
+        frame.planes[0].update(pcm[start : start + FRAME_BYTES])
+        frame.sample_rate = RATE
+        frame.pts, frame.time_base = start // 2, fractions.Fraction(1, RATE)
+        pipeline.push(frame)
+    items = []
+    with contextlib.suppress(TimeoutError):
+        while True:
+            items.append(await asyncio.wait_for(subscriber.get(), 0.05))
+    spans = [(a.offset_ms, a.offset_ms + a.duration_ms) for a in items if isinstance(a, Audio)]
+    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+        assert start >= end, "audio delivered twice"
+    ends = [i.reason for i in items if isinstance(i, SegmentEnd)]
+    assert ends.count(EndReason.MAX_LENGTH) >= 2
