@@ -1,22 +1,35 @@
-"""Pure checks of SDP offers (RFC 8866) and trickle-ICE fragments (RFC 8840): text in, facts out."""
+"""Pure checks of WHIP/WHEP SDP offers and trickle-ICE fragments: text in, facts or a HarkError out.
+
+SDP is RFC 8866, WHIP is RFC 9725, trickle fragments (``application/trickle-ice-sdpfrag``) are
+RFC 8840 and candidate lines RFC 8839. Nothing here does I/O or touches the WebRTC stack, so the
+edges can refuse a bad offer with a precise 4xx before aiortc ever sees it.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
 from media.errors import InvalidOffer, InvalidTrickle, OfferTooLarge, UnsupportedOffer
 
 Direction = Literal["publish", "play"]
+
+_TYPED_LINE = re.compile(r"[a-z]=")
+# ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+_DIGITS = re.compile(r"[0-9]{1,10}")
 _DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
-_CAN_SEND = ("sendrecv", "sendonly")
-_CAN_RECEIVE = ("sendrecv", "recvonly")
+_NEEDED = {"publish": ("sendonly", "sendrecv"), "play": ("recvonly", "sendrecv")}
+_STATIC_PAYLOADS = {0: "PCMU", 3: "GSM", 4: "G723", 8: "PCMA", 9: "G722", 13: "CN", 18: "G729"}
 _FINGERPRINT_BYTES = {"sha-1": 20, "sha-224": 28, "sha-256": 32, "sha-384": 48, "sha-512": 64}
+_HEX_PAIR = re.compile(r"[0-9A-Fa-f]{2}")
 _SETUP_ROLES = ("actpass", "active", "passive")
 
 
 @dataclass(frozen=True, slots=True)
 class OfferSummary:
+    """What Hark needs to know about an offer it accepted."""
+
     audio_mid: str | None
     ice_ufrag: str | None
     ice_pwd: str | None
@@ -24,13 +37,14 @@ class OfferSummary:
     audio_direction: str
     media_count: int
     has_video: bool
+    audio_mline_index: int
 
 
 @dataclass(frozen=True, slots=True)
 class TrickleCandidate:
     mid: str | None
     mline_index: int
-    candidate: str
+    candidate: str  # the attribute without "a=": "candidate:<foundation> <component> ..."
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,182 +55,227 @@ class TrickleFragment:
     end_of_candidates: bool
 
 
-@dataclass(slots=True)
-class _Media:
+@dataclass(frozen=True, slots=True)
+class _Section:
+    line: int
     kind: str
     port: int
-    formats: list[str]
-    attributes: list[str]
+    formats: tuple[str, ...]
+    attributes: tuple[str, ...]
 
 
-def _short(line: str) -> str:
-    return line if len(line) <= 80 else line[:77] + "..."
+def _quote(line: str) -> str:
+    return repr(line if len(line) <= 80 else line[:77] + "...")
+
+
+def _number(text: str) -> int | None:
+    return int(text) if _DIGITS.fullmatch(text) else None
 
 
 def _lines(text: str) -> list[tuple[int, str]]:
-    return [
-        (number, line.strip())
-        for number, line in enumerate(text.replace("\r\n", "\n").split("\n"), start=1)
-        if line.strip()
-    ]
+    """Non-blank lines with their 1-based numbers; CRLF or LF endings, trailing blanks ignored."""
+    numbered = enumerate(text.split("\n"), start=1)
+    return [(number, line.rstrip()) for number, line in numbered if line.strip()]
 
 
-def _split(number: int, line: str, error: type[InvalidOffer] | type[InvalidTrickle]) -> str:
-    if len(line) < 2 or line[1] != "=" or not line[0].isalpha():
-        raise error(f"line {number} is not of the form x=value: {_short(line)!r}")
-    return line[0]
+def _split(number: int, line: str, error: type[InvalidOffer | InvalidTrickle]) -> tuple[str, str]:
+    if not _TYPED_LINE.match(line):
+        raise error(f"line {number} is not of the form x=value: {_quote(line)}")
+    return line[0], line[2:]
 
 
-def _parse_offer(sdp: str) -> tuple[list[str], list[_Media]]:
+def _values(attributes: tuple[str, ...], name: str) -> list[str]:
+    prefix = name + ":"
+    return [a[len(prefix) :].strip() for a in attributes if a.startswith(prefix)]
+
+
+def _first(attributes: tuple[str, ...], name: str) -> str | None:
+    values = _values(attributes, name)
+    return values[0] if values and values[0] else None
+
+
+def _parse_offer(sdp: str) -> tuple[tuple[str, ...], list[_Section]]:
     lines = _lines(sdp)
-    if not lines or lines[0][1] != "v=0":
-        raise InvalidOffer("SDP offer must start with v=0")
+    if not lines:
+        raise InvalidOffer("SDP offer is empty")
+    if lines[0][1] != "v=0":
+        raise InvalidOffer(f"line {lines[0][0]} must be v=0, got {_quote(lines[0][1])}")
     session: list[str] = []
-    media: list[_Media] = []
-    for number, line in lines:
-        kind = _split(number, line, InvalidOffer)
-        value = line[2:]
+    sections: list[tuple[int, str, int, tuple[str, ...], list[str]]] = []
+    for number, line in lines[1:]:
+        kind, value = _split(number, line, InvalidOffer)
         if kind == "m":
             fields = value.split()
-            if len(fields) < 4 or not fields[1].split("/")[0].isdigit():
-                raise InvalidOffer(f"line {number} is a malformed m= line: {_short(line)!r}")
-            media.append(_Media(fields[0].lower(), int(fields[1].split("/")[0]), fields[3:], []))
+            port = _number(fields[1].partition("/")[0]) if len(fields) > 1 else None
+            if len(fields) < 4 or port is None or port > 65535:
+                raise InvalidOffer(
+                    f"line {number} is a malformed m= line (want 'm=<media> <port> <proto> "
+                    f"<format> ...'): {_quote('m=' + value)}"
+                )
+            sections.append((number, fields[0], port, tuple(fields[3:]), []))
         elif kind == "a":
-            (media[-1].attributes if media else session).append(value)
-    return session, media
+            (sections[-1][4] if sections else session).append(value)
+    return tuple(session), [_Section(n, k, p, f, tuple(a)) for n, k, p, f, a in sections]
 
 
-def _attribute(attributes: list[str], name: str) -> str | None:
-    prefix = name + ":"
-    for attribute in attributes:
-        if attribute.startswith(prefix):
-            return attribute[len(prefix) :].strip()
-    return None
-
-
-def _direction(attributes: list[str], default: str) -> str:
-    for attribute in attributes:
-        if attribute in _DIRECTIONS:
-            return attribute
-    return default
-
-
-def _codecs(media: _Media) -> dict[int, str]:
-    codecs: dict[int, str] = {}
-    for attribute in media.attributes:
-        if attribute.startswith("rtpmap:"):
-            pt, _, encoding = attribute[len("rtpmap:") :].partition(" ")
-            if pt.isdigit():
-                codecs[int(pt)] = encoding.split("/")[0]
+def _codecs(section: _Section) -> list[tuple[int, str]]:
+    """``(payload type, encoding)`` in the order of the m-line, e.g. (111, "opus/48000/2")."""
+    rtpmap: dict[str, str] = {}
+    for value in _values(section.attributes, "rtpmap"):
+        fmt, _, mapped = value.partition(" ")
+        rtpmap.setdefault(fmt, mapped.strip())
+    codecs = []
+    for fmt in section.formats:
+        pt = _number(fmt)
+        if pt is None:
+            continue
+        encoding = rtpmap.get(fmt) or _STATIC_PAYLOADS.get(pt)
+        if encoding:
+            codecs.append((pt, encoding))
     return codecs
+
+
+def _is_opus(encoding: str) -> bool:
+    return encoding.lower() == "opus/48000/2"
+
+
+def _check_dtls(media: tuple[str, ...], session: tuple[str, ...]) -> None:
+    """DTLS-SRTP needs well-formed fingerprints and a setup role (RFC 8122, RFC 5763)."""
+    fingerprints = _values(media, "fingerprint") or _values(session, "fingerprint")
+    if not fingerprints:
+        raise InvalidOffer("offer has no a=fingerprint (DTLS-SRTP is required)")
+    for fingerprint in fingerprints:
+        algorithm, _, digest = fingerprint.partition(" ")
+        octets = digest.strip().split(":")
+        if len(octets) != _FINGERPRINT_BYTES.get(algorithm.lower()) or not all(
+            _HEX_PAIR.fullmatch(octet) for octet in octets
+        ):
+            raise InvalidOffer(f"a=fingerprint is malformed: {_quote(fingerprint)}")
+    setup = _first(media, "setup") or _first(session, "setup")
+    if setup not in _SETUP_ROLES:
+        raise InvalidOffer(f"a=setup must be actpass, active or passive, got {setup!r}")
 
 
 def check_offer(
     sdp: str, *, direction: Direction, max_bytes: int = 65536, max_media: int = 4
 ) -> OfferSummary:
-    """Check that ``sdp`` is an offer Hark can answer; raise a HarkError that says why not."""
-    size = len(sdp.encode())
+    """Check that ``sdp`` is an offer Hark can answer, and summarise it.
+
+    ``direction`` is what the client wants: "publish" (WHIP: its audio must send) or "play" (WHEP:
+    its audio must receive). Raises ``OfferTooLarge``, ``InvalidOffer`` (not SDP, or not usable by
+    WebRTC: no ICE credentials or DTLS fingerprint) or ``UnsupportedOffer`` (too many m-lines, no
+    enabled audio, no Opus, wrong direction), each with a message that says what is wrong.
+    """
+    size = len(sdp.encode("utf-8", "surrogatepass"))
     if size > max_bytes:
         raise OfferTooLarge(f"SDP offer is {size} bytes; the limit is {max_bytes}")
-    session, media = _parse_offer(sdp)
-    if len(media) > max_media:
-        raise UnsupportedOffer(f"offer has {len(media)} m-lines; at most {max_media} are accepted")
-    audio = next((m for m in media if m.kind == "audio" and m.port != 0), None)
-    if audio is None:
-        raise UnsupportedOffer("offer has no audio m-line")
+    session, sections = _parse_offer(sdp)
+    if len(sections) > max_media:
+        raise UnsupportedOffer(
+            f"offer has {len(sections)} m-lines; at most {max_media} are accepted"
+        )
+    audio_sections = [(i, s) for i, s in enumerate(sections) if s.kind == "audio"]
+    enabled = [(i, s) for i, s in audio_sections if s.port != 0]
+    if not enabled:
+        disabled = f" (line {audio_sections[0][1].line} has port 0)" if audio_sections else ""
+        raise UnsupportedOffer(f"offer has no audio m-line{disabled}")
+    index, audio = enabled[0]
+
     codecs = _codecs(audio)
-    opus = [pt for pt, name in codecs.items() if name.lower() == "opus"]
-    if not opus:
-        offered = ", ".join(sorted(set(codecs.values()))) or "none"
-        raise UnsupportedOffer(f"offer's audio has no Opus codec; offered: {offered}")
-    audio_direction = _direction(audio.attributes, _direction(session, "sendrecv"))
-    allowed = _CAN_SEND if direction == "publish" else _CAN_RECEIVE
-    if audio_direction not in allowed:
-        need = " or ".join(allowed)
-        raise UnsupportedOffer(f"offer's audio is {audio_direction}; a {direction} needs {need}")
-    ice_ufrag = _attribute(audio.attributes, "ice-ufrag") or _attribute(session, "ice-ufrag")
-    ice_pwd = _attribute(audio.attributes, "ice-pwd") or _attribute(session, "ice-pwd")
-    if not ice_ufrag or not ice_pwd:
+    opus = next((pt for pt, encoding in codecs if _is_opus(encoding)), None)
+    if opus is None:
+        names = (e if e.lower().startswith("opus/") else e.split("/")[0] for _, e in codecs)
+        offered = ", ".join(dict.fromkeys(names)) or "none"
+        raise UnsupportedOffer(
+            f"offer's audio has no Opus codec (opus/48000/2); offered: {offered}"
+        )
+
+    audio_direction = next(
+        (a for a in audio.attributes if a in _DIRECTIONS),
+        next((a for a in session if a in _DIRECTIONS), "sendrecv"),
+    )
+    needed = _NEEDED[direction]
+    if audio_direction not in needed:
+        raise UnsupportedOffer(
+            f"offer's audio is {audio_direction}; to {direction} it must be "
+            f"{needed[0]} or {needed[1]}"
+        )
+
+    ice_ufrag = _first(audio.attributes, "ice-ufrag") or _first(session, "ice-ufrag")
+    ice_pwd = _first(audio.attributes, "ice-pwd") or _first(session, "ice-pwd")
+    if ice_ufrag is None or ice_pwd is None:
         raise InvalidOffer("offer's audio has no a=ice-ufrag and a=ice-pwd (ICE is required)")
     _check_dtls(audio.attributes, session)
     return OfferSummary(
-        audio_mid=_attribute(audio.attributes, "mid"),
+        audio_mid=_first(audio.attributes, "mid"),
         ice_ufrag=ice_ufrag,
         ice_pwd=ice_pwd,
-        opus_payload_type=opus[0],
+        opus_payload_type=opus,
         audio_direction=audio_direction,
-        media_count=len(media),
-        has_video=any(m.kind == "video" and m.port != 0 for m in media),
+        media_count=len(sections),
+        has_video=any(s.kind == "video" and s.port != 0 for s in sections),
+        audio_mline_index=index,
     )
 
 
-def _check_dtls(media: list[str], session: list[str]) -> None:
-    """DTLS-SRTP needs a well-formed fingerprint and setup role (RFC 8122, RFC 5763)."""
-    fingerprint = _attribute(media, "fingerprint") or _attribute(session, "fingerprint")
-    if fingerprint is None:
-        raise InvalidOffer("offer has no a=fingerprint (DTLS-SRTP is required)")
-    algorithm, _, digest = fingerprint.partition(" ")
-    size = _FINGERPRINT_BYTES.get(algorithm.lower())
-    octets = digest.strip().split(":")
-    if (
-        size is None
-        or len(octets) != size
-        or not all(len(o) == 2 and all(c in "0123456789abcdefABCDEF" for c in o) for o in octets)
-    ):
-        raise InvalidOffer(f"a=fingerprint is malformed: {_short(fingerprint)!r}")
-    setup = _attribute(media, "setup") or _attribute(session, "setup")
-    if setup not in _SETUP_ROLES:
-        raise InvalidOffer(f"a=setup must be actpass, active or passive, got {setup!r}")
-
-
 def _check_candidate(number: int, value: str) -> None:
+    """RFC 8839 section 5.1: the eight mandatory fields, with numbers where numbers belong."""
     fields = value[len("candidate:") :].split()
     if len(fields) < 8 or fields[6] != "typ":
         raise InvalidTrickle(
             f"line {number}: a candidate needs foundation, component, transport, priority, "
-            f"address, port, 'typ' and a type: {_short(value)!r}"
+            f"address, port, 'typ' and a type: {_quote('a=' + value)}"
         )
-    component, priority, port = fields[1], fields[3], fields[5]
-    if not (component.isdigit() and priority.isdigit() and port.isdigit()):
-        raise InvalidTrickle(f"line {number}: component, priority and port must be numbers")
-    if not 0 <= int(port) <= 65535:
-        raise InvalidTrickle(f"line {number}: port {port} is out of range")
+    component, priority, port = (_number(fields[i]) for i in (1, 3, 5))
+    if component is None or priority is None or port is None:
+        raise InvalidTrickle(
+            f"line {number}: a candidate's component, priority and port must be numbers: "
+            f"{_quote('a=' + value)}"
+        )
+    if port > 65535:
+        raise InvalidTrickle(f"line {number}: candidate port {port} is out of range (0-65535)")
 
 
 def parse_trickle_fragment(body: str) -> TrickleFragment:
-    """Parse an ``application/trickle-ice-sdpfrag`` body (RFC 8840 section 4.4)."""
+    """Parse an ``application/trickle-ice-sdpfrag`` body (RFC 8840 section 4.4).
+
+    Candidates before any m= line are taken to belong to the first m-line (some clients send
+    them that way). Raises ``InvalidTrickle`` naming the line that is wrong.
+    """
     lines = _lines(body)
     if not lines:
         raise InvalidTrickle("trickle fragment is empty")
-    ufrag = pwd = None
+    ufrag: str | None = None
+    pwd: str | None = None
     mid: str | None = None
     mline_index = -1
     candidates: list[TrickleCandidate] = []
-    end = False
+    end_of_candidates = False
     for number, line in lines:
-        kind = _split(number, line, InvalidTrickle)
-        value = line[2:]
+        kind, value = _split(number, line, InvalidTrickle)
         if kind == "m":
             mline_index += 1
             mid = None
         elif kind == "a":
             name, _, rest = value.partition(":")
+            if name in ("ice-ufrag", "ice-pwd") and not rest.strip():
+                raise InvalidTrickle(f"line {number}: a={name} has no value")
             if name == "ice-ufrag":
                 ufrag = rest.strip()
             elif name == "ice-pwd":
                 pwd = rest.strip()
             elif name == "mid":
-                mid = rest.strip()
+                mid = rest.strip() or None
             elif name == "candidate":
                 _check_candidate(number, value)
                 candidates.append(TrickleCandidate(mid, max(mline_index, 0), value))
             elif name == "end-of-candidates":
-                end = True
-    return TrickleFragment(ufrag, pwd, tuple(candidates), end)
+                end_of_candidates = True
+    return TrickleFragment(ufrag, pwd, tuple(candidates), end_of_candidates)
 
 
 def is_ice_restart(fragment: TrickleFragment, current_ufrag: str, current_pwd: str | None) -> bool:
-    """True when the fragment carries ICE credentials other than the current ones."""
+    """True when the fragment carries ICE credentials other than the current ones (RFC 8840)."""
     if fragment.ice_ufrag is not None and fragment.ice_ufrag != current_ufrag:
         return True
     return (

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import pathlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,7 +13,7 @@ import grpc
 import pytest
 
 from media.v1 import media_pb2 as pb
-from tests.support import FIXTURES, grpc_stub, publish, running_server, truth
+from tests.support import FIXTURES, SPEECH, grpc_stub, publish, running_server, truth
 
 TRUTH = truth()
 UTTERANCES = [(u["start_ms"], u["end_ms"]) for u in TRUTH["utterances"]]
@@ -41,8 +43,14 @@ async def read_audio(stream: Any, heard: Heard) -> None:
         heard.chunks.append(chunk)
 
 
-async def listen_to(stub: Any, app: Any, fixture: pathlib.Path, **listen: Any) -> Heard:
-    """Pre-create a session, subscribe, publish ``fixture``, listen from READY until the end."""
+@contextlib.asynccontextmanager
+async def observed(
+    stub: Any, app: Any, fixture: pathlib.Path = SPEECH
+) -> AsyncIterator[tuple[str, Heard]]:
+    """A pre-created session publishing ``fixture``, watched and streamed as a backend would.
+
+    On exit the session is ended, and both streams must then complete on their own.
+    """
     created = await stub.CreateSession(pb.CreateSessionRequest())
     heard = Heard()
     watcher = asyncio.ensure_future(watch_speech(stub, created.id, heard))
@@ -52,17 +60,23 @@ async def listen_to(stub: Any, app: Any, fixture: pathlib.Path, **listen: Any) -
         app.base_url, f"/whip/{created.id}", token=created.token, fixture=fixture
     )
     try:
-        await stub.StartListening(
-            pb.StartListeningRequest(session_id=created.id, wait_for_ready=True, **listen),
-            timeout=10,
-        )
-        await asyncio.sleep(TRUTH["duration_ms"] / 1000 + 1.0)
+        yield created.id, heard
         await stub.EndSession(pb.EndSessionRequest(session_id=created.id))
         await asyncio.wait_for(asyncio.gather(watcher, reader), 5)
     finally:
         watcher.cancel()
         reader.cancel()
         await publisher.vanish()
+
+
+async def listen_to(stub: Any, app: Any, fixture: pathlib.Path, **listen: Any) -> Heard:
+    """Listen from READY until the fixture has played out."""
+    async with observed(stub, app, fixture) as (session_id, heard):
+        await stub.StartListening(
+            pb.StartListeningRequest(session_id=session_id, wait_for_ready=True, **listen),
+            timeout=10,
+        )
+        await asyncio.sleep(TRUTH["duration_ms"] / 1000 + 1.0)
     return heard
 
 
@@ -126,28 +140,16 @@ async def test_speech_segments_and_audio_match_the_ground_truth() -> None:
 
 
 async def test_listening_started_after_the_onset_still_delivers_the_first_syllable() -> None:
-    first_start, first_end = UTTERANCES[0]
+    first_start, _ = UTTERANCES[0]
     async with running_server() as app, grpc_stub(app) as stub:
-        created = await stub.CreateSession(pb.CreateSessionRequest())
-        heard = Heard()
-        watcher = asyncio.ensure_future(watch_speech(stub, created.id, heard))
-        audio = stub.StreamAudio(pb.StreamAudioRequest(session_id=created.id))
-        reader = asyncio.ensure_future(read_audio(audio, heard))
-        publisher = await publish(app.base_url, f"/whip/{created.id}", token=created.token)
-        try:
-            ready = await app.registry.wait_ready(created.id)
+        async with observed(stub, app) as (session_id, heard):
+            ready = await app.registry.wait_ready(session_id)
             assert ready.ready_time is not None
             delay = (first_start + 200) / 1000 - (app.clock.now() - ready.ready_time)
             await asyncio.sleep(delay)
-            await stub.StartListening(pb.StartListeningRequest(session_id=created.id))
+            await stub.StartListening(pb.StartListeningRequest(session_id=session_id))
             while not heard.ended:
                 await asyncio.sleep(0.1)
-            await stub.EndSession(pb.EndSessionRequest(session_id=created.id))
-            await asyncio.wait_for(asyncio.gather(watcher, reader), 5)
-        finally:
-            watcher.cancel()
-            reader.cancel()
-            await publisher.vanish()
     assert abs(heard.started[0].start_ms - first_start) <= 150
     first_audio = next(c.audio for c in heard.chunks if c.WhichOneof("payload") == "audio")
     assert first_audio.offset_ms <= first_start
@@ -232,32 +234,18 @@ async def test_vad_overrides_apply_per_session_and_bad_values_name_the_field() -
 
 async def test_stop_listening_cuts_a_segment_with_a_reason_and_the_stream_stays_open() -> None:
     async with running_server() as app, grpc_stub(app) as stub:
-        created = await stub.CreateSession(pb.CreateSessionRequest())
-        heard = Heard()
-        watcher = asyncio.ensure_future(watch_speech(stub, created.id, heard))
-        reader = asyncio.ensure_future(
-            read_audio(stub.StreamAudio(pb.StreamAudioRequest(session_id=created.id)), heard)
-        )
-        publisher = await publish(app.base_url, f"/whip/{created.id}", token=created.token)
-        try:
+        async with observed(stub, app) as (session_id, heard):
             await stub.StartListening(
-                pb.StartListeningRequest(session_id=created.id, wait_for_ready=True), timeout=10
+                pb.StartListeningRequest(session_id=session_id, wait_for_ready=True), timeout=10
             )
             while not heard.started:
                 await asyncio.sleep(0.05)
-            await stub.StopListening(pb.StopListeningRequest(session_id=created.id))
+            await stub.StopListening(pb.StopListeningRequest(session_id=session_id))
             await asyncio.sleep(0.1)
             assert heard.ended[0].reason == pb.STOPPED
-            assert not reader.done()
-            await stub.StartListening(pb.StartListeningRequest(session_id=created.id))
+            await stub.StartListening(pb.StartListeningRequest(session_id=session_id))
             while len(heard.ended) < 2:
                 await asyncio.sleep(0.05)
-            await stub.EndSession(pb.EndSessionRequest(session_id=created.id))
-            await asyncio.wait_for(asyncio.gather(watcher, reader), 5)
-        finally:
-            watcher.cancel()
-            reader.cancel()
-            await publisher.vanish()
     assert heard.ended[1].reason == pb.SILENCE
     ends = [c.segment_end for c in heard.chunks if c.WhichOneof("payload") == "segment_end"]
     assert [e.reason for e in ends[:2]] == [pb.STOPPED, pb.SILENCE]

@@ -1,139 +1,526 @@
-"""SDP offer checks and trickle-ICE fragments: pure text in, facts or precise errors out."""
+"""SDP offer checks and trickle-ICE fragments: real offers in, facts or precise errors out."""
 
 from __future__ import annotations
 
 import pytest
 from aiortc import RTCPeerConnection
-from hypothesis import given
+from aiortc.sdp import candidate_from_sdp
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from media.errors import HarkError, InvalidOffer, InvalidTrickle, OfferTooLarge, UnsupportedOffer
-from media.sdp import check_offer, is_ice_restart, parse_trickle_fragment
-from tests.offers import OFFER
+from media.sdp import (
+    Direction,
+    TrickleCandidate,
+    check_offer,
+    is_ice_restart,
+    parse_trickle_fragment,
+)
+
+FINGERPRINT = (
+    "sha-256 7B:8B:F0:65:5F:78:E2:51:3B:AC:6F:F3:3F:46:1B:35:"
+    "DC:B8:5F:64:1A:24:C2:43:F0:A1:58:D0:A1:2C:19:08"
+)
+
+# What Chrome sends to a WHIP endpoint for a microphone: one audio m-line, sendonly.
+CHROME_OFFER_LINES = [
+    "v=0",
+    "o=- 3470473375913452096 2 IN IP4 127.0.0.1",
+    "s=-",
+    "t=0 0",
+    "a=group:BUNDLE 0",
+    "a=extmap-allow-mixed",
+    "a=msid-semantic: WMS 5d2a7a3e-0b8c-4a51-9b0e-1f7f0f6c1a2b",
+    "m=audio 54611 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126",
+    "c=IN IP4 192.0.2.10",
+    "a=rtcp:9 IN IP4 0.0.0.0",
+    "a=candidate:2881337548 1 udp 2122260223 192.0.2.10 54611 typ host generation 0 "
+    "network-id 1 network-cost 10",
+    "a=candidate:3796587612 1 udp 1686052607 198.51.100.23 54611 typ srflx raddr 192.0.2.10 "
+    "rport 54611 generation 0 network-id 1 network-cost 10",
+    "a=candidate:4165040788 1 tcp 1518280447 192.0.2.10 9 typ host tcptype active generation 0 "
+    "network-id 1 network-cost 10",
+    "a=ice-ufrag:Qx7j",
+    "a=ice-pwd:0nCJGm0r8d5ZQ0m8vHYf4Ywa",
+    "a=ice-options:trickle",
+    "a=fingerprint:" + FINGERPRINT,
+    "a=setup:actpass",
+    "a=mid:0",
+    "a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level",
+    "a=extmap:2 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
+    "a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01",
+    "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid",
+    "a=sendonly",
+    "a=msid:5d2a7a3e-0b8c-4a51-9b0e-1f7f0f6c1a2b 0b7d61c4-5b8f-4f1e-8d0b-3c2f5a9e7d11",
+    "a=rtcp-mux",
+    "a=rtcp-rsize",
+    "a=rtpmap:111 opus/48000/2",
+    "a=rtcp-fb:111 transport-cc",
+    "a=fmtp:111 minptime=10;useinbandfec=1",
+    "a=rtpmap:63 red/48000/2",
+    "a=fmtp:63 111/111",
+    "a=rtpmap:9 G722/8000",
+    "a=rtpmap:0 PCMU/8000",
+    "a=rtpmap:8 PCMA/8000",
+    "a=rtpmap:13 CN/8000",
+    "a=rtpmap:110 telephone-event/48000",
+    "a=rtpmap:126 telephone-event/8000",
+    "a=ssrc:1129446914 cname:Tq8PbvV1kcRZ6vOV",
+    "a=ssrc:1129446914 msid:5d2a7a3e-0b8c-4a51-9b0e-1f7f0f6c1a2b "
+    "0b7d61c4-5b8f-4f1e-8d0b-3c2f5a9e7d11",
+]
+CHROME_OFFER = "\r\n".join(CHROME_OFFER_LINES) + "\r\n"
+VIDEO = "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\na=rtpmap:96 VP8/90000\r\n"
 
 
-def test_a_browser_like_publish_offer_passes_and_is_summarised() -> None:
-    summary = check_offer(OFFER, direction="publish")
-    assert summary.opus_payload_type == 111
-    assert (summary.ice_ufrag, summary.ice_pwd) == ("Hk3n", "abcdefghijklmnopqrstuvwx")
-    assert summary.audio_direction == "sendonly"
-    assert summary.audio_mid == "0"
-    assert summary.media_count == 1 and not summary.has_video
-
-
-async def test_a_real_aiortc_offer_passes() -> None:
-    pc = RTCPeerConnection()
-    try:
-        pc.addTransceiver("audio", direction="sendonly")
-        await pc.setLocalDescription(await pc.createOffer())
-        summary = check_offer(pc.localDescription.sdp, direction="publish")
-        assert summary.audio_direction == "sendonly"
-    finally:
-        await pc.close()
-
-
-def replace(old: str, new: str, text: str = OFFER) -> str:
-    assert old in text
+def edit(old: str, new: str, text: str = CHROME_OFFER) -> str:
+    assert old in text, old
     return text.replace(old, new)
 
 
-VIDEO = "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n"
+def test_a_chrome_whip_offer_is_accepted_and_summarised() -> None:
+    summary = check_offer(CHROME_OFFER, direction="publish")
+    assert summary.opus_payload_type == 111
+    assert (summary.ice_ufrag, summary.ice_pwd) == ("Qx7j", "0nCJGm0r8d5ZQ0m8vHYf4Ywa")
+    assert summary.audio_direction == "sendonly"
+    assert summary.audio_mid == "0"
+    assert summary.audio_mline_index == 0
+    assert summary.media_count == 1
+    assert not summary.has_video
 
 
-@pytest.mark.parametrize(
-    ("offer", "direction", "error", "message"),
-    [
-        ("v=0\r\n" + "a=x\r\n" * 20000, "publish", OfferTooLarge, "the limit is 65536"),
-        ("hello", "publish", InvalidOffer, "must start with v=0"),
-        ("v=0\r\nthis is not sdp\r\n", "publish", InvalidOffer, "line 2 is not of the form"),
-        ("v=0\r\nm=audio x\r\n", "publish", InvalidOffer, "malformed m= line"),
-        ("v=0\r\ns=-\r\n", "publish", UnsupportedOffer, "no audio m-line"),
-        (replace("m=audio 9", "m=audio 0"), "publish", UnsupportedOffer, "no audio m-line"),
-        (replace("m=audio", "m=video"), "publish", UnsupportedOffer, "no audio m-line"),
-        (
-            replace("a=rtpmap:111 opus/48000/2", "a=rtpmap:111 G722/8000"),
-            "publish",
-            UnsupportedOffer,
-            "no Opus codec; offered: G722, PCMA, PCMU",
-        ),
-        (replace("a=sendonly", "a=recvonly"), "publish", UnsupportedOffer, "audio is recvonly"),
-        (replace("a=sendonly", "a=inactive"), "publish", UnsupportedOffer, "inactive"),
-        (OFFER, "play", UnsupportedOffer, "audio is sendonly; a play needs sendrecv or recvonly"),
-        (OFFER + VIDEO * 4, "publish", UnsupportedOffer, "5 m-lines; at most 4"),
-        (replace("a=ice-pwd:abcdefghijklmnopqrstuvwx\r\n", ""), "publish", InvalidOffer, "ice-pwd"),
-        (replace("a=fingerprint:", "a=fingerprinx:"), "publish", InvalidOffer, "no a=fingerprint"),
-        (replace("sha-256 AB:", "sha-256 ZZ:"), "publish", InvalidOffer, "malformed"),
-        (replace("a=setup:actpass", "a=setup:sideways"), "publish", InvalidOffer, "a=setup"),
-    ],
-)
-def test_offers_hark_cannot_serve_are_refused_with_the_reason(
-    offer: str, direction: str, error: type[HarkError], message: str
-) -> None:
-    with pytest.raises(error, match=message):
-        check_offer(offer, direction=direction)  # type: ignore[arg-type]
+def test_lf_endings_trailing_whitespace_and_blank_lines_are_tolerated() -> None:
+    sloppy = "\n".join(line + " \t" for line in CHROME_OFFER_LINES) + "\n\n  \n"
+    assert check_offer(sloppy, direction="publish") == check_offer(
+        CHROME_OFFER, direction="publish"
+    )
 
 
-def test_direction_defaults_to_sendrecv_and_lf_line_endings_are_accepted() -> None:
-    offer = replace("a=sendonly\r\n", "").replace("\r\n", "\n")
+def test_opus_is_found_in_any_case_and_position() -> None:
+    offer = edit("111 63 9 0 8", "0 8 109").replace("opus/48000/2", "OPUS/48000/2")
+    offer = edit("a=rtpmap:111 ", "a=rtpmap:109 ", offer)
+    assert check_offer(offer, direction="publish").opus_payload_type == 109
+
+
+def test_session_level_ice_dtls_and_direction_apply_to_the_audio() -> None:
+    moved = ["a=ice-ufrag:Qx7j", "a=ice-pwd:0nCJGm0r8d5ZQ0m8vHYf4Ywa", "a=sendonly"]
+    moved += ["a=fingerprint:" + FINGERPRINT, "a=setup:actpass"]
+    offer = CHROME_OFFER
+    for line in moved:
+        offer = edit(line + "\r\n", "", offer)
+    offer = edit("t=0 0\r\n", "t=0 0\r\n" + "".join(line + "\r\n" for line in moved), offer)
+    summary = check_offer(offer, direction="publish")
+    assert (summary.ice_ufrag, summary.audio_direction) == ("Qx7j", "sendonly")
+
+
+def test_without_a_direction_attribute_the_audio_is_sendrecv_and_serves_both_ways() -> None:
+    offer = edit("a=sendonly\r\n", "")
     assert check_offer(offer, direction="publish").audio_direction == "sendrecv"
     assert check_offer(offer, direction="play").audio_direction == "sendrecv"
 
 
+def test_a_whep_player_offer_is_recvonly() -> None:
+    offer = edit("a=sendonly", "a=recvonly")
+    assert check_offer(offer, direction="play").audio_direction == "recvonly"
+
+
+def test_the_first_enabled_audio_m_line_is_the_one_checked() -> None:
+    disabled = "m=audio 0 UDP/TLS/RTP/SAVPF 0\r\na=mid:x\r\na=rtpmap:0 PCMU/8000\r\n"
+    offer = edit("m=audio 54611", disabled + "m=audio 54611") + VIDEO
+    summary = check_offer(offer, direction="publish")
+    assert (summary.audio_mline_index, summary.audio_mid, summary.media_count) == (1, "0", 3)
+    assert summary.has_video
+
+
+async def aiortc_offer(**transceivers: str) -> str:
+    pc = RTCPeerConnection()
+    try:
+        for kind, direction in transceivers.items():
+            pc.addTransceiver(kind, direction=direction)
+        await pc.setLocalDescription(await pc.createOffer())
+        return str(pc.localDescription.sdp)
+    finally:
+        await pc.close()
+
+
+async def test_a_real_aiortc_publisher_offer_is_accepted() -> None:
+    summary = check_offer(await aiortc_offer(audio="sendonly"), direction="publish")
+    assert summary.audio_direction == "sendonly"
+    assert summary.ice_ufrag and summary.ice_pwd
+    assert summary.media_count == 1
+
+
+async def test_a_real_aiortc_player_offer_is_accepted_and_refused_for_publishing() -> None:
+    offer = await aiortc_offer(audio="recvonly")
+    assert check_offer(offer, direction="play").audio_direction == "recvonly"
+    with pytest.raises(UnsupportedOffer, match="audio is recvonly; to publish"):
+        check_offer(offer, direction="publish")
+
+
+async def test_a_real_aiortc_offer_with_video_is_accepted_for_its_audio() -> None:
+    summary = check_offer(
+        await aiortc_offer(audio="sendonly", video="sendonly"), direction="publish"
+    )
+    assert (summary.media_count, summary.has_video, summary.audio_mline_index) == (2, True, 0)
+
+
+LONG_GARBAGE = "x" * 500
+
+OFFER_ERRORS: list[tuple[str, str, Direction, type[HarkError], str]] = [
+    (
+        "too large",
+        CHROME_OFFER + "a=x-pad:" + "p" * 70_000 + "\r\n",
+        "publish",
+        OfferTooLarge,
+        rf"SDP offer is {len(CHROME_OFFER) + 70_010} bytes; the limit is 65536",
+    ),
+    ("empty", "\r\n \r\n", "publish", InvalidOffer, "SDP offer is empty"),
+    ("garbage", "hello", "publish", InvalidOffer, "line 1 must be v=0, got 'hello'"),
+    (
+        "missing v=",
+        edit("v=0\r\n", ""),
+        "publish",
+        InvalidOffer,
+        "line 1 must be v=0, got 'o=- 3470473375913452096",
+    ),
+    (
+        "a line not in x=value form",
+        edit("s=-\r\n", "s=-\r\nthis is not sdp\r\n"),
+        "publish",
+        InvalidOffer,
+        "line 4 is not of the form x=value: 'this is not sdp'",
+    ),
+    (
+        "a long bad line is quoted truncated",
+        "v=0\r\n" + LONG_GARBAGE + "\r\n",
+        "publish",
+        InvalidOffer,
+        rf"line 2 is not of the form x=value: '{'x' * 77}\.\.\.'$",
+    ),
+    (
+        "m= line with a word for a port",
+        "v=0\r\nm=audio x\r\n",
+        "publish",
+        InvalidOffer,
+        "line 2 is a malformed m= line .*'m=audio x'",
+    ),
+    (
+        "m= line without formats",
+        edit("m=audio 54611 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126", "m=audio 9 RTP/AVP"),
+        "publish",
+        InvalidOffer,
+        "line 8 is a malformed m= line",
+    ),
+    (
+        "m= line port out of range",
+        edit("m=audio 54611", "m=audio 70000"),
+        "publish",
+        InvalidOffer,
+        "line 8 is a malformed m= line",
+    ),
+    (
+        "m= line port in non-ASCII digits",
+        edit("m=audio 54611", "m=audio ²"),
+        "publish",
+        InvalidOffer,
+        "line 8 is a malformed m= line",
+    ),
+    ("no m-line at all", "v=0\r\ns=-\r\nt=0 0\r\n", "publish", UnsupportedOffer, "no audio m-line"),
+    (
+        "audio port 0",
+        edit("m=audio 54611", "m=audio 0"),
+        "publish",
+        UnsupportedOffer,
+        r"offer has no audio m-line \(line 8 has port 0\)",
+    ),
+    (
+        "video only",
+        edit("m=audio", "m=video"),
+        "publish",
+        UnsupportedOffer,
+        "offer has no audio m-line$",
+    ),
+    (
+        "PCMU only",
+        edit("111 63 9 0 8 13 110 126", "0"),
+        "publish",
+        UnsupportedOffer,
+        r"offer's audio has no Opus codec \(opus/48000/2\); offered: PCMU$",
+    ),
+    (
+        "no Opus among several codecs",
+        edit("a=rtpmap:111 opus/48000/2", "a=rtpmap:111 G722/8000"),
+        "publish",
+        UnsupportedOffer,
+        "no Opus codec .*; offered: G722, red, PCMU, PCMA, CN, telephone-event$",
+    ),
+    (
+        "Opus at the wrong clock rate",
+        edit("opus/48000/2", "opus/16000"),
+        "publish",
+        UnsupportedOffer,
+        "no Opus codec .*; offered: opus/16000, red,",
+    ),
+    (
+        "Opus mapped but not in the m-line",
+        edit("111 63 9 0 8 13 110 126", "0 8"),
+        "publish",
+        UnsupportedOffer,
+        "no Opus codec .*; offered: PCMU, PCMA$",
+    ),
+    (
+        "recvonly for publish",
+        edit("a=sendonly", "a=recvonly"),
+        "publish",
+        UnsupportedOffer,
+        "offer's audio is recvonly; to publish it must be sendonly or sendrecv",
+    ),
+    (
+        "inactive for publish",
+        edit("a=sendonly", "a=inactive"),
+        "publish",
+        UnsupportedOffer,
+        "offer's audio is inactive; to publish",
+    ),
+    (
+        "sendonly for play",
+        CHROME_OFFER,
+        "play",
+        UnsupportedOffer,
+        "offer's audio is sendonly; to play it must be recvonly or sendrecv",
+    ),
+    (
+        "inactive for play",
+        edit("a=sendonly", "a=inactive"),
+        "play",
+        UnsupportedOffer,
+        "offer's audio is inactive; to play",
+    ),
+    (
+        "too many m-lines",
+        CHROME_OFFER + VIDEO * 4,
+        "publish",
+        UnsupportedOffer,
+        "offer has 5 m-lines; at most 4 are accepted",
+    ),
+    (
+        "no ICE password",
+        edit("a=ice-pwd:0nCJGm0r8d5ZQ0m8vHYf4Ywa\r\n", ""),
+        "publish",
+        InvalidOffer,
+        "no a=ice-ufrag and a=ice-pwd",
+    ),
+    (
+        "no DTLS fingerprint",
+        edit("a=fingerprint:", "a=x-fingerprint:"),
+        "publish",
+        InvalidOffer,
+        "no a=fingerprint",
+    ),
+    (
+        "malformed fingerprint",
+        edit("sha-256 7B:", "sha-256 ZZ:"),
+        "publish",
+        InvalidOffer,
+        "a=fingerprint is malformed: 'sha-256 ZZ:8B",
+    ),
+    (
+        "fingerprint of the wrong length",
+        edit(":19:08", ":19"),
+        "publish",
+        InvalidOffer,
+        "a=fingerprint is malformed",
+    ),
+    (
+        "bad DTLS setup role",
+        edit("a=setup:actpass", "a=setup:sideways"),
+        "publish",
+        InvalidOffer,
+        "a=setup must be actpass, active or passive, got 'sideways'",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("offer", "direction", "error", "message"),
+    [case[1:] for case in OFFER_ERRORS],
+    ids=[case[0] for case in OFFER_ERRORS],
+)
+def test_offers_hark_cannot_serve_are_refused_with_the_reason(
+    offer: str, direction: Direction, error: type[HarkError], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        check_offer(offer, direction=direction)
+
+
+def test_the_size_limit_is_the_callers_and_counts_utf8_bytes() -> None:
+    offer = CHROME_OFFER + "a=x-note:é\r\n"
+    size = len(offer.encode())
+    assert check_offer(offer, direction="publish", max_bytes=size)
+    with pytest.raises(OfferTooLarge, match=f"is {size} bytes; the limit is {size - 1}$"):
+        check_offer(offer, direction="publish", max_bytes=size - 1)
+
+
+def test_the_m_line_limit_is_the_callers() -> None:
+    assert check_offer(CHROME_OFFER + VIDEO, direction="publish").media_count == 2
+    with pytest.raises(UnsupportedOffer, match="2 m-lines; at most 1"):
+        check_offer(CHROME_OFFER + VIDEO, direction="publish", max_media=1)
+
+
 FRAGMENT = "\r\n".join(
     [
-        "a=ice-ufrag:Hk3n",
-        "a=ice-pwd:abcdefghijklmnopqrstuvwx",
+        "a=ice-ufrag:Qx7j",
+        "a=ice-pwd:0nCJGm0r8d5ZQ0m8vHYf4Ywa",
+        "a=ice-options:trickle",
+        "a=group:BUNDLE 0",
         "m=audio 9 UDP/TLS/RTP/SAVPF 111",
         "a=mid:0",
-        "a=candidate:1 1 udp 2130706431 192.0.2.7 50000 typ host",
-        "a=candidate:2 1 udp 1694498815 198.51.100.1 50001 typ srflx raddr 0.0.0.0 rport 0",
+        "a=candidate:2881337548 1 udp 2122260223 192.0.2.10 54611 typ host generation 0",
+        "a=candidate:3796587612 1 udp 1686052607 198.51.100.23 54611 typ srflx "
+        "raddr 192.0.2.10 rport 54611 generation 0",
         "a=end-of-candidates",
+        "",
     ]
 )
 
 
-def test_a_trickle_fragment_yields_its_candidates_in_order() -> None:
+def test_a_trickle_fragment_yields_its_credentials_and_candidates_in_order() -> None:
     fragment = parse_trickle_fragment(FRAGMENT)
-    assert (fragment.ice_ufrag, fragment.ice_pwd) == ("Hk3n", "abcdefghijklmnopqrstuvwx")
-    assert [(c.mid, c.mline_index) for c in fragment.candidates] == [("0", 0), ("0", 0)]
-    assert fragment.candidates[1].candidate.startswith("candidate:2 1 udp")
+    assert (fragment.ice_ufrag, fragment.ice_pwd) == ("Qx7j", "0nCJGm0r8d5ZQ0m8vHYf4Ywa")
+    assert fragment.candidates == (
+        TrickleCandidate(
+            "0", 0, "candidate:2881337548 1 udp 2122260223 192.0.2.10 54611 typ host generation 0"
+        ),
+        TrickleCandidate(
+            "0",
+            0,
+            "candidate:3796587612 1 udp 1686052607 198.51.100.23 54611 typ srflx "
+            "raddr 192.0.2.10 rport 54611 generation 0",
+        ),
+    )
     assert fragment.end_of_candidates
 
 
-def test_ice_restart_is_a_change_of_credentials() -> None:
-    fragment = parse_trickle_fragment(FRAGMENT)
-    assert not is_ice_restart(fragment, "Hk3n", "abcdefghijklmnopqrstuvwx")
-    assert is_ice_restart(fragment, "other", "abcdefghijklmnopqrstuvwx")
-    assert is_ice_restart(fragment, "Hk3n", "another-password-entirely")
-    bare = parse_trickle_fragment("a=end-of-candidates")
-    assert not is_ice_restart(bare, "Hk3n", "abcdefghijklmnopqrstuvwx")
+def test_trickled_candidates_are_ones_aiortc_can_use() -> None:
+    for trickled in parse_trickle_fragment(FRAGMENT).candidates:
+        candidate = candidate_from_sdp(trickled.candidate.removeprefix("candidate:"))
+        assert candidate.port == 54611
+
+
+def test_candidates_are_attributed_to_their_m_line_and_mid() -> None:
+    body = "\n".join(
+        [
+            "a=candidate:1 1 udp 1 192.0.2.1 1000 typ host",
+            "m=audio 9 UDP/TLS/RTP/SAVPF 111",
+            "a=mid:a",
+            "a=candidate:2 1 udp 1 192.0.2.2 2000 typ host",
+            "m=video 9 UDP/TLS/RTP/SAVPF 96",
+            "a=candidate:3 1 udp 1 192.0.2.3 3000 typ host",
+            "a=mid:v",
+            "a=candidate:4 1 udp 1 192.0.2.4 4000 typ host",
+        ]
+    )
+    fragment = parse_trickle_fragment(body)
+    assert [(c.mid, c.mline_index) for c in fragment.candidates] == [
+        (None, 0),
+        ("a", 0),
+        (None, 1),
+        ("v", 1),
+    ]
+    assert (fragment.ice_ufrag, fragment.ice_pwd, fragment.end_of_candidates) == (None, None, False)
+
+
+def test_a_bare_end_of_candidates_is_a_fragment() -> None:
+    fragment = parse_trickle_fragment("a=end-of-candidates\r\n")
+    assert fragment.end_of_candidates and fragment.candidates == ()
+
+
+@pytest.mark.parametrize(
+    ("body", "current_pwd", "restart"),
+    [
+        (FRAGMENT, "0nCJGm0r8d5ZQ0m8vHYf4Ywa", False),
+        ("a=end-of-candidates", "0nCJGm0r8d5ZQ0m8vHYf4Ywa", False),
+        ("a=ice-ufrag:Qx7j\r\na=end-of-candidates", "0nCJGm0r8d5ZQ0m8vHYf4Ywa", False),
+        ("a=ice-ufrag:Zz9k\r\na=ice-pwd:a-brand-new-password-0123", "0nCJGm0r8d5Z", True),
+        ("a=ice-ufrag:Zz9k", "0nCJGm0r8d5ZQ0m8vHYf4Ywa", True),
+        ("a=ice-ufrag:Qx7j\r\na=ice-pwd:a-brand-new-password-0123", "0nCJGm0r8d5Z", True),
+        ("a=ice-ufrag:Qx7j\r\na=ice-pwd:a-brand-new-password-0123", None, False),
+    ],
+)
+def test_an_ice_restart_is_a_change_of_credentials(
+    body: str, current_pwd: str | None, restart: bool
+) -> None:
+    assert is_ice_restart(parse_trickle_fragment(body), "Qx7j", current_pwd) is restart
 
 
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ("", "empty"),
-        ("   \r\n", "empty"),
-        ("nonsense", "line 1 is not of the form"),
-        ("a=candidate:1 1 udp 5 1.2.3.4", "a candidate needs"),
-        ("a=candidate:1 x udp 5 1.2.3.4 9 typ host", "must be numbers"),
-        ("a=candidate:1 1 udp 5 1.2.3.4 70000 typ host", "port 70000 is out of range"),
-        ("a=candidate:1 1 udp 5 1.2.3.4 9 kind host", "a candidate needs"),
+        ("", "trickle fragment is empty"),
+        ("  \r\n\r\n", "trickle fragment is empty"),
+        ("nonsense", "line 1 is not of the form x=value: 'nonsense'"),
+        ("a=mid:0\r\n\r\n a=candidate:1 1 udp 1 192.0.2.1 9 typ host", "line 3 is not of the form"),
+        ("a=candidate:1 1 udp 5 192.0.2.1", "line 1: a candidate needs foundation, component"),
+        ("a=candidate", "a candidate needs"),
+        ("a=mid:0\na=candidate:1 1 udp 5 192.0.2.1 9 kind host", "line 2: a candidate needs"),
+        ("a=candidate:1 x udp 5 192.0.2.1 9 typ host", "component, priority and port must be"),
+        ("a=candidate:1 1 udp high 192.0.2.1 9 typ host", "component, priority and port must be"),
+        ("a=candidate:1 1 udp 5 192.0.2.1 nine typ host", "component, priority and port must be"),
+        ("a=candidate:1 1 udp 5 192.0.2.1 ² typ host", "component, priority and port must be"),
+        ("a=candidate:1 1 udp 5 192.0.2.1 70000 typ host", "port 70000 is out of range"),
+        ("a=ice-ufrag:\r\na=end-of-candidates", "line 1: a=ice-ufrag has no value"),
     ],
 )
-def test_malformed_fragments_name_the_problem(body: str, message: str) -> None:
+def test_malformed_fragments_are_refused_naming_the_problem(body: str, message: str) -> None:
     with pytest.raises(InvalidTrickle, match=message):
         parse_trickle_fragment(body)
 
 
-@given(st.text(max_size=400))
-def test_no_text_raises_anything_but_the_documented_errors(text: str) -> None:
-    for direction in ("publish", "play"):
+def assert_only_documented_errors(text: str) -> None:
+    directions: tuple[Direction, ...] = ("publish", "play")
+    for direction in directions:
         try:
-            check_offer(text, direction=direction)  # type: ignore[arg-type]
-        except HarkError:
-            pass
+            check_offer(text, direction=direction, max_bytes=4096)
+        except (OfferTooLarge, InvalidOffer, UnsupportedOffer) as exc:
+            assert str(exc)
     try:
         parse_trickle_fragment(text)
-    except HarkError:
-        pass
+    except InvalidTrickle as exc:
+        assert str(exc)
+
+
+@st.composite
+def mutated(draw: st.DrawFn, lines: list[str]) -> str:
+    """A known-good body with a few lines dropped, duplicated, garbled, inserted or swapped."""
+    lines = list(lines)
+    for _ in range(draw(st.integers(1, 4))):
+        index = draw(st.integers(0, len(lines) - 1))
+        operation = draw(st.sampled_from(["drop", "dup", "garble", "insert", "swap"]))
+        if operation == "drop" and len(lines) > 1:
+            del lines[index]
+        elif operation == "dup":
+            lines.insert(index, lines[index])
+        elif operation == "garble":
+            at = draw(st.integers(0, len(lines[index])))
+            lines[index] = lines[index][:at] + draw(st.text(max_size=6)) + lines[index][at + 1 :]
+        elif operation == "insert":
+            lines.insert(index, draw(st.text(max_size=40)))
+        elif operation == "swap":
+            other = draw(st.integers(0, len(lines) - 1))
+            lines[index], lines[other] = lines[other], lines[index]
+    return draw(st.sampled_from(["\r\n", "\n"])).join(lines)
+
+
+@settings(deadline=None, max_examples=300)
+@given(
+    st.one_of(
+        st.text(max_size=400),
+        st.binary(max_size=400).map(lambda b: b.decode("utf-8", errors="replace")),
+        st.binary(max_size=400).map(lambda b: b.decode("latin-1")),
+        st.text(max_size=200).map(lambda t: "v=0\r\nm=audio " + t),
+        mutated(CHROME_OFFER_LINES),
+        mutated(FRAGMENT.split("\r\n")),
+    )
+)
+def test_no_input_raises_anything_but_the_documented_errors(text: str) -> None:
+    assert_only_documented_errors(text)
