@@ -35,15 +35,15 @@ pytest: $(STAMP)
 proto: $(STAMP)
 	$(BIN)/python scripts/gen_proto.py
 
-# Rebuilds the committed speech fixtures (needs espeak-ng and sox: make deps-debian).
+# Rebuilds the committed speech fixtures (needs espeak-ng: make deps-debian).
 fixtures: $(STAMP)
 	$(BIN)/python scripts/make_fixtures.py
 
-# Debian packages the tests and fixtures use: chromium for the browser tests, espeak-ng and sox
+# Debian packages the tests and fixtures use: chromium for the browser tests, espeak-ng
 # for the speech fixtures. (Playwright drives Debian's chromium; it never downloads a browser.)
 deps-debian:
 	apt-get update -qq
-	apt-get install -y -qq chromium espeak-ng sox
+	apt-get install -y -qq chromium espeak-ng
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/pipeline.py
