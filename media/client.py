@@ -1,0 +1,267 @@
+"""An asyncio client for Hark's gRPC API that gets readiness and reconnects right.
+
+    async with HarkClient("127.0.0.1:50051", token=...) as hark:
+        session = await hark.create_session()
+        ...publish to session.whip_url with session.token...
+        await hark.start_listening(session.id, wait_for_ready=True, timeout=10)
+        async for event in hark.watch(session.id):
+            ...
+
+``watch`` survives dropped connections: it reconnects with exponential backoff and jitter and
+resumes with ``since_revision``, so the caller sees every event of the session exactly once and in
+order. Errors are Hark's own (``media.errors``), never a bare gRPC error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import grpc
+
+from media.errors import (
+    CapacityExceeded,
+    HarkError,
+    InvalidRequest,
+    NotReady,
+    SessionClosed,
+    SessionNotFound,
+    Unauthorized,
+)
+from media.v1 import media_pb2 as pb
+from media.v1 import media_pb2_grpc
+
+RETRYABLE: Final = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL}
+)
+
+
+class ConnectionLost(HarkError):
+    """``watch`` gave up reconnecting after ``Backoff.max_attempts``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Reconnect delays: ``initial`` growing by ``multiplier`` up to ``maximum`` seconds, each
+    spread by ±``jitter`` (a fraction); ``max_attempts`` consecutive failures end the watch
+    (``None``: never give up)."""
+
+    initial: float = 0.1
+    maximum: float = 5.0
+    multiplier: float = 2.0
+    jitter: float = 0.2
+    max_attempts: int | None = 20
+
+    def delays(self) -> AsyncIterator[float]:
+        return _delays(self)
+
+
+async def _delays(backoff: Backoff) -> AsyncIterator[float]:
+    delay = backoff.initial
+    attempt = 0
+    while backoff.max_attempts is None or attempt < backoff.max_attempts:
+        attempt += 1
+        yield delay * (1 + random.uniform(-backoff.jitter, backoff.jitter))
+        delay = min(backoff.maximum, delay * backoff.multiplier)
+
+
+def _translate(error: grpc.aio.AioRpcError, session_id: str = "") -> HarkError:
+    code, details = error.code(), error.details() or ""
+    if code == grpc.StatusCode.NOT_FOUND:
+        return SessionNotFound(session_id or details)
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return Unauthorized(details)
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidRequest(details)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return CapacityExceeded(details)
+    if code == grpc.StatusCode.FAILED_PRECONDITION and "CLOSED (" in details:
+        reason = details.split("CLOSED (", 1)[1].split(")", 1)[0]
+        return SessionClosed(session_id, reason, details.partition("): ")[2])
+    if code == grpc.StatusCode.FAILED_PRECONDITION and "not READY" in details:
+        state = details.rsplit(" is ", 1)[-1].split(",", 1)[0].split(" ", 1)[0]
+        return NotReady(session_id, state)
+    return HarkError(f"{code.name}: {details}")
+
+
+def _closed_event(event: pb.SessionEvent) -> bool:
+    return event.HasField("state_changed") and event.state_changed.state == pb.CLOSED
+
+
+class HarkClient:
+    def __init__(
+        self,
+        target: str,
+        token: str | None = None,
+        tls: grpc.ChannelCredentials | None = None,
+        backoff: Backoff = Backoff(),
+    ) -> None:
+        options = [
+            ("grpc.initial_reconnect_backoff_ms", int(backoff.initial * 1000)),
+            ("grpc.min_reconnect_backoff_ms", int(backoff.initial * 1000)),
+            ("grpc.max_reconnect_backoff_ms", int(backoff.maximum * 1000)),
+        ]
+        if tls is None:
+            self._channel = grpc.aio.insecure_channel(target, options=options)
+        else:
+            self._channel = grpc.aio.secure_channel(target, tls, options=options)
+        self._stub = media_pb2_grpc.MediaServiceStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.backoff = backoff
+
+    async def __aenter__(self) -> HarkClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def _call(self, method: str, request: Any, session_id: str = "", **kwargs: Any) -> Any:
+        try:
+            return await getattr(self._stub, method)(request, metadata=self._metadata, **kwargs)
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise TimeoutError(error.details()) from error
+            raise _translate(error, session_id) from error
+
+    # sessions
+
+    async def create_session(
+        self, metadata: Mapping[str, str] | None = None, ttl_seconds: float = 0.0
+    ) -> pb.Session:
+        request = pb.CreateSessionRequest(metadata=dict(metadata or {}), ttl_seconds=ttl_seconds)
+        session: pb.Session = await self._call("CreateSession", request)
+        return session
+
+    async def get_session(self, session_id: str) -> pb.Session:
+        request = pb.GetSessionRequest(session_id=session_id)
+        session: pb.Session = await self._call("GetSession", request, session_id)
+        return session
+
+    async def list_sessions(self, include_closed: bool = False) -> list[pb.Session]:
+        request = pb.ListSessionsRequest(include_closed=include_closed)
+        response: pb.ListSessionsResponse = await self._call("ListSessions", request)
+        return list(response.sessions)
+
+    async def end_session(self, session_id: str, detail: str = "") -> pb.Session:
+        request = pb.EndSessionRequest(session_id=session_id, detail=detail)
+        session: pb.Session = await self._call("EndSession", request, session_id)
+        return session
+
+    # readiness and listening
+
+    async def wait_ready(self, session_id: str, timeout: float) -> pb.Session:
+        """The session once READY; ``SessionClosed`` if it closes first; ``TimeoutError``."""
+        async with asyncio.timeout(timeout):
+            async for event in self.watch(session_id):
+                state = (
+                    event.snapshot.session.state
+                    if event.HasField("snapshot")
+                    else event.state_changed.state
+                    if event.HasField("state_changed")
+                    else None
+                )
+                if state == pb.READY:
+                    return await self.get_session(session_id)
+                if state == pb.CLOSED:
+                    session = await self.get_session(session_id)
+                    raise SessionClosed(
+                        session_id,
+                        pb.CloseReason.Name(session.close_reason),
+                        session.close_detail,
+                    )
+        raise SessionClosed(session_id, "UNKNOWN", "the watch ended before READY")
+
+    async def start_listening(
+        self,
+        session_id: str,
+        *,
+        wait_for_ready: bool = True,
+        timeout: float | None = None,
+        vad: pb.VadOptions | None = None,
+    ) -> pb.Session:
+        request = pb.StartListeningRequest(
+            session_id=session_id, wait_for_ready=wait_for_ready, vad=vad
+        )
+        session: pb.Session = await self._call(
+            "StartListening", request, session_id, timeout=timeout
+        )
+        return session
+
+    async def stop_listening(self, session_id: str) -> pb.Session:
+        request = pb.StopListeningRequest(session_id=session_id)
+        session: pb.Session = await self._call("StopListening", request, session_id)
+        return session
+
+    # streams
+
+    async def watch(
+        self, session_id: str | None = None, since_revision: int = 0
+    ) -> AsyncIterator[pb.SessionEvent]:
+        """Every event of one session (or of all of them), heartbeats left out.
+
+        One session: exactly once and in order across reconnects; ends after CLOSED.
+        All sessions: after a reconnect each live session is sent again as a snapshot, and an
+        event already seen (same session, same or older revision) is not repeated.
+        """
+        seen: dict[str, int] = {}
+        if session_id is not None and since_revision:
+            seen[session_id] = since_revision
+        delays = self.backoff.delays()
+        while True:
+            call: grpc.aio.UnaryStreamCall[Any, pb.SessionEvent]
+            if session_id is None:
+                call = self._stub.WatchSessions(pb.WatchSessionsRequest(), metadata=self._metadata)
+            else:
+                request = pb.WatchSessionRequest(
+                    session_id=session_id, since_revision=seen.get(session_id, 0)
+                )
+                call = self._stub.WatchSession(request, metadata=self._metadata)
+            try:
+                async for event in call:
+                    delays = self.backoff.delays()
+                    if event.HasField("heartbeat"):
+                        continue
+                    last = seen.get(event.session_id, 0)
+                    if not event.HasField("snapshot") and event.revision <= last:
+                        continue
+                    seen[event.session_id] = max(last, event.revision)
+                    yield event
+                    if session_id is not None and _closed_event(event):
+                        return
+                if session_id is not None:
+                    return
+            except grpc.aio.AioRpcError as error:
+                if error.code() not in RETRYABLE:
+                    raise _translate(error, session_id or "") from error
+            finally:
+                call.cancel()
+            try:
+                await asyncio.sleep(await anext(delays))
+            except StopAsyncIteration:
+                raise ConnectionLost(
+                    f"gave up reconnecting after {self.backoff.max_attempts} attempts"
+                ) from None
+
+    async def stream_audio(
+        self, session_id: str, mode: int = pb.SPEECH, sample_rate: int = 0
+    ) -> AsyncIterator[pb.AudioChunk]:
+        """The session's speech as PCM chunks (see StreamAudio); ends when the session closes."""
+        request = pb.StreamAudioRequest(
+            session_id=session_id,
+            mode=mode,  # type: ignore[arg-type]
+            sample_rate=sample_rate,
+        )
+        call = self._stub.StreamAudio(request, metadata=self._metadata)
+        try:
+            async for chunk in call:
+                yield chunk
+        except grpc.aio.AioRpcError as error:
+            raise _translate(error, session_id) from error
+        finally:
+            call.cancel()
