@@ -120,7 +120,39 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get(_env_name("insecure-no-auth")) in ("1", "true", "yes"),
         help="allow binding a non-loopback address without --token [env HARK_INSECURE_NO_AUTH]",
     )
+    _client_commands(commands)
     return parser
+
+
+def _client_commands(commands: Any) -> None:
+    def connection(command: argparse.ArgumentParser) -> None:
+        command.add_argument(
+            "--target",
+            default=os.environ.get("HARK_TARGET", "127.0.0.1:50051"),
+            help="Hark's gRPC address [env HARK_TARGET; default 127.0.0.1:50051]",
+        )
+        command.add_argument(
+            "--token", default=os.environ.get("HARK_TOKEN"), help="bearer token [env HARK_TOKEN]"
+        )
+
+    sessions = commands.add_parser("sessions", help="list sessions as a table")
+    connection(sessions)
+    sessions.add_argument("--all", action="store_true", help="include retained closed sessions")
+    sessions.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    watch = commands.add_parser("watch", help="print live events, one per line")
+    connection(watch)
+    watch.add_argument("session", nargs="?", help="one session (default: every session)")
+    watch.add_argument("--since", type=int, default=0, help="resume after this revision")
+    watch.add_argument("--json", action="store_true", help="protobuf JSON, one event per line")
+
+    publish = commands.add_parser("publish", help="publish an audio file over WHIP")
+    publish.add_argument("file", help="any audio file PyAV reads")
+    publish.add_argument("--url", required=True, help="WHIP endpoint, e.g. http://HOST:8080/whip")
+    publish.add_argument("--token", default=os.environ.get("HARK_TOKEN"), help="bearer token")
+    publish.add_argument(
+        "--ice-address", action="append", default=[], help="local IP to offer (repeatable)"
+    )
 
 
 def _listed(args: argparse.Namespace, flag: str) -> list[str]:
@@ -193,9 +225,33 @@ async def serve(config: Config) -> int:
     return 0
 
 
+def _run_client_command(args: argparse.Namespace) -> int:
+    from media import commands
+    from media.errors import HarkError
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("aiortc", "aioice"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    if args.command == "sessions":
+        run = commands.sessions(args.target, args.token, args.all, args.json)
+    elif args.command == "watch":
+        run = commands.watch(args.target, args.token, args.session, args.since, args.json)
+    else:
+        run = commands.publish(args.file, args.url, args.token, args.ice_address)
+    try:
+        return asyncio.run(run)
+    except HarkError as exc:
+        print(f"hark {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in ("sessions", "watch", "publish"):
+        return _run_client_command(args)
     if args.command == "serve":
         try:
             config = config_from_args(args)

@@ -1,0 +1,144 @@
+"""The client side of the ``hark`` command: ``sessions``, ``watch`` and ``publish``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from collections.abc import Sequence
+from typing import TextIO
+from urllib.parse import urljoin
+
+import aiohttp
+from google.protobuf import json_format
+
+from media.client import HarkClient
+from media.errors import HarkError
+from media.peer import restrict_host_candidates
+from media.v1 import media_pb2 as pb
+
+
+def _age(session: pb.Session) -> str:
+    seconds = max(0, int(time.time() - session.created_time.seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+async def sessions(target: str, token: str | None, include_closed: bool, as_json: bool) -> int:
+    async with HarkClient(target, token=token) as hark:
+        listed = await hark.list_sessions(include_closed=include_closed)
+    if as_json:
+        for session in listed:
+            print(json_format.MessageToJson(session, indent=None))
+        return 0
+    rows = [("SESSION", "STATE", "LISTENING", "ORIGIN", "AGE", "REVISION", "CLOSE REASON")]
+    for s in listed:
+        rows.append(
+            (
+                s.id,
+                pb.SessionState.Name(s.state),
+                "yes" if s.listening else "no",
+                pb.SessionOrigin.Name(s.origin),
+                _age(s),
+                str(s.revision),
+                pb.CloseReason.Name(s.close_reason) if s.close_reason else "",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+    return 0
+
+
+def describe(event: pb.SessionEvent) -> str:
+    kind = event.WhichOneof("payload")
+    head = f"{event.session_id} r{event.revision} {kind}"
+    if kind == "snapshot":
+        session = event.snapshot.session
+        resync = " (resync)" if event.snapshot.resync else ""
+        return f"{head}{resync}: {pb.SessionState.Name(session.state)}"
+    if kind == "state_changed":
+        change = event.state_changed
+        text = f"{head}: {pb.SessionState.Name(change.state)}"
+        if change.state == pb.CLOSED:
+            text += f" ({pb.CloseReason.Name(change.close_reason)}) {change.close_detail}"
+        return text.rstrip()
+    if kind == "listening_changed":
+        return f"{head}: {'on' if event.listening_changed.listening else 'off'}"
+    if kind == "speech_started":
+        started = event.speech_started
+        return f"{head}: segment {started.segment_id} at {started.start_ms} ms"
+    if kind == "speech_ended":
+        ended = event.speech_ended
+        reason = pb.SpeechEndReason.Name(ended.reason)
+        return f"{head}: segment {ended.segment_id}, {ended.duration_ms} ms ({reason})"
+    return head
+
+
+async def watch(
+    target: str, token: str | None, session_id: str | None, since: int, as_json: bool
+) -> int:
+    async with HarkClient(target, token=token) as hark:
+        async for event in hark.watch(session_id, since_revision=since):
+            line = json_format.MessageToJson(event, indent=None) if as_json else describe(event)
+            print(line, flush=True)
+    return 0
+
+
+async def publish(
+    path: str,
+    url: str,
+    token: str | None,
+    ice_addresses: Sequence[str],
+    out: TextIO = sys.stdout,
+) -> int:
+    """Publish an audio file over WHIP in real time, then DELETE the session."""
+    from aiortc import RTCPeerConnection, RTCSessionDescription
+    from aiortc.contrib.media import MediaPlayer
+
+    if ice_addresses:
+        restrict_host_candidates(ice_addresses)
+    try:
+        player = MediaPlayer(path)
+    except Exception as exc:  # PyAV reports unreadable files with assorted exception types
+        print(f"hark publish: cannot read {path}: {exc}", file=sys.stderr)
+        return 2
+    if player.audio is None:
+        print(f"hark publish: {path} has no audio stream", file=sys.stderr)
+        return 2
+    headers = {"Content-Type": "application/sdp"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    pc = RTCPeerConnection()
+    pc.addTransceiver(player.audio, direction="sendonly")
+    finished = asyncio.Event()
+    player.audio.on("ended", finished.set)
+    resource = None
+    async with aiohttp.ClientSession() as http:
+        try:
+            await pc.setLocalDescription(await pc.createOffer())
+            async with http.post(url, data=pc.localDescription.sdp, headers=headers) as response:
+                answer = await response.text()
+                if response.status != 201:
+                    print(f"hark publish: {response.status}: {answer.strip()}", file=sys.stderr)
+                    return 1
+                resource = urljoin(url, response.headers["Location"])
+            await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+            print(f"session {resource.rsplit('/', 1)[1]} publishing {path}", file=out, flush=True)
+            started = time.monotonic()
+            while not finished.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(finished.wait(), 1.0)
+                elapsed = time.monotonic() - started
+                print(f"  {elapsed:5.1f} s sent ({pc.connectionState})", file=out, flush=True)
+            return 0
+        except (aiohttp.ClientError, HarkError) as exc:
+            print(f"hark publish: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            if resource is not None:
+                async with http.delete(resource, headers=headers) as response:
+                    print(f"session closed (DELETE {response.status})", file=out, flush=True)
+            await pc.close()
