@@ -39,11 +39,12 @@ proto: $(STAMP)
 fixtures: $(STAMP)
 	$(BIN)/python scripts/make_fixtures.py
 
-# Debian packages the tests and fixtures use: chromium for the browser tests, espeak-ng
+# Debian packages the tests and fixtures use: chromium for the browser tests, prometheus (promtool)
+# for the deploy checks, espeak-ng
 # for the speech fixtures. (Playwright drives Debian's chromium; it never downloads a browser.)
 deps-debian:
 	apt-get update -qq
-	apt-get install -y -qq chromium espeak-ng
+	apt-get install -y -qq chromium espeak-ng prometheus
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/pipeline.py

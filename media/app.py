@@ -44,6 +44,7 @@ class HarkApp:
         self.config = config
         self.clock = Clock()
         self.metrics = Metrics()
+        self.metrics.max_sessions.set(config.max_sessions)
         self.registry = Registry(
             self.clock,
             timeouts=Timeouts(config.ready_timeout, config.media_timeout, config.session_ttl),

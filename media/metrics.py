@@ -141,6 +141,9 @@ class Metrics:
             buckets=LOOP_LAG_BUCKETS,
             registry=r,
         )
+        self.max_sessions = Gauge(
+            "hark_max_sessions", "The --max-sessions limit, for capacity alerts.", registry=r
+        )
         self.rate_limited = Counter(
             "hark_http_rate_limited",
             "HTTP requests refused with 429, by route.",

@@ -1,0 +1,93 @@
+"""deploy/ checked without Docker: Prometheus' own tool, a real scrape, and Hark's real options."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from media.cli import LIST_OPTIONS, SERVE_OPTIONS
+from media.config import Config
+from media.v1 import media_pb2 as pb
+from tests.support import grpc_stub, running_server
+
+DEPLOY = pathlib.Path(__file__).resolve().parents[2] / "deploy"
+PROMTOOL = shutil.which("promtool")
+HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    if PROMTOOL is None:
+        reason = "promtool is not installed (Debian package prometheus; make deps-debian)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}: CI must check the Prometheus files", pytrace=False)
+        pytest.skip(reason)
+    return subprocess.run([PROMTOOL, *args], capture_output=True, text=True, timeout=60)
+
+
+def test_promtool_accepts_the_scrape_config_and_the_alert_rules() -> None:
+    config = promtool("check", "config", str(DEPLOY / "prometheus" / "prometheus.yml"))
+    assert config.returncode == 0, config.stdout + config.stderr
+    rules = promtool("check", "rules", str(DEPLOY / "prometheus" / "alerts.yml"))
+    assert rules.returncode == 0, rules.stdout + rules.stderr
+    assert "4 rules found" in rules.stdout
+
+
+def used_metric_names() -> set[str]:
+    dashboard = json.loads((DEPLOY / "grafana" / "hark-dashboard.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    exprs.append((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    return {name for expr in exprs for name in re.findall(r"\bhark_[a-z_]+", expr)}
+
+
+async def test_every_metric_the_dashboard_and_rules_use_is_exported() -> None:
+    async with running_server() as app, grpc_stub(app) as stub:
+        await stub.ListSessions(pb.ListSessionsRequest())
+        async with aiohttp.ClientSession() as http:
+            async with http.get(app.base_url + "/metrics") as response:
+                text = await response.text()
+    exported = set()
+    for family in text_string_to_metric_families(text):
+        exported.add(family.name)
+        exported.update(family.name + suffix for suffix in ("_total", *HISTOGRAM_SUFFIXES))
+    used = used_metric_names()
+    assert len(used) >= 10
+    missing = sorted(used - exported)
+    assert not missing, f"used in deploy/ but not exported: {missing}"
+
+
+def test_manifests_use_hark_s_real_ports_probes_and_options() -> None:
+    defaults = Config()
+    deployment = (DEPLOY / "k8s" / "deployment.yaml").read_text()
+    assert f"containerPort: {defaults.http_port}" in deployment
+    assert f"containerPort: {defaults.grpc_port}" in deployment
+    assert "httpGet: {path: /readyz, port: http}" in deployment
+    assert "httpGet: {path: /healthz, port: http}" in deployment
+    drain = float(re.search(r'"--drain-timeout", "(\d+)"', deployment)[1])  # type: ignore[index]
+    pre_stop = float(re.search(r"sleep: \{seconds: (\d+)\}", deployment)[1])  # type: ignore[index]
+    grace = float(re.search(r"terminationGracePeriodSeconds: (\d+)", deployment)[1])  # type: ignore[index]
+    assert grace > drain + pre_stop
+
+    service = (DEPLOY / "k8s" / "service.yaml").read_text()
+    for target in re.findall(r"targetPort: (\w+)", service):
+        assert f"name: {target}," in deployment
+
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    port = re.search(r"HARK_HTTP_PORT=(\d+)", dockerfile)[1]  # type: ignore[index]
+    assert f"127.0.0.1:{port}/healthz" in dockerfile
+    assert "STOPSIGNAL SIGTERM" in dockerfile and "USER 10001" in dockerfile
+
+    known = {"HARK_" + flag.upper().replace("-", "_") for flag, _, _ in SERVE_OPTIONS}
+    known |= {"HARK_" + flag.upper().replace("-", "_") for flag, _ in LIST_OPTIONS}
+    known |= {"HARK_INSECURE_NO_AUTH", "HARK_TARGET"}
+    for path in DEPLOY.rglob("*"):
+        if path.is_file() and path.suffix in ("", ".yaml", ".yml", ".md"):
+            for name in re.findall(r"\bHARK_[A-Z_]+", path.read_text()):
+                assert name in known, f"{path.name} sets {name}, which is no Hark option"
