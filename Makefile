@@ -39,9 +39,9 @@ proto: $(STAMP)
 fixtures: $(STAMP)
 	$(BIN)/python scripts/make_fixtures.py
 
-# Debian packages the tests and fixtures use: chromium for the browser tests, prometheus (promtool)
-# for the deploy checks, espeak-ng
-# for the speech fixtures. (Playwright drives Debian's chromium; it never downloads a browser.)
+# Debian packages the tests use: chromium for the browser tests, prometheus (promtool) for the
+# deploy checks, espeak-ng for `make fixtures`. Playwright drives Debian's chromium; it never
+# downloads a browser of its own.
 deps-debian:
 	apt-get update -qq
 	apt-get install -y -qq chromium espeak-ng prometheus
