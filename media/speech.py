@@ -211,6 +211,7 @@ class SpeechPipeline:
         self._subscribers: set[AudioSubscriber] = set()
         self._last_offset_ms = 0
         self._discarded_seen = 0
+        self._previous_end_ms = 0
 
     # input
 
@@ -235,7 +236,13 @@ class SpeechPipeline:
         self._segmenter = Segmenter(segmenter)
         self._discarded_seen = 0
         self._vad.set_mode(aggressiveness)
-        keep_ms = segmenter.pre_roll_ms + segmenter.start_window_ms + segmenter.min_speech_ms
+        # A pause before confirmation can delay SpeechStarted by up to end_silence_ms.
+        keep_ms = (
+            segmenter.pre_roll_ms
+            + segmenter.start_window_ms
+            + segmenter.min_speech_ms
+            + segmenter.end_silence_ms
+        )
         self._recent = deque(maxlen=keep_ms // segmenter.frame_ms + 2)
         buffered, self._pre_listen = list(self._pre_listen), deque(maxlen=self._pre_listen.maxlen)
         for offset_ms, vad_frame in buffered:
@@ -298,26 +305,24 @@ class SpeechPipeline:
             self._metrics.discarded_bursts.inc(new)
 
     def _handle(self, events: list[SpeechEvent]) -> None:
-        split = False
         for event in events:
             if isinstance(event, SpeechStarted):
                 self._segment = event
-                self._segment_started(event, continues_split=split)
+                self._segment_started(event)
             else:
                 self._segment = None
+                self._previous_end_ms = event.end_ms
                 self._segment_ended(event)
-                split = event.reason is EndReason.MAX_LENGTH
             self._on_event(event)
 
-    def _segment_started(self, event: SpeechStarted, continues_split: bool) -> None:
+    def _segment_started(self, event: SpeechStarted) -> None:
         """Marker, then the backlog: pre-roll and the audio that confirmed the start.
 
-        A segment that continues a split at max_segment_ms gets no pre-roll: that audio was
-        delivered as the end of the previous segment.
+        Pre-roll never reaches back into the previous segment, whose audio was delivered already
+        (a continuation after a max_segment_ms split gets none).
         """
         assert self._segmenter is not None
-        pre_roll = 0 if continues_split else self._segmenter.config.pre_roll_ms
-        audio_start = max(0, event.start_ms - pre_roll)
+        audio_start = self._segmenter.config.audio_start_ms(event.start_ms, self._previous_end_ms)
         marker = SegmentStart(event.segment_id, event.start_ms, audio_start)
         backlog = [
             self._audio(offset, pcm, voiced, event.segment_id)

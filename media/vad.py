@@ -1,17 +1,36 @@
-"""The speech segmenter: pure. Per-frame voiced flags and media offsets in, speech events out.
+"""The speech segmenter: pure. One VAD frame's voiced flag and media offset in, speech events out.
 
-webrtcvad classifies each fixed frame; this turns the flags into segments:
+webrtcvad (run by the caller) classifies each fixed frame as voiced or not; ``Segmenter`` turns
+those flags into speech segments on the session's media clock. No asyncio, no I/O, no wall clock.
 
-* speech **starts** once ``start_ratio`` of the last ``start_window_ms`` is voiced, dated at the
-  first voiced frame of that window;
-* a start is only announced once the segment spans ``min_speech_ms`` (from its start to the end of
-  its latest voiced frame), so a shorter burst is discarded without any event (``discarded`` counts
-  them);
-* speech **ends** once the last ``end_silence_ms`` is at least ``end_ratio`` unvoiced, dated at the
-  end of the last voiced frame that still met the start criterion (so a stray voiced frame in
-  the trailing silence does not stretch the segment);
-* speech longer than ``max_segment_ms`` is split: ``SpeechEnded(MAX_LENGTH)`` and a new
-  ``SpeechStarted`` at the same offset.
+A frame is a **speech frame** when it is voiced and at least ``start_ratio`` of the start window
+(the last ``start_window_ms`` of frames, this one included) is voiced.
+
+* Speech **starts** at the first speech frame; the segment is dated at the *first voiced frame* of
+  that window.
+* A segment is **confirmed** once it spans ``min_speech_ms`` from its start to the end of its
+  latest speech frame, and only then announced with ``SpeechStarted`` (``min_speech_ms = 0``
+  announces at the first speech frame). That is the earliest moment a segment is known not to be a
+  discarded burst. A segment that ends before it is confirmed is a **discarded burst**: it emits
+  no event at all and increments ``Segmenter.discarded``.
+* Speech **ends** once the last ``end_silence_ms`` of frames of the segment is at least
+  ``end_ratio`` unvoiced. The end is dated at the end of the last speech frame, so a stray voiced
+  frame inside that mostly-unvoiced trailing stretch does not stretch the segment.
+* Speech that goes on past ``max_segment_ms`` is **split**: when a speech frame would take the
+  segment past ``max_segment_ms``, ``SpeechEnded(MAX_LENGTH)`` and the next segment's
+  ``SpeechStarted`` are emitted together, both at the split offset (that frame's start, or
+  ``start + max_segment_ms`` if a pause crossed that point). A segment whose speech stops before
+  ``max_segment_ms`` is never split, so a split segment always holds speech; a continuation is
+  announced at once (``min_speech_ms`` does not apply to it).
+* A segment is never open longer than ``max_segment_ms + end_silence_ms``: past
+  ``max_segment_ms``, ``end_silence_ms`` without a speech frame ends it (``SILENCE``) even if
+  scattered voiced frames keep the trailing stretch under ``end_ratio``.
+
+Segment ids count up from 1 per segmenter; discarded bursts take no id. For monotonic offsets,
+segments never overlap: a new segment starts at or after the previous one's end.
+
+The segmenter keeps no audio. A segment's audio is ``pre_roll_ms`` before its start through its
+end, clamped at 0 and at the previous segment's end: ``SegmenterConfig.audio_start_ms``.
 """
 
 from __future__ import annotations
@@ -25,10 +44,12 @@ from media.errors import InvalidRequest
 
 
 class EndReason(enum.IntEnum):
+    """Why a segment ended; the values are those of ``media.v1.SpeechEndReason``."""
+
     SILENCE = 1
     MAX_LENGTH = 2
-    STOPPED = 3
-    CLOSED = 4
+    STOPPED = 3  # the caller stopped listening
+    CLOSED = 4  # the session is closing
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,19 +72,44 @@ class SpeechEnded:
 
 SegmentEvent = SpeechStarted | SpeechEnded
 
+_MS_FIELDS = (
+    "frame_ms",
+    "start_window_ms",
+    "end_silence_ms",
+    "pre_roll_ms",
+    "min_speech_ms",
+    "max_segment_ms",
+)
 
-def _check(name: str, value: float, low: float, high: float) -> None:
+
+def _check_range(name: str, value: float, low: float, high: float) -> None:
     if not low <= value <= high:
         raise InvalidRequest(f"{name} must be between {low:g} and {high:g}, got {value:g}")
 
 
+def _frames(ms: int, frame_ms: int) -> int:
+    return -(-ms // frame_ms)
+
+
+def _share(ratio: float, frames: int) -> int:
+    """Frames needed for ``ratio`` of ``frames``: at least one, and 0.6 * 5 is 3, not 4."""
+    return max(1, math.ceil(ratio * frames - 1e-9))
+
+
 @dataclass(frozen=True, slots=True)
 class SegmenterConfig:
-    """Segmenter parameters; allowed ranges in brackets.
+    """Segmenter parameters. Allowed values (an invalid one raises ``InvalidRequest`` naming it):
 
-    frame_ms 10, 20 or 30; start_window_ms [frame_ms, 1000]; start_ratio [0.05, 1];
-    end_silence_ms [100, 5000]; end_ratio [0.05, 1]; pre_roll_ms [0, 2000];
-    min_speech_ms [0, 5000]; max_segment_ms [1000, 600000] and above min_speech_ms.
+    - ``frame_ms``: 10, 20 or 30 (webrtcvad's frame sizes).
+    - ``start_window_ms``: ``frame_ms`` to 1000; rounded up to whole frames.
+    - ``start_ratio``: 0.05 to 1.0; voiced share of the start window that makes a speech frame.
+    - ``end_silence_ms``: 100 to 5000; rounded up to whole frames.
+    - ``end_ratio``: 0.05 to 1.0; unvoiced share of the trailing stretch that ends speech.
+    - ``pre_roll_ms``: 0 to 2000; audio before the start that belongs to the segment.
+    - ``min_speech_ms``: 0 to 5000; shorter bursts are discarded.
+    - ``max_segment_ms``: 1000 to 600000 and above ``min_speech_ms``; longer speech is split.
+
+    Durations are whole milliseconds on the media clock.
     """
 
     frame_ms: int = 20
@@ -76,152 +122,198 @@ class SegmenterConfig:
     max_segment_ms: int = 30000
 
     def __post_init__(self) -> None:
+        for name in _MS_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InvalidRequest(f"{name} must be a whole number of ms, got {value!r}")
         if self.frame_ms not in (10, 20, 30):
             raise InvalidRequest(f"frame_ms must be 10, 20 or 30, got {self.frame_ms}")
-        _check("start_window_ms", self.start_window_ms, self.frame_ms, 1000)
-        _check("start_ratio", self.start_ratio, 0.05, 1.0)
-        _check("end_silence_ms", self.end_silence_ms, 100, 5000)
-        _check("end_ratio", self.end_ratio, 0.05, 1.0)
-        _check("pre_roll_ms", self.pre_roll_ms, 0, 2000)
-        _check("min_speech_ms", self.min_speech_ms, 0, 5000)
-        _check("max_segment_ms", self.max_segment_ms, max(1000, self.min_speech_ms + 1), 600000)
+        _check_range("start_window_ms", self.start_window_ms, self.frame_ms, 1000)
+        _check_range("start_ratio", self.start_ratio, 0.05, 1.0)
+        _check_range("end_silence_ms", self.end_silence_ms, 100, 5000)
+        _check_range("end_ratio", self.end_ratio, 0.05, 1.0)
+        _check_range("pre_roll_ms", self.pre_roll_ms, 0, 2000)
+        _check_range("min_speech_ms", self.min_speech_ms, 0, 5000)
+        _check_range("max_segment_ms", self.max_segment_ms, 1000, 600000)
+        if self.max_segment_ms <= self.min_speech_ms:
+            raise InvalidRequest(
+                f"max_segment_ms must be greater than min_speech_ms ({self.min_speech_ms}), "
+                f"got {self.max_segment_ms}"
+            )
 
     @property
     def start_frames(self) -> int:
-        return math.ceil(self.start_window_ms / self.frame_ms)
+        return _frames(self.start_window_ms, self.frame_ms)
 
     @property
     def end_frames(self) -> int:
-        return math.ceil(self.end_silence_ms / self.frame_ms)
+        return _frames(self.end_silence_ms, self.frame_ms)
 
+    def audio_start_ms(self, start_ms: int, previous_end_ms: int = 0) -> int:
+        """Where a segment starting at ``start_ms`` has its audio begin, pre-roll included.
 
-class _FlagWindow:
-    """The last ``size`` flags with a running count of the true ones: O(1) per push."""
-
-    __slots__ = ("_flags", "size", "count")
-
-    def __init__(self, size: int) -> None:
-        self._flags: deque[tuple[int, bool]] = deque()
-        self.size = size
-        self.count = 0
-
-    def push(self, offset_ms: int, flag: bool) -> None:
-        self._flags.append((offset_ms, flag))
-        self.count += flag
-        if len(self._flags) > self.size:
-            self.count -= self._flags.popleft()[1]
-
-    def first_true(self) -> int:
-        return next(offset for offset, flag in self._flags if flag)
-
-    def __len__(self) -> int:
-        return len(self._flags)
-
-    def clear(self) -> None:
-        self._flags.clear()
-        self.count = 0
+        ``previous_end_ms`` is the previous segment's ``end_ms`` on the same clock: pre-roll never
+        reaches back into it, so a segment continuing a ``MAX_LENGTH`` split gets none.
+        """
+        return max(0, previous_end_ms, start_ms - self.pre_roll_ms)
 
 
 class Segmenter:
+    """One audio stream's segmenter (see the module docstring for the rules).
+
+    ``discarded`` counts the bursts dropped for being shorter than ``min_speech_ms``; they emit
+    no event, so a caller that wants a metric reads the counter after ``push`` or ``flush``.
+    ``push`` is O(1): running counts over two bounded deques. A gap in the offsets counts as
+    unvoiced frames; a gap of ``end_silence_ms`` or more, or an offset earlier than the end of
+    the previous frame (the clock went back), ends speech at once and restarts segmentation there.
+    """
+
     __slots__ = (
         "config",
         "discarded",
-        "_start_window",
-        "_end_window",
+        "_frame_ms",
+        "_start_frames",
         "_start_needed",
+        "_end_frames",
         "_end_needed",
+        "_min_speech_ms",
+        "_max_segment_ms",
+        "_max_open_ms",
+        "_gap_limit_ms",
+        "_start_flags",
+        "_start_voiced",
+        "_end_flags",
+        "_end_unvoiced",
         "_start_ms",
-        "_speech_end",
+        "_speech_end_ms",
         "_confirmed",
-        "_next_id",
+        "_segment_id",
         "_expected_ms",
     )
 
     def __init__(self, config: SegmenterConfig | None = None) -> None:
-        self.config = config or SegmenterConfig()
+        if config is None:
+            config = SegmenterConfig()
+        self.config = config
         self.discarded = 0
-        self._start_window = _FlagWindow(self.config.start_frames)
-        self._end_window = _FlagWindow(self.config.end_frames)
-        self._start_needed = max(
-            1, math.ceil(self.config.start_ratio * self.config.start_frames - 1e-9)
-        )
-        self._end_needed = max(1, math.ceil(self.config.end_ratio * self.config.end_frames - 1e-9))
-        self._start_ms: int | None = None
-        self._speech_end = 0
+        self._frame_ms = config.frame_ms
+        self._start_frames = config.start_frames
+        self._start_needed = _share(config.start_ratio, self._start_frames)
+        self._end_frames = config.end_frames
+        self._end_needed = _share(config.end_ratio, self._end_frames)
+        self._min_speech_ms = config.min_speech_ms
+        self._max_segment_ms = config.max_segment_ms
+        self._max_open_ms = config.max_segment_ms + config.end_silence_ms
+        self._gap_limit_ms = config.end_silence_ms
+        self._start_flags: deque[bool] = deque(maxlen=self._start_frames)
+        self._start_voiced: deque[int] = deque()  # offsets of the voiced frames in the window
+        self._end_flags: deque[bool] = deque(maxlen=self._end_frames)
+        self._end_unvoiced = 0
+        self._start_ms: int | None = None  # the open segment's start, confirmed or not
+        self._speech_end_ms = 0
         self._confirmed = False
-        self._next_id = 1
+        self._segment_id = 1
         self._expected_ms: int | None = None
 
     @property
     def speaking(self) -> bool:
-        """True between an announced SpeechStarted and its SpeechEnded."""
+        """True between a ``SpeechStarted`` and its ``SpeechEnded``."""
         return self._confirmed
 
     def push(self, voiced: bool, offset_ms: int) -> list[SegmentEvent]:
-        """One frame's flag; ``offset_ms`` is where the frame starts on the media clock."""
+        """Take one frame: its voiced flag and the media offset (ms) where the frame starts."""
         events: list[SegmentEvent] = []
-        frame = self.config.frame_ms
-        if self._expected_ms is not None and offset_ms > self._expected_ms:
-            missing = (offset_ms - self._expected_ms) // frame
-            limit = self.config.end_frames + self.config.start_frames
-            for i in range(min(missing, limit)):
-                self._step(False, offset_ms - (min(missing, limit) - i) * frame, events)
-            if missing > limit:
-                self._start_window.clear()
+        expected = self._expected_ms
+        if expected is not None and offset_ms != expected:
+            gap = offset_ms - expected
+            if gap < 0 or gap >= self._gap_limit_ms:
+                self._restart(events)
+            else:
+                for missing_ms in range(expected, offset_ms - self._frame_ms + 1, self._frame_ms):
+                    self._step(False, missing_ms, events)
         self._step(voiced, offset_ms, events)
-        self._expected_ms = offset_ms + frame
+        self._expected_ms = offset_ms + self._frame_ms
         return events
 
     def flush(self, reason: EndReason, offset_ms: int) -> list[SegmentEvent]:
-        """End whatever is in progress with ``reason`` (listening stopped, session closing)."""
+        """End what is in progress with ``reason`` (``STOPPED``, ``CLOSED``) and reset.
+
+        ``offset_ms`` is where the caller cut the audio: a confirmed segment ends at its last
+        speech frame, but not after ``offset_ms``. An unconfirmed one is a discarded burst. The
+        next ``push`` starts afresh (no gap is measured across a flush); ids keep counting.
+        """
         events: list[SegmentEvent] = []
-        if self._start_ms is not None:
-            self._end(reason, events)
-        self._start_window.clear()
+        start = self._start_ms
+        if start is None:
+            self._clear_start_window()
+        else:
+            self._end(reason, max(start, min(self._speech_end_ms, offset_ms)), events)
         self._expected_ms = None
         return events
 
     def _step(self, voiced: bool, offset_ms: int, events: list[SegmentEvent]) -> None:
-        frame = self.config.frame_ms
-        self._start_window.push(offset_ms, voiced)
-        dense = voiced and self._start_window.count >= self._start_needed
-        if dense:
-            self._speech_end = offset_ms + frame
-        if self._start_ms is None:
-            if not dense:
-                return
-            self._start_ms = self._start_window.first_true()
-            self._end_window.clear()
-            self._confirmed = False
-        self._end_window.push(offset_ms, voiced)
-        assert self._start_ms is not None
-        if not self._confirmed:
-            if self._speech_end - self._start_ms >= self.config.min_speech_ms:
-                self._confirmed = True
-                events.append(SpeechStarted(self._next_id, self._start_ms))
-        if (
-            len(self._end_window) >= self.config.end_frames
-            and self.config.end_frames - self._end_window.count >= self._end_needed
-        ):
-            self._end(EndReason.SILENCE, events)
-        elif self._confirmed and offset_ms + frame - self._start_ms >= self.config.max_segment_ms:
-            split_ms = offset_ms + frame
-            events.append(
-                SpeechEnded(self._next_id, self._start_ms, split_ms, EndReason.MAX_LENGTH)
-            )
-            self._next_id += 1
-            self._start_ms = split_ms
-            events.append(SpeechStarted(self._next_id, split_ms))
+        flags = self._start_flags
+        voiced_offsets = self._start_voiced
+        if len(flags) == self._start_frames and flags[0]:
+            voiced_offsets.popleft()
+        flags.append(voiced)
+        speech = False
+        if voiced:
+            voiced_offsets.append(offset_ms)
+            speech = len(voiced_offsets) >= self._start_needed
 
-    def _end(self, reason: EndReason, events: list[SegmentEvent]) -> None:
-        assert self._start_ms is not None
+        start = self._start_ms
+        if start is None:
+            if not speech:
+                return
+            start = self._start_ms = voiced_offsets[0]
+            self._confirmed = False
+            self._end_flags.clear()
+            self._end_unvoiced = 0
+
+        end_flags = self._end_flags
+        if len(end_flags) == self._end_frames and not end_flags[0]:
+            self._end_unvoiced -= 1
+        end_flags.append(voiced)
+        if not voiced:
+            self._end_unvoiced += 1
+
+        frame_end = offset_ms + self._frame_ms
+        if speech:
+            self._speech_end_ms = frame_end
+            if not self._confirmed and frame_end - start >= self._min_speech_ms:
+                self._confirmed = True
+                events.append(SpeechStarted(self._segment_id, start))
+            if self._confirmed and frame_end - start > self._max_segment_ms:
+                split_ms = min(offset_ms, start + self._max_segment_ms)
+                events.append(SpeechEnded(self._segment_id, start, split_ms, EndReason.MAX_LENGTH))
+                self._segment_id += 1
+                start = self._start_ms = split_ms
+                events.append(SpeechStarted(self._segment_id, split_ms))
+
+        if len(end_flags) == self._end_frames and self._end_unvoiced >= self._end_needed:
+            self._end(EndReason.SILENCE, self._speech_end_ms, events)
+        elif frame_end - start >= self._max_open_ms:
+            self._end(EndReason.SILENCE, self._speech_end_ms, events)
+
+    def _restart(self, events: list[SegmentEvent]) -> None:
+        if self._start_ms is None:
+            self._clear_start_window()
+        else:
+            self._end(EndReason.SILENCE, self._speech_end_ms, events)
+
+    def _end(self, reason: EndReason, end_ms: int, events: list[SegmentEvent]) -> None:
+        start = self._start_ms
+        assert start is not None
         if self._confirmed:
-            end_ms = max(self._speech_end, self._start_ms)
-            events.append(SpeechEnded(self._next_id, self._start_ms, end_ms, reason))
-            self._next_id += 1
+            events.append(SpeechEnded(self._segment_id, start, end_ms, reason))
+            self._segment_id += 1
         else:
             self.discarded += 1
         self._start_ms = None
         self._confirmed = False
-        self._start_window.clear()
-        self._end_window.clear()
+        self._clear_start_window()
+
+    def _clear_start_window(self) -> None:
+        self._start_flags.clear()
+        self._start_voiced.clear()

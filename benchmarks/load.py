@@ -1,0 +1,387 @@
+"""Load benchmark: Hark against a bare aiortc receiver, N concurrent publishers at a time.
+
+    .venv/bin/python benchmarks/load.py [--sweep 10,25,50,100] [--seconds 10]
+
+The server under test is pinned to CPU 0 (taskset). The publishers run in a separate process
+pinned to CPU 1, sending the speech fixture's Opus packets without re-encoding, in a loop. This
+process, also on CPU 1, plays the backend for Hark: every session that becomes READY is told to
+listen and gets a StreamAudio subscriber that consumes its speech. Once every publisher is up, it
+measures for ``--seconds``: server CPU per session, frames decoded per second against the 50 x N
+expected, time to READY, event-loop lag p99, RSS per session, and the publishers' own CPU. The
+same load is then put on ``bare_receiver.py``, and Hark's CPU per session is reported as a ratio.
+
+Capacity per core = the largest N where frames stay >= 99 % of expected and loop lag p99 < 50 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import pathlib
+import re
+import statistics
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+FIXTURE = ROOT / "tests" / "fixtures" / "speech.ogg"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+LAG_LIMIT_S = 0.05
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def rss_bytes(pid: int) -> int:
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else 0.0
+
+
+# the publishers' process
+
+
+async def run_publishers(url: str, count: int) -> None:
+    import aioice.ice
+    from aiortc import RTCPeerConnection, RTCSessionDescription
+    from aiortc.contrib.media import MediaPlayer
+
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
+    peers: list[Any] = []
+    gate = asyncio.Semaphore(8)
+
+    async def one(http: aiohttp.ClientSession) -> None:
+        async with gate:
+            player = MediaPlayer(str(FIXTURE), decode=False, loop=True)
+            pc = RTCPeerConnection()
+            pc.addTransceiver(player.audio, direction="sendonly")
+            await pc.setLocalDescription(await pc.createOffer())
+            headers = {"Content-Type": "application/sdp"}
+            async with http.post(url, data=pc.localDescription.sdp, headers=headers) as response:
+                answer = await response.text()
+                if response.status != 201:
+                    raise SystemExit(f"publisher: {response.status} {answer}")
+            await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+            peers.append(pc)
+
+    async with aiohttp.ClientSession() as http:
+        await asyncio.gather(*(one(http) for _ in range(count)))
+    print("published", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await asyncio.gather(*(pc.close() for pc in peers), return_exceptions=True)
+
+
+# the measuring side
+
+
+@dataclass
+class Step:
+    kind: str
+    sessions: int
+    seconds: float
+    server_cpu: float = 0.0
+    publisher_cpu: float = 0.0
+    frames_per_s: float = 0.0
+    rss_per_session: float = 0.0
+    lag_p99: float = 0.0
+    ready_s: list[float] = field(default_factory=list)
+
+    @property
+    def frames_ratio(self) -> float:
+        return self.frames_per_s / (50 * self.sessions)
+
+    @property
+    def cpu_per_session(self) -> float:
+        return self.server_cpu / self.seconds / self.sessions
+
+    @property
+    def keeps_up(self) -> bool:
+        lag_ok = self.kind == "bare" or self.lag_p99 < LAG_LIMIT_S
+        return self.frames_ratio >= 0.99 and lag_ok
+
+
+async def spawn(cpu: int, *args: str, pattern: str, stream: str) -> tuple[Any, re.Match[str]]:
+    process = await asyncio.create_subprocess_exec(
+        "taskset",
+        "-c",
+        str(cpu),
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    source = process.stderr if stream == "stderr" else process.stdout
+    assert source is not None
+    async with asyncio.timeout(120):
+        while line := (await source.readline()).decode():
+            if match := re.search(pattern, line):
+                drain = process.stdout if stream == "stderr" else process.stderr
+                process._drains = [  # keep the pipes from filling up
+                    asyncio.ensure_future(_discard(source)),
+                    asyncio.ensure_future(_discard(drain)),
+                ]
+                return process, match
+    raise SystemExit(f"{args[0]} exited before printing {pattern!r}")
+
+
+async def _discard(stream: Any) -> None:
+    while await stream.read(65536):
+        pass
+
+
+async def stop(process: Any) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        process.terminate()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(20):
+            await process.wait()
+    if process.returncode is None:
+        process.kill()
+        await process.wait()
+
+
+async def scrape(http: aiohttp.ClientSession, base: str) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with http.get(base + "/metrics") as response:
+        text = await response.text()
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = sample.name + (f"|{sample.labels['le']}" if "le" in sample.labels else "")
+            values[key] = values.get(key, 0.0) + sample.value
+    return values
+
+
+def lag_p99(before: dict[str, float], after: dict[str, float]) -> float:
+    name = "hark_event_loop_lag_seconds_bucket|"
+    buckets = sorted(
+        (float(k.split("|")[1]), after[k] - before.get(k, 0.0)) for k in after if k.startswith(name)
+    )
+    total = buckets[-1][1] if buckets else 0.0
+    for bound, count in buckets:
+        if total and count >= 0.99 * total:
+            return bound
+    return float("inf")
+
+
+class Backend:
+    """Listens to every READY session and consumes its speech, as a voice-agent backend would."""
+
+    def __init__(self, target: str) -> None:
+        import grpc
+
+        from media.v1 import media_pb2_grpc
+
+        self._channel = grpc.aio.insecure_channel(target)
+        self._stub = media_pb2_grpc.MediaServiceStub(self._channel)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.connecting: dict[str, float] = {}
+        self.ready: dict[str, float] = {}
+
+    async def run(self) -> None:
+        from media.v1 import media_pb2 as pb
+
+        async for event in self._stub.WatchSessions(pb.WatchSessionsRequest()):
+            if not event.HasField("state_changed"):
+                continue
+            when = event.time.seconds + event.time.nanos / 1e9
+            if event.state_changed.state == pb.CONNECTING:
+                self.connecting[event.session_id] = when
+            elif event.state_changed.state == pb.READY:
+                self.ready[event.session_id] = when
+                task = asyncio.ensure_future(self._listen(event.session_id))
+                self._tasks.add(task)
+
+    async def _listen(self, session_id: str) -> None:
+        from media.v1 import media_pb2 as pb
+
+        await self._stub.StartListening(pb.StartListeningRequest(session_id=session_id))
+        async for _ in self._stub.StreamAudio(pb.StreamAudioRequest(session_id=session_id)):
+            pass
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._channel.close()
+
+
+async def measure(kind: str, sessions: int, seconds: float) -> Step:
+    step = Step(kind, sessions, seconds)
+    python = sys.executable
+    if kind == "hark":
+        server, found = await spawn(
+            0,
+            python,
+            "-m",
+            "media",
+            "serve",
+            *("--http-port", "0", "--grpc-port", "0", "--ice-address", "127.0.0.1"),
+            *("--rate-limit", "0", "--max-sessions", "100000", "--max-watchers", "100000"),
+            pattern=r"HTTP on [\d.]+:(\d+), gRPC on [\d.]+:(\d+)",
+            stream="stderr",
+        )
+        base, grpc_target = f"http://127.0.0.1:{found[1]}", f"127.0.0.1:{found[2]}"
+    else:
+        server, found = await spawn(
+            0,
+            python,
+            str(ROOT / "benchmarks" / "bare_receiver.py"),
+            pattern=r"port (\d+)",
+            stream="stdout",
+        )
+        base, grpc_target = f"http://127.0.0.1:{found[1]}", ""
+    backend = Backend(grpc_target) if kind == "hark" else None
+    watching = asyncio.ensure_future(backend.run()) if backend else None
+    idle_rss = rss_bytes(server.pid)
+    publishers = None
+    try:
+        publishers, _ = await spawn(
+            1,
+            python,
+            __file__,
+            "publishers",
+            *("--url", base + "/whip", "--n", str(sessions)),
+            pattern="published",
+            stream="stdout",
+        )
+        async with aiohttp.ClientSession() as http:
+            await wait_until_flowing(http, base, kind, sessions, backend)
+            await asyncio.sleep(2.0)
+            before = await counters(http, base, kind)
+            cpu0, pub0 = cpu_seconds(server.pid), cpu_seconds(publishers.pid)
+            await asyncio.sleep(seconds)
+            after = await counters(http, base, kind)
+            step.server_cpu = cpu_seconds(server.pid) - cpu0
+            step.publisher_cpu = cpu_seconds(publishers.pid) - pub0
+        step.frames_per_s = (after["frames"] - before["frames"]) / seconds
+        step.rss_per_session = (rss_bytes(server.pid) - idle_rss) / sessions
+        if kind == "hark":
+            step.lag_p99 = lag_p99(before, after)
+            assert backend is not None
+            step.ready_s = [
+                backend.ready[s] - backend.connecting[s]
+                for s in backend.ready
+                if s in backend.connecting
+            ]
+    finally:
+        if publishers is not None:
+            assert publishers.stdin is not None
+            publishers.stdin.close()
+            await stop(publishers)
+        if backend is not None and watching is not None:
+            watching.cancel()
+            await asyncio.gather(watching, return_exceptions=True)
+            await backend.close()
+        await stop(server)
+    return step
+
+
+async def wait_until_flowing(
+    http: aiohttp.ClientSession, base: str, kind: str, sessions: int, backend: Backend | None
+) -> None:
+    """Every session READY (Hark), or frames arriving at the full rate (bare), within 60 s."""
+    async with asyncio.timeout(60):
+        if backend is not None:
+            while len(backend.ready) < sessions:
+                await asyncio.sleep(0.2)
+            return
+        while True:
+            before = (await counters(http, base, kind))["frames"]
+            await asyncio.sleep(1.0)
+            if (await counters(http, base, kind))["frames"] - before >= 0.99 * 50 * sessions:
+                return
+
+
+async def counters(http: aiohttp.ClientSession, base: str, kind: str) -> dict[str, float]:
+    if kind == "bare":
+        async with http.get(base + "/stats") as response:
+            return {"frames": float((await response.json())["frames"])}
+    values = await scrape(http, base)
+    values["frames"] = values.get("hark_audio_frames_decoded_total", 0.0)
+    return values
+
+
+def report(steps: list[Step]) -> None:
+    bare = {s.sessions: s for s in steps if s.kind == "bare"}
+    print(
+        "| N | Hark CPU/session | bare CPU/session (its frames) | ratio | Hark frames/s (of 50N) | "
+        "READY p50/p95/p99 | loop lag p99 | RSS/session | publishers' CPU |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for step in (s for s in steps if s.kind == "hark"):
+        base = bare.get(step.sessions)
+        ratio = f"{step.cpu_per_session / base.cpu_per_session:.2f}x" if base else "-"
+        base_cpu = (
+            f"{base.cpu_per_session * 100:.2f} % ({base.frames_ratio * 100:.0f} %)" if base else "-"
+        )
+        ready = "/".join(f"{percentile(step.ready_s, q) * 1000:.0f}" for q in (0.5, 0.95, 0.99))
+        print(
+            f"| {step.sessions} | {step.cpu_per_session * 100:.2f} % | {base_cpu} | {ratio} | "
+            f"{step.frames_per_s:.0f} ({step.frames_ratio * 100:.1f} %) | {ready} ms | "
+            f"{step.lag_p99 * 1000:.1f} ms | {step.rss_per_session / 2**20:.2f} MiB | "
+            f"{step.publisher_cpu / step.seconds * 100:.0f} % |"
+        )
+    capable = [s.sessions for s in steps if s.kind == "hark" and s.keeps_up]
+    print(
+        f"\ncapacity per core: {max(capable) if capable else 0} sessions "
+        f"(frames >= 99 % of expected and loop lag p99 < {LAG_LIMIT_S * 1000:.0f} ms)"
+    )
+
+
+async def sweep(sizes: list[int], seconds: float) -> None:
+    # This process is the backend (gRPC watch + StreamAudio): keep it off the server's CPU.
+    os.sched_setaffinity(0, {1})
+    steps = []
+    for size in sizes:
+        for kind in ("hark", "bare"):
+            step = await measure(kind, size, seconds)
+            steps.append(step)
+            print(
+                f"{kind:4} N={size:4}: {step.cpu_per_session * 100:.2f} % CPU/session, "
+                f"{step.frames_ratio * 100:.1f} % of frames, lag p99 {step.lag_p99 * 1000:.1f} ms",
+                file=sys.stderr,
+                flush=True,
+            )
+        if not steps[-2].keeps_up:
+            break
+    report(steps)
+    if steps:
+        print(
+            f"\nmedian time to READY over the sweep: "
+            f"{statistics.median(t for s in steps for t in s.ready_s) * 1000:.0f} ms"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    commands = parser.add_subparsers(dest="command")
+    publishers = commands.add_parser("publishers", help="(internal) the publishers' process")
+    publishers.add_argument("--url", required=True)
+    publishers.add_argument("--n", type=int, required=True)
+    parser.add_argument("--sweep", default="10,25,50,100")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args()
+    if args.command == "publishers":
+        asyncio.run(run_publishers(args.url, args.n))
+    else:
+        asyncio.run(sweep([int(n) for n in args.sweep.split(",")], args.seconds))
+
+
+if __name__ == "__main__":
+    main()
