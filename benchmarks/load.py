@@ -54,6 +54,38 @@ def percentile(values: list[float], q: float) -> float:
 
 # the publishers' process
 
+REPEATS = 8  # 8 x 14 s: longer than any ramp-up plus measurement
+
+
+def repeated_fixture(times: int) -> pathlib.Path:
+    """The fixture's Opus packets ``times`` over, timestamps rising throughout, no re-encoding.
+
+    MediaPlayer(loop=True) restarts timestamps at every loop and then sends the whole file as
+    fast as it can, which would measure the load generator's bursts instead of the servers.
+    """
+    import tempfile
+
+    import av
+
+    path = pathlib.Path(tempfile.gettempdir()) / f"hark-load-{times}x-{FIXTURE.stat().st_size}.ogg"
+    if path.exists():
+        return path
+    with av.open(str(FIXTURE)) as source:
+        packets = [p for p in source.demux(audio=0) if p.size]
+        template = source.streams.audio[0]
+        with av.open(str(path), "w", format="ogg") as out:
+            stream = out.add_stream_from_template(template)
+            span = packets[-1].pts + packets[-1].duration - packets[0].pts
+            for repeat in range(times):
+                for packet in packets:
+                    copy = av.Packet(bytes(packet))
+                    copy.pts = copy.dts = packet.pts + repeat * span
+                    copy.duration = packet.duration
+                    copy.time_base = packet.time_base
+                    copy.stream = stream
+                    out.mux(copy)
+    return path
+
 
 async def run_publishers(url: str, count: int) -> None:
     import aioice.ice
@@ -62,11 +94,14 @@ async def run_publishers(url: str, count: int) -> None:
 
     aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
     peers: list[Any] = []
+    players: list[Any] = []
     gate = asyncio.Semaphore(8)
+    source = repeated_fixture(REPEATS)
 
     async def one(http: aiohttp.ClientSession) -> None:
         async with gate:
-            player = MediaPlayer(str(FIXTURE), decode=False, loop=True)
+            player = MediaPlayer(str(source), decode=False)
+            players.append(player)
             pc = RTCPeerConnection()
             pc.addTransceiver(player.audio, direction="sendonly")
             await pc.setLocalDescription(await pc.createOffer())
@@ -83,6 +118,9 @@ async def run_publishers(url: str, count: int) -> None:
     print("published", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     await asyncio.gather(*(pc.close() for pc in peers), return_exceptions=True)
+    for player in players:
+        if player.audio is not None:
+            player.audio.stop()
 
 
 # the measuring side
