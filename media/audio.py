@@ -16,8 +16,7 @@ from av import AudioFrame
 
 logger = logging.getLogger(__name__)
 
-VAD_SAMPLE_RATES = (8000, 16000, 32000, 48000)
-VAD_FRAME_MS = (10, 20, 30)
+VAD_SAMPLE_RATES = (8000, 16000, 32000, 48000)  # the rates webrtcvad accepts
 
 
 class DecodeErrorCounter(logging.Filter):

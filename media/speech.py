@@ -18,7 +18,7 @@ from typing import Final
 import webrtcvad
 from av import AudioFrame
 
-from media.audio import Downmixer, Framer, PcmResampler
+from media.audio import VAD_SAMPLE_RATES, Downmixer, Framer, PcmResampler
 from media.errors import InvalidRequest
 from media.metrics import Metrics
 from media.vad import EndReason, Segmenter, SegmenterConfig, SpeechEnded, SpeechStarted
@@ -44,10 +44,9 @@ class SpeechSettings:
     subscriber_queue_ms: int = 2000
 
     def __post_init__(self) -> None:
-        if self.sample_rate not in (8000, 16000, 32000, 48000):
-            raise InvalidRequest(
-                f"sample_rate must be 8000, 16000, 32000 or 48000, got {self.sample_rate}"
-            )
+        if self.sample_rate not in VAD_SAMPLE_RATES:
+            rates = ", ".join(map(str, VAD_SAMPLE_RATES))
+            raise InvalidRequest(f"sample_rate must be one of {rates}, got {self.sample_rate}")
         if not 0 <= self.aggressiveness <= 3:
             raise InvalidRequest(
                 f"aggressiveness must be between 0 and 3, got {self.aggressiveness}"

@@ -9,7 +9,13 @@ from collections.abc import Callable, Sequence
 from aiohttp import web
 
 from media.config import IceServer
-from media.errors import IceRestartUnsupported, PublisherExists, StaleEtag, Unauthorized
+from media.errors import (
+    IceRestartUnsupported,
+    PublisherExists,
+    SessionConflict,
+    StaleEtag,
+    Unauthorized,
+)
 from media.http import bearer_token, preflight, read_text_body, require_content_type
 from media.peer import PublisherPeer
 from media.registry import Entry, Registry, new_session_id, tokens_match
@@ -128,8 +134,10 @@ class WhipHandlers:
         fragment = parse_trickle_fragment(body)
         peer = entry.media
         if not isinstance(peer, PublisherPeer):
-            self._check_no_publisher(entry)
-            raise PublisherExists(f"session {entry.session.id!r} has no publisher to trickle to")
+            raise SessionConflict(
+                f"session {entry.session.id!r} has no publisher to trickle to "
+                f"({entry.session.state.name})"
+            )
         ufrag, pwd = peer.remote_ice
         if is_ice_restart(fragment, ufrag, pwd):
             raise IceRestartUnsupported(

@@ -241,3 +241,16 @@ async def test_offer_limits_are_configurable() -> None:
             async with http.post(app.base_url + "/whip", headers=SDP, data=padded) as big:
                 assert big.status == 413
                 assert "the limit is 2048" in await big.text()
+
+
+async def test_trickle_to_a_session_without_a_publisher_is_a_conflict() -> None:
+    async with running_server() as app, grpc_stub(app) as stub:
+        created = await stub.CreateSession(pb.CreateSessionRequest())
+        async with aiohttp.ClientSession() as http:
+            async with http.patch(
+                created.whip_url,
+                headers={**TRICKLE, "Authorization": f"Bearer {created.token}"},
+                data="a=end-of-candidates",
+            ) as response:
+                assert response.status == 409
+                assert "has no publisher" in await response.text()
