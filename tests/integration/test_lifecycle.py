@@ -42,7 +42,10 @@ async def test_whip_post_answers_201_with_location_etag_and_a_recvonly_answer() 
 
 async def test_a_watcher_sees_connecting_connected_ready_in_order() -> None:
     async with running_server() as app, grpc_stub(app) as stub:
+        other = await stub.CreateSession(pb.CreateSessionRequest())
         watch_all = stub.WatchSessions(pb.WatchSessionsRequest())
+        # The call starts lazily: its first snapshot proves the watcher is subscribed.
+        assert (await next_event(watch_all)).snapshot.session.id == other.id
         publisher = await publish(app.base_url)
         try:
             seen: list[tuple[int, int]] = []
