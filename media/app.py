@@ -28,6 +28,7 @@ from media.ratelimit import RateLimiter
 from media.registry import Registry
 from media.session import Session, SessionEvent, SessionState, StateChanged, Timeouts
 from media.v1 import media_pb2_grpc
+from media.whep import WhepHandlers
 from media.whip import WhipHandlers
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ class HarkApp:
             speech=config.speech_settings(),
             metrics=self.metrics,
             max_watchers=config.max_watchers,
+            max_players=config.max_players_per_session,
+            max_playback_queue_ms=int(config.max_playback_queue_s * 1000),
         )
         self.metrics.watch_sessions(lambda: (e.session for e in self.registry.entries()))
         self.http_port = 0
@@ -103,6 +106,15 @@ class HarkApp:
             max_m_lines=self.config.max_m_lines,
         )
         whip.add_routes(app)
+        WhepHandlers(
+            self.registry,
+            authorize=whip.authorize_session,
+            ice_servers=self.config.ice_servers,
+            media_timeout=self.config.player_timeout,
+            connect_timeout=self.config.ready_timeout,
+            max_offer_bytes=self.config.max_offer_bytes,
+            max_m_lines=self.config.max_m_lines,
+        ).add_routes(app)
         SessionEventsHandlers(
             self.registry,
             authorize=whip.authorize_session,

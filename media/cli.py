@@ -54,6 +54,13 @@ SERVE_OPTIONS: list[tuple[str, Parse, str]] = [
     ("max-watchers", int, "open WatchSession/WatchSessions streams at most"),
     ("max-offer-bytes", int, "largest SDP offer or trickle fragment accepted (413 above it)"),
     ("max-m-lines", int, "most m-lines accepted in an offer (422 above it)"),
+    ("max-players-per-session", int, "WHEP players per session at most (503 above it)"),
+    ("player-timeout", float, "seconds a WHEP player may send no RTCP report before removal"),
+    (
+        "max-playback-queue-s",
+        float,
+        "agent audio queued per session before PlayAudio waits",
+    ),
     ("rate-limit", float, "POST/PATCH/DELETE per second per client IP (0: off)"),
     ("rate-burst", int, "burst allowed above --rate-limit"),
     ("drain-timeout", float, "seconds SIGTERM waits for live sessions before SHUTDOWN"),

@@ -94,6 +94,9 @@ class Config:
     max_watchers: int = 1000
     max_offer_bytes: int = 65536
     max_m_lines: int = 4
+    max_players_per_session: int = 8
+    player_timeout: float = 15.0
+    max_playback_queue_s: float = 60.0
     rate_limit: float = 20.0
     rate_burst: int = 40
     drain_timeout: float = 10.0
@@ -116,6 +119,7 @@ class Config:
         for name in (
             "ready_timeout",
             "media_timeout",
+            "player_timeout",
             "session_ttl",
             "heartbeat_interval",
         ):
@@ -138,6 +142,14 @@ class Config:
             )
         if not 1 <= self.max_m_lines <= 64:
             raise ConfigError(f"--max-m-lines must be 1..64, got {self.max_m_lines}")
+        if not 1 <= self.max_players_per_session <= 256:
+            raise ConfigError(
+                f"--max-players-per-session must be 1..256, got {self.max_players_per_session}"
+            )
+        if not 1 <= self.max_playback_queue_s <= 3600:
+            raise ConfigError(
+                f"--max-playback-queue-s must be 1..3600 s, got {self.max_playback_queue_s}"
+            )
         if self.max_watchers < 1:
             raise ConfigError(f"--max-watchers must be >= 1, got {self.max_watchers}")
         if self.rate_limit < 0:

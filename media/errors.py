@@ -52,6 +52,13 @@ class SessionNotFound(HarkError):
         self.session_id = session_id
 
 
+class PlayerNotFound(HarkError):
+    """No such WHEP player in the session (HTTP 404)."""
+
+    def __init__(self, session_id: str, player_id: str) -> None:
+        super().__init__(f"session {session_id!r} has no WHEP player {player_id[:40]!r}")
+
+
 class SessionConflict(HarkError):
     """The session cannot take this call in its current state (HTTP 409, FAILED_PRECONDITION)."""
 
@@ -78,6 +85,19 @@ class SessionClosed(SessionConflict):
         self.session_id = session_id
         self.reason = reason
         self.detail = detail
+
+
+class PlaybackExists(HarkError):
+    """A playback of that id is already queued or playing (gRPC ALREADY_EXISTS)."""
+
+
+class SessionOver(SessionConflict):
+    """A WHEP player asked for a CLOSED session (HTTP 409 with Retry-After): unlike a WHIP
+    publisher, a player may be early for the session that replaces it, so it is told to retry."""
+
+    def __init__(self, message: str, retry_after_s: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class RevisionOutOfRange(HarkError):

@@ -28,7 +28,7 @@ def _status(context: grpc.aio.ServicerContext[Any, Any], error: BaseException | 
 
 
 class RpcMetrics(grpc.aio.ServerInterceptor):
-    """Counts every call by method and status code, and times unary calls."""
+    """Counts every call by method and status code, and times unary-unary calls."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
@@ -47,8 +47,8 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
             "request_deserializer": handler.request_deserializer,
             "response_serializer": handler.response_serializer,
         }
-        if handler.unary_unary:
-            inner: Any = handler.unary_unary
+        if handler.unary_unary or handler.stream_unary:
+            inner: Any = handler.unary_unary or handler.stream_unary
 
             async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 start = time.perf_counter()
@@ -60,8 +60,11 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
                     raise
                 finally:
                     requests.labels(method, _status(context, error)).inc()
-                    durations.labels(method).observe(time.perf_counter() - start)
+                    if handler.unary_unary:
+                        durations.labels(method).observe(time.perf_counter() - start)
 
+            if handler.stream_unary:
+                return grpc.stream_unary_rpc_method_handler(unary, **kwargs)
             return grpc.unary_unary_rpc_method_handler(unary, **kwargs)
         if handler.unary_stream:
             inner_stream: Any = handler.unary_stream

@@ -11,17 +11,20 @@ from typing import Any, Final, TypeVar
 
 import grpc
 
+from media.audio import PcmConverter
 from media.errors import (
     CapacityExceeded,
     Draining,
     HarkError,
     InvalidRequest,
+    PlaybackExists,
     RevisionOutOfRange,
     SessionConflict,
     SessionNotFound,
     SubscriberTooSlow,
     Unauthorized,
 )
+from media.playback import RATE, InterruptReason, PlaybackMode
 from media.protobuf import chunk_pb, event_pb, is_closed_event, session_pb, timestamp
 from media.registry import END, Registry, SnapshotItem
 from media.session import (
@@ -47,6 +50,7 @@ MAX_METADATA_KEY: Final = 128
 MAX_METADATA_VALUE: Final = 1024
 MAX_TTL_S: Final = 86400.0
 STREAM_SAMPLE_RATES: Final = (8000, 16000, 24000, 32000, 48000)
+PLAY_RATE_RANGE: Final = (8000, 48000)
 VAD_OVERRIDES: Final = (
     "start_window_ms",
     "start_ratio",
@@ -59,6 +63,7 @@ VAD_OVERRIDES: Final = (
 
 _CODES: Final[list[tuple[type[HarkError], grpc.StatusCode]]] = [
     (SessionNotFound, grpc.StatusCode.NOT_FOUND),
+    (PlaybackExists, grpc.StatusCode.ALREADY_EXISTS),
     (SessionConflict, grpc.StatusCode.FAILED_PRECONDITION),
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (RevisionOutOfRange, grpc.StatusCode.OUT_OF_RANGE),
@@ -310,6 +315,78 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
         finally:
             gauge.dec()
             pipeline.unsubscribe(subscriber)
+
+    @unary
+    async def PlayAudio(
+        self,
+        request_iterator: AsyncIterator[pb.PlayAudioRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> pb.PlayAudioResponse:
+        messages = aiter(request_iterator)
+        first = await anext(messages, None)
+        if first is None or first.WhichOneof("payload") != "start":
+            got = (
+                "nothing" if first is None else (first.WhichOneof("payload") or "an empty message")
+            )
+            raise InvalidRequest(
+                f"the first PlayAudio message must be a start (session_id, sample_rate), got {got}"
+            )
+        start = first.start
+        session_id = _session_id(start)
+        low, high = PLAY_RATE_RANGE
+        if not low <= start.sample_rate <= high:
+            raise InvalidRequest(
+                f"start.sample_rate must be {low}..{high} Hz, got {start.sample_rate}"
+            )
+        channels = start.channels or 1
+        if channels not in (1, 2):
+            raise InvalidRequest(f"start.channels must be 1 or 2, got {start.channels}")
+        if start.mode not in (0, *PlaybackMode):
+            raise InvalidRequest(
+                f"start.mode {start.mode} is not a PlaybackMode (ENQUEUE=1, REPLACE=2)"
+            )
+        interrupt = start.interrupt_on_speech if start.HasField("interrupt_on_speech") else True
+        converter = PcmConverter(start.sample_rate, channels, RATE)
+        voice = self._registry.lookup_open(session_id).voice
+        playback = voice.begin(
+            PlaybackMode(start.mode or PlaybackMode.ENQUEUE), interrupt, start.playback_id
+        )
+        try:
+            index = 0
+            async for message in messages:
+                index += 1
+                if message.WhichOneof("payload") != "pcm":
+                    raise InvalidRequest(
+                        f"PlayAudio message {index} is not pcm: only the first message is a start"
+                    )
+                if len(message.pcm) % converter.frame_bytes:
+                    raise InvalidRequest(
+                        f"PlayAudio message {index} has {len(message.pcm)} bytes, not a whole "
+                        f"number of 16-bit {'stereo ' if channels == 2 else ''}samples "
+                        f"({converter.frame_bytes} bytes each)"
+                    )
+                voice.feed(playback, converter.convert(message.pcm))
+                await voice.wait_for_room(playback)
+                if playback.result is not None:
+                    break
+            else:
+                voice.feed(playback, converter.flush())
+        finally:
+            voice.end_input(playback)
+        result = await voice.wait_result(playback)
+        return pb.PlayAudioResponse(
+            playback_id=result.playback_id,
+            played_ms=result.played_ms,
+            interrupted=result.interrupted is not None,
+            interrupt_reason=int(result.interrupted or 0),  # type: ignore[arg-type]
+        )
+
+    @unary
+    async def StopPlayback(
+        self, request: pb.StopPlaybackRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.StopPlaybackResponse:
+        voice = self._registry.lookup_open(_session_id(request)).voice
+        return pb.StopPlaybackResponse(playback_ids=voice.interrupt(InterruptReason.STOP_PLAYBACK))
 
     def _heartbeat_pb(self, session_id: str, revision: int) -> pb.SessionEvent:
         return pb.SessionEvent(

@@ -17,11 +17,13 @@ from media.errors import (
     IceRestartUnsupported,
     InvalidRequest,
     OfferTooLarge,
+    PlayerNotFound,
     RateLimited,
     RevisionOutOfRange,
     SessionClosed,
     SessionConflict,
     SessionNotFound,
+    SessionOver,
     StaleEtag,
     Unauthorized,
     UnsupportedContentType,
@@ -44,6 +46,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _STATUS: Final[list[tuple[type[HarkError], int]]] = [
     (Unauthorized, 401),
     (SessionNotFound, 404),
+    (PlayerNotFound, 404),
     (SessionClosed, 404),
     (SessionConflict, 409),
     (StaleEtag, 412),
@@ -90,7 +93,7 @@ def error_response(exc: HarkError) -> web.Response:
     response = web.Response(status=status, text=f"{exc}\n", content_type="text/plain")
     if status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="hark"'
-    if isinstance(exc, CapacityExceeded | RateLimited):
+    if isinstance(exc, CapacityExceeded | RateLimited | SessionOver):
         response.headers["Retry-After"] = str(exc.retry_after_s)
     elif isinstance(exc, Draining):
         response.headers["Retry-After"] = "5"

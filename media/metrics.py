@@ -23,6 +23,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from media.playback import InterruptReason, PlaybackFinished, PlaybackInterrupted
 from media.session import CloseReason, Session, SessionEvent, SessionState, StateChanged
 from media.vad import SpeechEnded
 
@@ -31,6 +32,8 @@ LOOP_LAG_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 RPC_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0)
 JITTER_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25)
 LOOP_LAG_INTERVAL_S: Final = 0.1
+PLAYER_SOURCES: Final = ("agent", "publisher")
+PLAYER_CLOSE_REASONS: Final = ("DELETE", "MEDIA_TIMEOUT", "CONNECTION_FAILED", "SESSION_CLOSED")
 
 
 class _SessionCollector(Collector):
@@ -150,6 +153,46 @@ class Metrics:
             ["route"],
             registry=r,
         )
+        self.players = Gauge(
+            "hark_whep_players",
+            "Connected WHEP players, by source (agent audio or the publisher's own).",
+            ["source"],
+            registry=r,
+        )
+        self.players_closed = Counter(
+            "hark_whep_players_closed",
+            "WHEP players that went away, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.playbacks = Counter(
+            "hark_playbacks",
+            "Agent playbacks ended, by outcome (FINISHED or what interrupted them).",
+            ["outcome"],
+            registry=r,
+        )
+        self.played_seconds = Counter(
+            "hark_playback_played_seconds", "Agent audio played to WHEP players.", registry=r
+        )
+        self.playback_frames = Counter(
+            "hark_playback_frames", "20 ms frames of agent audio played.", registry=r
+        )
+        self.relayed_packets = Counter(
+            "hark_relayed_packets",
+            "Publisher packets forwarded to source=publisher players (one per player).",
+            registry=r,
+        )
+        self.player_packets_dropped = Counter(
+            "hark_whep_packets_dropped",
+            "Packets a WHEP player's sender fell too far behind to send.",
+            registry=r,
+        )
+        for source in PLAYER_SOURCES:
+            self.players.labels(source)
+        for player_reason in PLAYER_CLOSE_REASONS:
+            self.players_closed.labels(player_reason)
+        for outcome in ("FINISHED", *(r.name for r in InterruptReason)):
+            self.playbacks.labels(outcome)
         for reason in CloseReason:
             self.sessions_closed.labels(reason.name)
         for origin in ("WHIP", "API"):
@@ -172,6 +215,12 @@ class Metrics:
         elif isinstance(payload, SpeechEnded):
             self.vad_segments.inc()
             self.speech_seconds.inc(payload.duration_ms / 1000)
+        elif isinstance(payload, PlaybackFinished):
+            self.playbacks.labels("FINISHED").inc()
+            self.played_seconds.inc(payload.played_ms / 1000)
+        elif isinstance(payload, PlaybackInterrupted):
+            self.playbacks.labels(payload.reason.name).inc()
+            self.played_seconds.inc(payload.played_ms / 1000)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final, Protocol
 
 import aioice.ice
@@ -46,6 +46,8 @@ class PeerEvents(Protocol):
     def rtp_stats(self, session_id: str, lost: int, jitter_s: float) -> None: ...
 
     def audio_decoded(self, session_id: str, frame: AudioFrame) -> None: ...
+
+    def opus_received(self, session_id: str, payload: bytes, timestamp: int) -> None: ...
 
 
 def set_jitter_frames(receiver: RTCRtpReceiver, frames: int) -> bool:
@@ -104,6 +106,50 @@ def restrict_host_candidates(addresses: Sequence[str]) -> None:
     aioice.ice.get_host_addresses = host_addresses
 
 
+async def add_trickled(
+    pc: RTCPeerConnection, candidates: Sequence[TrickleCandidate], end: bool
+) -> None:
+    """Add candidates from a trickle-ice-sdpfrag PATCH (RFC 8840) to ``pc``."""
+    for trickled in candidates:
+        try:
+            candidate = candidate_from_sdp(trickled.candidate.removeprefix("candidate:"))
+        except (ValueError, IndexError) as exc:
+            raise InvalidTrickle(f"unusable candidate {trickled.candidate!r}: {exc}") from exc
+        candidate.sdpMid = trickled.mid
+        candidate.sdpMLineIndex = trickled.mline_index
+        await pc.addIceCandidate(candidate)
+    if end:
+        await pc.addIceCandidate(None)
+
+
+def tap_opus_packets(
+    receiver: RTCRtpReceiver, payload_type: int, on_packet: Callable[[bytes, int], None]
+) -> bool:
+    """Call ``on_packet(payload, rtp_timestamp)`` for every Opus packet ``receiver`` gets.
+
+    aiortc hands only decoded frames to the application; forwarding the Opus payload itself (no
+    decode or encode per player) needs the packets, which pass through this private method.
+    Returns False when this aiortc version has no such method (then nothing is forwarded).
+    """
+    original = getattr(receiver, "_handle_rtp_packet", None)
+    if original is None or not asyncio.iscoroutinefunction(original):
+        return False
+
+    async def tapped(packet: Any, arrival_time_ms: int) -> None:
+        if packet.payload_type == payload_type and packet.payload:
+            on_packet(packet.payload, packet.timestamp)
+        await original(packet, arrival_time_ms)
+
+    receiver._handle_rtp_packet = tapped  # type: ignore[method-assign]
+    return True
+
+
+def opus_only(transceiver: Any) -> None:
+    capabilities = RTCRtpReceiver.getCapabilities("audio")
+    assert capabilities is not None
+    transceiver.setCodecPreferences([c for c in capabilities.codecs if c.name == "opus"])
+
+
 def rtc_configuration(ice_servers: Sequence[IceServer]) -> RTCConfiguration:
     return RTCConfiguration(
         iceServers=[RTCIceServer(s.url, s.username, s.credential) for s in ice_servers]
@@ -119,8 +165,10 @@ class PublisherPeer:
         events: PeerEvents,
         ice_servers: Sequence[IceServer] = (),
         jitter_frames: int = 1,
+        opus_payload_type: int | None = None,
     ) -> None:
         self.session_id = session_id
+        self._opus_payload_type = opus_payload_type
         self._jitter_frames = jitter_frames
         self._events = events
         self._pc = RTCPeerConnection(rtc_configuration(ice_servers))
@@ -146,14 +194,11 @@ class PublisherPeer:
 
     async def _negotiate(self, offer_sdp: str) -> str:
         await self._pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
-        capabilities = RTCRtpReceiver.getCapabilities("audio")
-        assert capabilities is not None
-        opus = [c for c in capabilities.codecs if c.name == "opus"]
         audio = 0
         for transceiver in self._pc.getTransceivers():
             if transceiver.kind == "audio" and audio == 0:
                 transceiver.direction = "recvonly"
-                transceiver.setCodecPreferences(opus)
+                opus_only(transceiver)
                 audio += 1
             else:
                 transceiver.direction = "inactive"
@@ -164,16 +209,7 @@ class PublisherPeer:
         return str(self._pc.localDescription.sdp)
 
     async def add_candidates(self, candidates: Sequence[TrickleCandidate], end: bool) -> None:
-        for trickled in candidates:
-            try:
-                candidate = candidate_from_sdp(trickled.candidate.removeprefix("candidate:"))
-            except (ValueError, IndexError) as exc:
-                raise InvalidTrickle(f"unusable candidate {trickled.candidate!r}: {exc}") from exc
-            candidate.sdpMid = trickled.mid
-            candidate.sdpMLineIndex = trickled.mline_index
-            await self._pc.addIceCandidate(candidate)
-        if end:
-            await self._pc.addIceCandidate(None)
+        await add_trickled(self._pc, candidates, end)
 
     async def close(self) -> None:
         """Stop the tasks and the peer connection. Safe to call more than once, concurrently."""
@@ -231,7 +267,17 @@ class PublisherPeer:
         receiver = next(t.receiver for t in self._pc.getTransceivers() if t.receiver.track is track)
         if not set_jitter_frames(receiver, self._jitter_frames):
             logger.debug("session %s: aiortc's jitter buffer left as it is", self.session_id)
+        if self._opus_payload_type is not None and not tap_opus_packets(
+            receiver, self._opus_payload_type, self._forward
+        ):
+            logger.warning(
+                "session %s: this aiortc hides RTP packets; source=publisher players hear nothing",
+                self.session_id,
+            )
         self._start(self._watch_packets(receiver), f"hark-rtp-watch-{self.session_id}")
+
+    def _forward(self, payload: bytes, timestamp: int) -> None:
+        self._events.opus_received(self.session_id, payload, timestamp)
 
     async def _watch_packets(self, receiver: RTCRtpReceiver) -> None:
         """Reports RTP arrival: aiortc itself notices a vanished peer only after ~30 s."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from media.playback import PlaybackFinished, PlaybackInterrupted, PlaybackStarted
 from media.registry import SnapshotItem, WatchItem
 from media.session import (
     ListeningChanged,
@@ -78,6 +79,22 @@ def event_pb(item: WatchItem, whip_url: str) -> pb.SessionEvent:
                 start_ms=payload.start_ms,
                 end_ms=payload.end_ms,
                 duration_ms=payload.duration_ms,
+                reason=int(payload.reason),  # type: ignore[arg-type]
+            )
+        )
+    elif isinstance(payload, PlaybackStarted):
+        message.playback_started.CopyFrom(
+            pb.PlaybackStarted(playback_id=payload.playback_id, players=payload.players)
+        )
+    elif isinstance(payload, PlaybackFinished):
+        message.playback_finished.CopyFrom(
+            pb.PlaybackFinished(playback_id=payload.playback_id, played_ms=payload.played_ms)
+        )
+    elif isinstance(payload, PlaybackInterrupted):
+        message.playback_interrupted.CopyFrom(
+            pb.PlaybackInterrupted(
+                playback_id=payload.playback_id,
+                played_ms=payload.played_ms,
                 reason=int(payload.reason),  # type: ignore[arg-type]
             )
         )

@@ -12,7 +12,7 @@ import hmac
 import logging
 import secrets
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -28,6 +28,10 @@ from media.errors import (
     SubscriberTooSlow,
 )
 from media.metrics import Metrics
+from media.playback import InterruptReason, PlaybackEvent
+from media.player import PlayerPeer, Source
+from media.playout import AgentVoice
+from media.relay import PublisherRelay
 from media.session import (
     CloseReason,
     Origin,
@@ -39,7 +43,7 @@ from media.session import (
     Timeouts,
 )
 from media.speech import SpeechEvent, SpeechPipeline, SpeechSettings
-from media.vad import EndReason, SegmenterConfig
+from media.vad import EndReason, SegmenterConfig, SpeechStarted
 
 logger = logging.getLogger(__name__)
 
@@ -121,10 +125,13 @@ class Entry:
 
     session: Session
     audio: SpeechPipeline
+    voice: AgentVoice
+    relay: PublisherRelay
     token: str | None = field(default=None, repr=False)
     media: MediaHandle | None = None
     etag: str = ""
     watchers: set[Subscription] = field(default_factory=set)
+    players: dict[str, PlayerPeer] = field(default_factory=dict)
 
 
 def new_session_id() -> str:
@@ -150,8 +157,12 @@ class Registry:
         speech: SpeechSettings | None = None,
         metrics: Metrics | None = None,
         max_watchers: int = 1000,
+        max_players: int = 8,
+        max_playback_queue_ms: int = 60_000,
     ) -> None:
         self.max_watchers = max_watchers
+        self.max_players = max_players
+        self.max_playback_queue_ms = max_playback_queue_ms
         self.clock = clock
         self.metrics = metrics or Metrics()
         self.speech = speech or SpeechSettings()
@@ -235,7 +246,19 @@ class Registry:
         audio = SpeechPipeline(
             self.speech, lambda event: self._speech_event(sid, event), self.metrics
         )
-        entry = Entry(session, audio, token=secrets.token_urlsafe(24) if with_token else None)
+        voice = AgentVoice(
+            sid,
+            lambda events: self._playback_events(sid, events),
+            self.metrics,
+            self.max_playback_queue_ms,
+        )
+        entry = Entry(
+            session,
+            audio,
+            voice,
+            PublisherRelay(self.metrics),
+            token=secrets.token_urlsafe(24) if with_token else None,
+        )
         self._entries[sid] = entry
         logger.info("session %s: created (%s)", sid, origin.name)
         self._publish(entry, session.events_after(0) or [])
@@ -295,6 +318,11 @@ class Registry:
             self._publish(entry, events)
         entry.audio.push(frame)
 
+    def opus_received(self, session_id: str, payload: bytes, timestamp: int) -> None:
+        entry = self._entries.get(session_id)
+        if entry is not None:
+            entry.relay.forward(payload, timestamp)
+
     def rtp_stats(self, session_id: str, lost: int, jitter_s: float) -> None:
         if lost > 0:
             self.metrics.rtp_packets_lost.inc(lost)
@@ -328,12 +356,60 @@ class Registry:
         entry = self._entries.get(session_id)
         if entry is not None:
             self._publish(entry, entry.session.speech(event, self.clock.now()))
+            if isinstance(event, SpeechStarted) and entry.session.listening:
+                entry.voice.interrupt(InterruptReason.USER_SPEECH)
+
+    def _playback_events(self, session_id: str, events: list[PlaybackEvent]) -> None:
+        entry = self._entries.get(session_id)
+        if entry is not None:
+            self._publish(entry, entry.session.playback(events, self.clock.now()))
+
+    # WHEP players
+
+    def check_player_room(self, entry: Entry) -> None:
+        if len(entry.players) >= self.max_players:
+            raise CapacityExceeded(
+                f"session {entry.session.id!r} has {len(entry.players)} WHEP players "
+                f"(--max-players-per-session {self.max_players})",
+                retry_after_s=5,
+            )
+
+    def add_player(self, entry: Entry, player: PlayerPeer) -> None:
+        """Attach a negotiated player to its open session (the caller closes it if this raises)."""
+        session = entry.session
+        assert not session.closed
+        self.check_player_room(entry)
+        entry.players[player.id] = player
+        if player.source is Source.AGENT:
+            entry.voice.add_player(player.track)
+        else:
+            entry.relay.add_player(player.track)
+        self.metrics.players.labels(player.source.value).inc()
+        logger.info(
+            "session %s: WHEP player %s (%s) joined", session.id, player.id, player.source.value
+        )
+
+    def remove_player(self, session_id: str, player_id: str, reason: str) -> None:
+        entry = self._entries.get(session_id)
+        player = entry.players.pop(player_id, None) if entry is not None else None
+        if entry is None or player is None:
+            return
+        entry.voice.remove_player(player.track)
+        entry.relay.remove_player(player.track)
+        self.metrics.players.labels(player.source.value).dec()
+        self.metrics.players_closed.labels(reason).inc()
+        logger.info("session %s: WHEP player %s left (%s)", session_id, player_id, reason)
+        self._own(player.close(), f"hark-close-player-{player_id}")
+
+    def player_gone(self, player: PlayerPeer, reason: str) -> None:
+        self.remove_player(player.session_id, player.id, reason)
 
     def close(self, session_id: str, reason: CloseReason, detail: str = "") -> SessionSnapshot:
         """Close the session (idempotent) and release its media."""
         entry = self.lookup(session_id)
         if not entry.session.closed:
             entry.audio.close()
+            entry.voice.shut()
         events = entry.session.close(reason, detail, self.clock.now())
         if events:
             logger.info("session %s: closed %s %s", session_id, reason.name, detail)
@@ -437,11 +513,15 @@ class Registry:
 
     def _release_media(self, entry: Entry) -> None:
         media, entry.media = entry.media, None
-        if media is None:
-            return
-        task = asyncio.get_running_loop().create_task(
-            media.close(), name=f"hark-close-media-{entry.session.id}"
-        )
+        if media is not None:
+            self._own(media.close(), f"hark-close-media-{entry.session.id}")
+        for player_id in list(entry.players):
+            self.remove_player(entry.session.id, player_id, "SESSION_CLOSED")
+        entry.relay.close()
+        self._own(entry.voice.close(), f"hark-close-voice-{entry.session.id}")
+
+    def _own(self, closing: Coroutine[None, None, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(closing, name=name)
         self._media_closing.add(task)
         task.add_done_callback(self._media_closed)
 

@@ -19,7 +19,7 @@ _TYPED_LINE = re.compile(r"[a-z]=")
 # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
 _DIGITS = re.compile(r"[0-9]{1,10}")
 _DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
-_NEEDED = {"publish": ("sendonly", "sendrecv"), "play": ("recvonly", "sendrecv")}
+_NEEDED = {"publish": ("sendonly", "sendrecv"), "play": ("recvonly",)}
 _STATIC_PAYLOADS = {0: "PCMU", 3: "GSM", 4: "G723", 8: "PCMA", 9: "G722", 13: "CN", 18: "G729"}
 _FINGERPRINT_BYTES = {"sha-1": 20, "sha-224": 28, "sha-256": 32, "sha-384": 48, "sha-512": 64}
 _HEX_PAIR = re.compile(r"[0-9A-Fa-f]{2}")
@@ -197,8 +197,7 @@ def check_offer(
     needed = _NEEDED[direction]
     if audio_direction not in needed:
         raise UnsupportedOffer(
-            f"offer's audio is {audio_direction}; to {direction} it must be "
-            f"{needed[0]} or {needed[1]}"
+            f"offer's audio is {audio_direction}; to {direction} it must be {' or '.join(needed)}"
         )
 
     ice_ufrag = _first(audio.attributes, "ice-ufrag") or _first(session, "ice-ufrag")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from media.errors import NotReady, PublisherExists, SessionClosed
+from media.playback import PlaybackEvent
 from media.vad import SpeechEnded, SpeechStarted
 
 
@@ -54,7 +55,7 @@ class ListeningChanged:
     listening: bool
 
 
-EventPayload = StateChanged | ListeningChanged | SpeechStarted | SpeechEnded
+EventPayload = StateChanged | ListeningChanged | SpeechStarted | SpeechEnded | PlaybackEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +174,12 @@ class Session:
         if self.closed:
             return []
         return [self._emit(now, payload)]
+
+    def playback(self, payloads: list[PlaybackEvent], now: float) -> list[SessionEvent]:
+        """Record what happened to the agent's playbacks (the last ones may precede CLOSED)."""
+        if self.closed:
+            return []
+        return [self._emit(now, payload) for payload in payloads]
 
     def close(self, reason: CloseReason, detail: str, now: float) -> list[SessionEvent]:
         """Close for ``reason``. Closing a closed session changes nothing."""

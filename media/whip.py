@@ -19,7 +19,13 @@ from media.errors import (
 from media.http import bearer_token, preflight, read_text_body, require_content_type
 from media.peer import PublisherPeer
 from media.registry import Entry, Registry, new_session_id, tokens_match
-from media.sdp import OfferSummary, check_offer, is_ice_restart, parse_trickle_fragment
+from media.sdp import (
+    OfferSummary,
+    TrickleFragment,
+    check_offer,
+    is_ice_restart,
+    parse_trickle_fragment,
+)
 from media.session import CloseReason, Origin, SessionState
 
 logger = logging.getLogger(__name__)
@@ -30,6 +36,30 @@ TRICKLE = "application/trickle-ice-sdpfrag"
 
 def new_etag() -> str:
     return f'"{secrets.token_hex(12)}"'
+
+
+async def read_trickle(
+    request: web.Request, *, etag: str, resource: str, max_bytes: int
+) -> TrickleFragment:
+    """The trickle-ice-sdpfrag body of a PATCH whose ``If-Match`` (if any) names ``etag``."""
+    require_content_type(request, TRICKLE)
+    if_match = request.headers.get("If-Match")
+    if if_match is not None and if_match.strip() not in ("*", etag):
+        raise StaleEtag(
+            f"If-Match {if_match} does not name the current ICE session of {resource} ({etag})"
+        )
+    body = await read_text_body(request, "trickle fragment", max_bytes)
+    return parse_trickle_fragment(body)
+
+
+def check_not_restart(
+    fragment: TrickleFragment, remote_ice: tuple[str, str | None], instead: str
+) -> None:
+    ufrag, pwd = remote_ice
+    if is_ice_restart(fragment, ufrag, pwd):
+        raise IceRestartUnsupported(
+            f"ICE restart is not supported (aiortc cannot restart ICE); {instead}"
+        )
 
 
 class WhipHandlers:
@@ -123,27 +153,21 @@ class WhipHandlers:
     async def trickle(self, request: web.Request) -> web.Response:
         entry = self._registry.lookup_open(request.match_info["id"])
         self.authorize_session(request, entry)
-        require_content_type(request, TRICKLE)
-        if_match = request.headers.get("If-Match")
-        if if_match is not None and if_match.strip() not in ("*", entry.etag):
-            raise StaleEtag(
-                f"If-Match {if_match} does not name the current ICE session of "
-                f"{entry.session.id!r} ({entry.etag})"
-            )
-        body = await read_text_body(request, "trickle fragment", self._max_offer_bytes)
-        fragment = parse_trickle_fragment(body)
         peer = entry.media
+        fragment = await read_trickle(
+            request,
+            etag=entry.etag,
+            resource=f"session {entry.session.id!r}",
+            max_bytes=self._max_offer_bytes,
+        )
         if not isinstance(peer, PublisherPeer):
             raise SessionConflict(
                 f"session {entry.session.id!r} has no publisher to trickle to "
                 f"({entry.session.state.name})"
             )
-        ufrag, pwd = peer.remote_ice
-        if is_ice_restart(fragment, ufrag, pwd):
-            raise IceRestartUnsupported(
-                "ICE restart is not supported (aiortc cannot restart ICE); "
-                "DELETE this session and publish again with POST /whip"
-            )
+        check_not_restart(
+            fragment, peer.remote_ice, "DELETE this session and publish again with POST /whip"
+        )
         await peer.add_candidates(fragment.candidates, fragment.end_of_candidates)
         return web.Response(status=204)
 
@@ -185,7 +209,13 @@ class WhipHandlers:
         self, session_id: str, offer: tuple[str, OfferSummary]
     ) -> tuple[PublisherPeer, str]:
         sdp, summary = offer
-        peer = PublisherPeer(session_id, self._registry, self._ice_servers, self._jitter_frames)
+        peer = PublisherPeer(
+            session_id,
+            self._registry,
+            self._ice_servers,
+            self._jitter_frames,
+            opus_payload_type=summary.opus_payload_type,
+        )
         peer.remote_ice = (summary.ice_ufrag or "", summary.ice_pwd)
         try:
             answer = await peer.negotiate(sdp)

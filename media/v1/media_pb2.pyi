@@ -162,6 +162,62 @@ ALL: AudioMode.ValueType  # 2
 """All audio while listening, each chunk flagged voiced or unvoiced."""
 Global___AudioMode: _TypeAlias = AudioMode  # noqa: Y015
 
+class _PlaybackMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PlaybackModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PlaybackMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PLAYBACK_MODE_UNSPECIFIED: _PlaybackMode.ValueType  # 0
+    """ENQUEUE."""
+    ENQUEUE: _PlaybackMode.ValueType  # 1
+    """Play after everything already queued or playing."""
+    REPLACE: _PlaybackMode.ValueType  # 2
+    """Interrupt everything queued or playing (PlaybackInterrupted REPLACED),
+    then play.
+    """
+
+class PlaybackMode(_PlaybackMode, metaclass=_PlaybackModeEnumTypeWrapper): ...
+
+PLAYBACK_MODE_UNSPECIFIED: PlaybackMode.ValueType  # 0
+"""ENQUEUE."""
+ENQUEUE: PlaybackMode.ValueType  # 1
+"""Play after everything already queued or playing."""
+REPLACE: PlaybackMode.ValueType  # 2
+"""Interrupt everything queued or playing (PlaybackInterrupted REPLACED),
+then play.
+"""
+Global___PlaybackMode: _TypeAlias = PlaybackMode  # noqa: Y015
+
+class _PlaybackInterruptReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PlaybackInterruptReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PlaybackInterruptReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PLAYBACK_INTERRUPT_REASON_UNSPECIFIED: _PlaybackInterruptReason.ValueType  # 0
+    USER_SPEECH: _PlaybackInterruptReason.ValueType  # 1
+    """Barge-in: the user started speaking on a listening session."""
+    STOP_PLAYBACK: _PlaybackInterruptReason.ValueType  # 2
+    """StopPlayback."""
+    REPLACED: _PlaybackInterruptReason.ValueType  # 3
+    """A PlayAudio with mode REPLACE."""
+    PLAYBACK_SESSION_CLOSED: _PlaybackInterruptReason.ValueType  # 4
+    """The session closed."""
+
+class PlaybackInterruptReason(_PlaybackInterruptReason, metaclass=_PlaybackInterruptReasonEnumTypeWrapper): ...
+
+PLAYBACK_INTERRUPT_REASON_UNSPECIFIED: PlaybackInterruptReason.ValueType  # 0
+USER_SPEECH: PlaybackInterruptReason.ValueType  # 1
+"""Barge-in: the user started speaking on a listening session."""
+STOP_PLAYBACK: PlaybackInterruptReason.ValueType  # 2
+"""StopPlayback."""
+REPLACED: PlaybackInterruptReason.ValueType  # 3
+"""A PlayAudio with mode REPLACE."""
+PLAYBACK_SESSION_CLOSED: PlaybackInterruptReason.ValueType  # 4
+"""The session closed."""
+Global___PlaybackInterruptReason: _TypeAlias = PlaybackInterruptReason  # noqa: Y015
+
 @_typing.final
 class Session(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -562,6 +618,9 @@ class SessionEvent(_message.Message):
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     SPEECH_STARTED_FIELD_NUMBER: _builtins.int
     SPEECH_ENDED_FIELD_NUMBER: _builtins.int
+    PLAYBACK_STARTED_FIELD_NUMBER: _builtins.int
+    PLAYBACK_FINISHED_FIELD_NUMBER: _builtins.int
+    PLAYBACK_INTERRUPTED_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     revision: _builtins.int
     """Increases by one per event within a session. A snapshot or heartbeat
@@ -581,6 +640,12 @@ class SessionEvent(_message.Message):
     def speech_started(self) -> Global___SpeechStarted: ...
     @_builtins.property
     def speech_ended(self) -> Global___SpeechEnded: ...
+    @_builtins.property
+    def playback_started(self) -> Global___PlaybackStarted: ...
+    @_builtins.property
+    def playback_finished(self) -> Global___PlaybackFinished: ...
+    @_builtins.property
+    def playback_interrupted(self) -> Global___PlaybackInterrupted: ...
     def __init__(
         self,
         *,
@@ -593,12 +658,15 @@ class SessionEvent(_message.Message):
         heartbeat: Global___Heartbeat | None = ...,
         speech_started: Global___SpeechStarted | None = ...,
         speech_ended: Global___SpeechEnded | None = ...,
+        playback_started: Global___PlaybackStarted | None = ...,
+        playback_finished: Global___PlaybackFinished | None = ...,
+        playback_interrupted: Global___PlaybackInterrupted | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "listening_changed", b"listening_changed", "payload", b"payload", "snapshot", b"snapshot", "speech_ended", b"speech_ended", "speech_started", b"speech_started", "state_changed", b"state_changed", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "listening_changed", b"listening_changed", "payload", b"payload", "playback_finished", b"playback_finished", "playback_interrupted", b"playback_interrupted", "playback_started", b"playback_started", "snapshot", b"snapshot", "speech_ended", b"speech_ended", "speech_started", b"speech_started", "state_changed", b"state_changed", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "listening_changed", b"listening_changed", "payload", b"payload", "revision", b"revision", "session_id", b"session_id", "snapshot", b"snapshot", "speech_ended", b"speech_ended", "speech_started", b"speech_started", "state_changed", b"state_changed", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "listening_changed", b"listening_changed", "payload", b"payload", "playback_finished", b"playback_finished", "playback_interrupted", b"playback_interrupted", "playback_started", b"playback_started", "revision", b"revision", "session_id", b"session_id", "snapshot", b"snapshot", "speech_ended", b"speech_ended", "speech_started", b"speech_started", "state_changed", b"state_changed", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["snapshot", "state_changed", "listening_changed", "heartbeat", "speech_started", "speech_ended"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["snapshot", "state_changed", "listening_changed", "heartbeat", "speech_started", "speech_ended", "playback_started", "playback_finished", "playback_interrupted"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -909,3 +977,220 @@ class SegmentEnd(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SegmentEnd: _TypeAlias = SegmentEnd  # noqa: Y015
+
+@_typing.final
+class PlayAudioRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    PCM_FIELD_NUMBER: _builtins.int
+    pcm: _builtins.bytes
+    """16-bit little-endian PCM in the start's format, channels interleaved;
+    each chunk holds whole samples (any number of them).
+    """
+    @_builtins.property
+    def start(self) -> Global___PlayAudioStart:
+        """First message only."""
+
+    def __init__(
+        self,
+        *,
+        start: Global___PlayAudioStart | None = ...,
+        pcm: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload", "pcm", b"pcm", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload", "pcm", b"pcm", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["start", "pcm"]  # noqa: Y015
+    _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
+
+Global___PlayAudioRequest: _TypeAlias = PlayAudioRequest  # noqa: Y015
+
+@_typing.final
+class PlayAudioStart(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    SAMPLE_RATE_FIELD_NUMBER: _builtins.int
+    CHANNELS_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    INTERRUPT_ON_SPEECH_FIELD_NUMBER: _builtins.int
+    PLAYBACK_ID_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    sample_rate: _builtins.int
+    """8000..48000."""
+    channels: _builtins.int
+    """1 or 2; 0 means 1."""
+    mode: Global___PlaybackMode.ValueType
+    interrupt_on_speech: _builtins.bool
+    """Cut this playback when the user starts speaking on a listening session.
+    Unset means true.
+    """
+    playback_id: _builtins.str
+    """Names the playback in its events; up to 64 characters. Empty: Hark picks
+    one. ALREADY_EXISTS while a playback of that id is queued or playing.
+    """
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        sample_rate: _builtins.int = ...,
+        channels: _builtins.int = ...,
+        mode: Global___PlaybackMode.ValueType = ...,
+        interrupt_on_speech: _builtins.bool | None = ...,
+        playback_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_interrupt_on_speech", b"_interrupt_on_speech", "interrupt_on_speech", b"interrupt_on_speech"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_interrupt_on_speech", b"_interrupt_on_speech", "channels", b"channels", "interrupt_on_speech", b"interrupt_on_speech", "mode", b"mode", "playback_id", b"playback_id", "sample_rate", b"sample_rate", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__interrupt_on_speech: _TypeAlias = _typing.Literal["interrupt_on_speech"]  # noqa: Y015
+    _WhichOneofArgType__interrupt_on_speech: _TypeAlias = _typing.Literal["_interrupt_on_speech", b"_interrupt_on_speech"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__interrupt_on_speech) -> _WhichOneofReturnType__interrupt_on_speech | None: ...
+
+Global___PlayAudioStart: _TypeAlias = PlayAudioStart  # noqa: Y015
+
+@_typing.final
+class PlayAudioResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAYBACK_ID_FIELD_NUMBER: _builtins.int
+    PLAYED_MS_FIELD_NUMBER: _builtins.int
+    INTERRUPTED_FIELD_NUMBER: _builtins.int
+    INTERRUPT_REASON_FIELD_NUMBER: _builtins.int
+    playback_id: _builtins.str
+    played_ms: _builtins.int
+    """Audio actually sent to the players, in milliseconds."""
+    interrupted: _builtins.bool
+    interrupt_reason: Global___PlaybackInterruptReason.ValueType
+    """Set when interrupted."""
+    def __init__(
+        self,
+        *,
+        playback_id: _builtins.str = ...,
+        played_ms: _builtins.int = ...,
+        interrupted: _builtins.bool = ...,
+        interrupt_reason: Global___PlaybackInterruptReason.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["interrupt_reason", b"interrupt_reason", "interrupted", b"interrupted", "playback_id", b"playback_id", "played_ms", b"played_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlayAudioResponse: _TypeAlias = PlayAudioResponse  # noqa: Y015
+
+@_typing.final
+class StopPlaybackRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StopPlaybackRequest: _TypeAlias = StopPlaybackRequest  # noqa: Y015
+
+@_typing.final
+class StopPlaybackResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAYBACK_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def playback_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The playbacks that were queued or playing and are now interrupted."""
+
+    def __init__(
+        self,
+        *,
+        playback_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["playback_ids", b"playback_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StopPlaybackResponse: _TypeAlias = StopPlaybackResponse  # noqa: Y015
+
+@_typing.final
+class PlaybackStarted(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAYBACK_ID_FIELD_NUMBER: _builtins.int
+    PLAYERS_FIELD_NUMBER: _builtins.int
+    playback_id: _builtins.str
+    players: _builtins.int
+    """WHEP players of agent audio connected when its first frame went out
+    (0: nobody hears it).
+    """
+    def __init__(
+        self,
+        *,
+        playback_id: _builtins.str = ...,
+        players: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["playback_id", b"playback_id", "players", b"players"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlaybackStarted: _TypeAlias = PlaybackStarted  # noqa: Y015
+
+@_typing.final
+class PlaybackFinished(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAYBACK_ID_FIELD_NUMBER: _builtins.int
+    PLAYED_MS_FIELD_NUMBER: _builtins.int
+    playback_id: _builtins.str
+    played_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        playback_id: _builtins.str = ...,
+        played_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["playback_id", b"playback_id", "played_ms", b"played_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlaybackFinished: _TypeAlias = PlaybackFinished  # noqa: Y015
+
+@_typing.final
+class PlaybackInterrupted(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAYBACK_ID_FIELD_NUMBER: _builtins.int
+    PLAYED_MS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    playback_id: _builtins.str
+    played_ms: _builtins.int
+    reason: Global___PlaybackInterruptReason.ValueType
+    def __init__(
+        self,
+        *,
+        playback_id: _builtins.str = ...,
+        played_ms: _builtins.int = ...,
+        reason: Global___PlaybackInterruptReason.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["playback_id", b"playback_id", "played_ms", b"played_ms", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlaybackInterrupted: _TypeAlias = PlaybackInterrupted  # noqa: Y015

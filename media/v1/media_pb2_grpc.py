@@ -79,6 +79,16 @@ class MediaServiceStub:
                 request_serializer=media_dot_v1_dot_media__pb2.StreamAudioRequest.SerializeToString,
                 response_deserializer=media_dot_v1_dot_media__pb2.AudioChunk.FromString,
                 _registered_method=True)
+        self.PlayAudio = channel.stream_unary(
+                '/media.v1.MediaService/PlayAudio',
+                request_serializer=media_dot_v1_dot_media__pb2.PlayAudioRequest.SerializeToString,
+                response_deserializer=media_dot_v1_dot_media__pb2.PlayAudioResponse.FromString,
+                _registered_method=True)
+        self.StopPlayback = channel.unary_unary(
+                '/media.v1.MediaService/StopPlayback',
+                request_serializer=media_dot_v1_dot_media__pb2.StopPlaybackRequest.SerializeToString,
+                response_deserializer=media_dot_v1_dot_media__pb2.StopPlaybackResponse.FromString,
+                _registered_method=True)
 
 
 class MediaServiceServicer:
@@ -152,6 +162,26 @@ class MediaServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PlayAudio(self, request_iterator, context):
+        """Agent audio, played to every WHEP player of the session. The first
+        message is a PlayAudioStart; the rest carry PCM. The reply comes when the
+        playback has finished or was interrupted (barge-in, StopPlayback, REPLACE,
+        the session closing). A caller that goes away mid-stream has what it sent
+        played. Audio queued more than --max-playback-queue-s ahead of the player
+        is not read until there is room (flow control, nothing dropped).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StopPlayback(self, request, context):
+        """Drops everything queued or playing for the session (the backend's own
+        barge-in); each playback it cuts ends with PlaybackInterrupted(STOP_PLAYBACK).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MediaServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -199,6 +229,16 @@ def add_MediaServiceServicer_to_server(servicer, server):
                     servicer.StreamAudio,
                     request_deserializer=media_dot_v1_dot_media__pb2.StreamAudioRequest.FromString,
                     response_serializer=media_dot_v1_dot_media__pb2.AudioChunk.SerializeToString,
+            ),
+            'PlayAudio': grpc.stream_unary_rpc_method_handler(
+                    servicer.PlayAudio,
+                    request_deserializer=media_dot_v1_dot_media__pb2.PlayAudioRequest.FromString,
+                    response_serializer=media_dot_v1_dot_media__pb2.PlayAudioResponse.SerializeToString,
+            ),
+            'StopPlayback': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopPlayback,
+                    request_deserializer=media_dot_v1_dot_media__pb2.StopPlaybackRequest.FromString,
+                    response_serializer=media_dot_v1_dot_media__pb2.StopPlaybackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -444,6 +484,60 @@ class MediaService:
             '/media.v1.MediaService/StreamAudio',
             media_dot_v1_dot_media__pb2.StreamAudioRequest.SerializeToString,
             media_dot_v1_dot_media__pb2.AudioChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PlayAudio(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/media.v1.MediaService/PlayAudio',
+            media_dot_v1_dot_media__pb2.PlayAudioRequest.SerializeToString,
+            media_dot_v1_dot_media__pb2.PlayAudioResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StopPlayback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/media.v1.MediaService/StopPlayback',
+            media_dot_v1_dot_media__pb2.StopPlaybackRequest.SerializeToString,
+            media_dot_v1_dot_media__pb2.StopPlaybackResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -62,6 +62,18 @@ class MediaServiceStub:
     the session is listening. Open across Start/StopListening; completes with
     OK when the session closes.
     """
+    PlayAudio: _grpc.StreamUnaryMultiCallable[_media_pb2.PlayAudioRequest, _media_pb2.PlayAudioResponse]
+    """Agent audio, played to every WHEP player of the session. The first
+    message is a PlayAudioStart; the rest carry PCM. The reply comes when the
+    playback has finished or was interrupted (barge-in, StopPlayback, REPLACE,
+    the session closing). A caller that goes away mid-stream has what it sent
+    played. Audio queued more than --max-playback-queue-s ahead of the player
+    is not read until there is room (flow control, nothing dropped).
+    """
+    StopPlayback: _grpc.UnaryUnaryMultiCallable[_media_pb2.StopPlaybackRequest, _media_pb2.StopPlaybackResponse]
+    """Drops everything queued or playing for the session (the backend's own
+    barge-in); each playback it cuts ends with PlaybackInterrupted(STOP_PLAYBACK).
+    """
 
 @_typing.type_check_only
 class MediaServiceAsyncStub(MediaServiceStub):
@@ -93,6 +105,18 @@ class MediaServiceAsyncStub(MediaServiceStub):
     """The data plane: 16-bit little-endian mono PCM of what the user says while
     the session is listening. Open across Start/StopListening; completes with
     OK when the session closes.
+    """
+    PlayAudio: _aio.StreamUnaryMultiCallable[_media_pb2.PlayAudioRequest, _media_pb2.PlayAudioResponse]  # type: ignore[assignment]
+    """Agent audio, played to every WHEP player of the session. The first
+    message is a PlayAudioStart; the rest carry PCM. The reply comes when the
+    playback has finished or was interrupted (barge-in, StopPlayback, REPLACE,
+    the session closing). A caller that goes away mid-stream has what it sent
+    played. Audio queued more than --max-playback-queue-s ahead of the player
+    is not read until there is room (flow control, nothing dropped).
+    """
+    StopPlayback: _aio.UnaryUnaryMultiCallable[_media_pb2.StopPlaybackRequest, _media_pb2.StopPlaybackResponse]  # type: ignore[assignment]
+    """Drops everything queued or playing for the session (the backend's own
+    barge-in); each playback it cuts ends with PlaybackInterrupted(STOP_PLAYBACK).
     """
 
 class MediaServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -176,6 +200,30 @@ class MediaServiceServicer(metaclass=_abc_1.ABCMeta):
         """The data plane: 16-bit little-endian mono PCM of what the user says while
         the session is listening. Open across Start/StopListening; completes with
         OK when the session closes.
+        """
+
+    @_abc_1.abstractmethod
+    def PlayAudio(
+        self,
+        request_iterator: _MaybeAsyncIterator[_media_pb2.PlayAudioRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_media_pb2.PlayAudioResponse, _abc.Awaitable[_media_pb2.PlayAudioResponse]]:
+        """Agent audio, played to every WHEP player of the session. The first
+        message is a PlayAudioStart; the rest carry PCM. The reply comes when the
+        playback has finished or was interrupted (barge-in, StopPlayback, REPLACE,
+        the session closing). A caller that goes away mid-stream has what it sent
+        played. Audio queued more than --max-playback-queue-s ahead of the player
+        is not read until there is room (flow control, nothing dropped).
+        """
+
+    @_abc_1.abstractmethod
+    def StopPlayback(
+        self,
+        request: _media_pb2.StopPlaybackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_media_pb2.StopPlaybackResponse, _abc.Awaitable[_media_pb2.StopPlaybackResponse]]:
+        """Drops everything queued or playing for the session (the backend's own
+        barge-in); each playback it cuts ends with PlaybackInterrupted(STOP_PLAYBACK).
         """
 
 def add_MediaServiceServicer_to_server(servicer: MediaServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

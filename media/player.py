@@ -1,0 +1,161 @@
+"""aiortc glue for one WHEP player: a peer connection that sends one track, and its liveness.
+
+A player is alive while it answers what it is sent with RTCP receiver reports; one that vanishes
+without a DELETE stops reporting, and after ``media_timeout`` seconds without a report while
+packets were going out it is reported gone, as is one not connected within ``connect_timeout``.
+Owns its peer connection and watch task; ``close()`` ends both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+
+from media.config import IceServer
+from media.errors import HarkError, InvalidOffer, UnsupportedOffer
+from media.peer import (
+    add_trickled,
+    ice_connections,
+    opus_only,
+    rtc_configuration,
+    stop_orphaned_consent_checks,
+)
+from media.sdp import TrickleCandidate
+from media.tracks import PacketTrack
+
+logger = logging.getLogger(__name__)
+
+LIVENESS_POLL_S: Final = 1.0
+
+
+class Source(enum.Enum):
+    AGENT = "agent"
+    PUBLISHER = "publisher"
+
+
+class PlayerPeer:
+    """Sends ``track`` to one WHEP player."""
+
+    def __init__(
+        self,
+        session_id: str,
+        player_id: str,
+        source: Source,
+        on_gone: Callable[[PlayerPeer, str], None],
+        *,
+        ice_servers: Sequence[IceServer] = (),
+        media_timeout: float = 15.0,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.session_id = session_id
+        self.id = player_id
+        self.source = source
+        self.track = PacketTrack()
+        self.etag = ""
+        self.remote_ice: tuple[str, str | None] = ("", None)
+        self._on_gone = on_gone
+        self._media_timeout = media_timeout
+        self._connect_timeout = connect_timeout
+        self._pc = RTCPeerConnection(rtc_configuration(ice_servers))
+        self._sender: RTCRtpSender | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._closed = False
+        self._close_done: asyncio.Future[None] | None = None
+        self._pc.on("connectionstatechange", self._on_connection_state)
+
+    async def negotiate(self, offer_sdp: str) -> str:
+        """Apply a ``recvonly`` offer; the answer sends the track, Opus only, other media off."""
+        try:
+            return await self._negotiate(offer_sdp)
+        except HarkError:
+            raise
+        except Exception as exc:
+            logger.debug(
+                "session %s: player offer rejected by aiortc", self.session_id, exc_info=True
+            )
+            raise InvalidOffer(
+                f"SDP offer rejected by the WebRTC stack: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    async def _negotiate(self, offer_sdp: str) -> str:
+        await self._pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+        for transceiver in self._pc.getTransceivers():
+            if transceiver.kind == "audio" and self._sender is None:
+                transceiver.direction = "sendonly"
+                opus_only(transceiver)
+                transceiver.sender.replaceTrack(self.track)
+                self._sender = transceiver.sender
+            else:
+                transceiver.direction = "inactive"
+        if self._sender is None:
+            raise UnsupportedOffer("offer has no audio m-line")
+        answer = await self._pc.createAnswer()
+        await self._pc.setLocalDescription(answer)
+        self._watch = asyncio.get_running_loop().create_task(
+            self._watch_liveness(self._sender), name=f"hark-player-watch-{self.id}"
+        )
+        return str(self._pc.localDescription.sdp)
+
+    async def add_candidates(self, candidates: Sequence[TrickleCandidate], end: bool) -> None:
+        await add_trickled(self._pc, candidates, end)
+
+    async def close(self) -> None:
+        """Stop the track, the watch task and the peer connection; safe to call again."""
+        if self._close_done is not None:
+            await asyncio.shield(self._close_done)
+            return
+        self._close_done = asyncio.get_running_loop().create_future()
+        self._closed = True
+        try:
+            self.track.stop()
+            if self._watch is not None:
+                self._watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._watch
+            connections = ice_connections(self._pc)
+            await self._pc.close()
+            await stop_orphaned_consent_checks(connections)
+        finally:
+            self._close_done.set_result(None)
+
+    def _gone(self, reason: str) -> None:
+        if not self._closed:
+            self._closed = True
+            self._on_gone(self, reason)
+
+    def _on_connection_state(self) -> None:
+        if self._pc.connectionState in ("failed", "closed"):
+            self._gone("CONNECTION_FAILED")
+
+    async def _watch_liveness(self, sender: RTCRtpSender) -> None:
+        loop = asyncio.get_running_loop()
+        start = heard = loop.time()
+        last_report: Any = None
+        sent = 0
+        while True:
+            await asyncio.sleep(LIVENESS_POLL_S)
+            now = loop.time()
+            if self._pc.connectionState != "connected":
+                heard = now
+                if now - start > self._connect_timeout:
+                    self._gone("CONNECTION_FAILED")
+                    return
+                continue
+            for stats in (await sender.getStats()).values():
+                kind = getattr(stats, "type", None)
+                if kind == "outbound-rtp":
+                    if stats.packetsSent == sent:
+                        heard = now  # nothing went out, so no report is owed
+                    sent = stats.packetsSent
+                elif kind == "remote-inbound-rtp" and stats.timestamp != last_report:
+                    last_report = stats.timestamp
+                    heard = now
+            if now - heard > self._media_timeout:
+                self._gone("MEDIA_TIMEOUT")
+                return

@@ -1,0 +1,68 @@
+"""Tracks that hand aiortc ready-made Opus packets, so one encode (or none) serves every player.
+
+aiortc's ``RTCRtpSender`` sends an ``av.Packet`` as it is (it re-encodes only ``Frame``s), and
+reads nothing from the packet but its bytes, ``pts`` and ``time_base``: one packet object can be
+given to any number of tracks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+from collections import deque
+from typing import Any, Final, TypeAlias
+
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av.packet import Packet
+
+OpusPacket: TypeAlias = "Packet[Any]"  # generic only in PyAV's stubs
+OPUS_TIME_BASE: Final = fractions.Fraction(1, 48000)
+TRACK_QUEUE_PACKETS: Final = 10  # 200 ms: a sender further behind than that loses the oldest
+
+
+def opus_packet(payload: bytes, pts: int) -> OpusPacket:
+    packet = Packet(payload)
+    packet.pts = pts
+    packet.time_base = OPUS_TIME_BASE
+    return packet
+
+
+class PacketTrack(MediaStreamTrack):
+    """An audio track fed with Opus packets by ``push``; a slow reader loses the oldest ones."""
+
+    kind = "audio"
+
+    def __init__(self, limit: int = TRACK_QUEUE_PACKETS) -> None:
+        super().__init__()
+        self._packets: deque[OpusPacket] = deque()
+        self._limit = limit
+        self._wake = asyncio.Event()
+        self.pushed = 0
+        self.dropped = 0
+
+    def push(self, packet: OpusPacket) -> int:
+        """Queue ``packet``; returns how many older packets it pushed out (0 or 1)."""
+        if self.readyState != "live":
+            return 0
+        self.pushed += 1
+        lost = 0
+        if len(self._packets) >= self._limit:
+            self._packets.popleft()
+            self.dropped += 1
+            lost = 1
+        self._packets.append(packet)
+        self._wake.set()
+        return lost
+
+    async def recv(self) -> OpusPacket:
+        while not self._packets:
+            if self.readyState != "live":
+                raise MediaStreamError
+            self._wake.clear()
+            await self._wake.wait()
+        return self._packets.popleft()
+
+    def stop(self) -> None:
+        super().stop()
+        self._packets.clear()
+        self._wake.set()

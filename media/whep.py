@@ -1,0 +1,150 @@
+"""WHEP (draft-ietf-wish-whep) HTTP handlers: players of a session's agent audio, or of the
+publisher's own audio (``?source=publisher``). Errors become 4xx in ``media.http``."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable, Sequence
+
+from aiohttp import web
+
+from media.config import IceServer
+from media.errors import (
+    InvalidRequest,
+    PlayerNotFound,
+    SessionClosed,
+    SessionOver,
+)
+from media.http import preflight, read_text_body, require_content_type
+from media.player import PlayerPeer, Source
+from media.registry import Entry, Registry
+from media.sdp import check_offer
+from media.whip import SDP, TRICKLE, check_not_restart, new_etag, read_trickle
+
+logger = logging.getLogger(__name__)
+
+Authorize = Callable[[web.Request, Entry], None]
+
+
+class WhepHandlers:
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        authorize: Authorize,
+        ice_servers: Sequence[IceServer],
+        media_timeout: float,
+        connect_timeout: float,
+        max_offer_bytes: int = 65536,
+        max_m_lines: int = 4,
+    ) -> None:
+        self._registry = registry
+        self._authorize = authorize
+        self._ice_servers = tuple(ice_servers)
+        self._media_timeout = media_timeout
+        self._connect_timeout = connect_timeout
+        self._max_offer_bytes = max_offer_bytes
+        self._max_m_lines = max_m_lines
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_route("POST", "/whep/{id}", self.play)
+        app.router.add_route("GET", "/whep/{id}", self.get_endpoint)
+        app.router.add_route("OPTIONS", "/whep/{id}", self.options)
+        app.router.add_route("PATCH", "/whep/{id}/{player}", self.trickle)
+        app.router.add_route("DELETE", "/whep/{id}/{player}", self.delete)
+        app.router.add_route("GET", "/whep/{id}/{player}", self.get_player)
+        app.router.add_route("OPTIONS", "/whep/{id}/{player}", self.options)
+
+    async def play(self, request: web.Request) -> web.Response:
+        entry = self._open_entry(request)
+        self._authorize(request, entry)
+        source = _source(request)
+        require_content_type(request, SDP)
+        offer = await read_text_body(request, "SDP offer", self._max_offer_bytes)
+        summary = check_offer(
+            offer, direction="play", max_bytes=self._max_offer_bytes, max_media=self._max_m_lines
+        )
+        self._registry.check_player_room(entry)
+        player = PlayerPeer(
+            entry.session.id,
+            secrets.token_urlsafe(9),
+            source,
+            self._registry.player_gone,
+            ice_servers=self._ice_servers,
+            media_timeout=self._media_timeout,
+            connect_timeout=self._connect_timeout,
+        )
+        player.remote_ice = (summary.ice_ufrag or "", summary.ice_pwd)
+        player.etag = new_etag()
+        try:
+            answer = await player.negotiate(offer)
+            self._registry.add_player(self._open_entry(request), player)
+        except BaseException:
+            await player.close()
+            raise
+        response = web.Response(status=201, text=answer, content_type=SDP)
+        response.headers["Location"] = f"/whep/{entry.session.id}/{player.id}"
+        response.headers["ETag"] = player.etag
+        for server in self._ice_servers:
+            response.headers.add("Link", server.link_header())
+        return response
+
+    async def trickle(self, request: web.Request) -> web.Response:
+        entry, player = self._player(request)
+        fragment = await read_trickle(
+            request,
+            etag=player.etag,
+            resource=f"player {player.id!r}",
+            max_bytes=self._max_offer_bytes,
+        )
+        check_not_restart(fragment, player.remote_ice, "DELETE this player and open a new one")
+        await player.add_candidates(fragment.candidates, fragment.end_of_candidates)
+        return web.Response(status=204)
+
+    async def delete(self, request: web.Request) -> web.Response:
+        entry, player = self._player(request)
+        self._registry.remove_player(entry.session.id, player.id, "DELETE")
+        return web.Response(status=200)
+
+    async def get_endpoint(self, request: web.Request) -> web.Response:
+        self._open_entry(request)
+        return web.Response(status=204)
+
+    async def get_player(self, request: web.Request) -> web.Response:
+        self._player(request)
+        return web.Response(status=204)
+
+    async def options(self, request: web.Request) -> web.Response:
+        response = preflight(accept_post=SDP)
+        if "player" in request.match_info:
+            response.headers["Accept-Patch"] = TRICKLE
+        for server in self._ice_servers:
+            response.headers.add("Link", server.link_header())
+        return response
+
+    def _open_entry(self, request: web.Request) -> Entry:
+        try:
+            return self._registry.lookup_open(request.match_info["id"])
+        except SessionClosed as exc:
+            raise SessionOver(f"{exc}; a player can only join a live session") from exc
+
+    def _player(self, request: web.Request) -> tuple[Entry, PlayerPeer]:
+        """The player a request names, once its session's token is checked."""
+        entry = self._registry.lookup(request.match_info["id"])
+        self._authorize(request, entry)
+        player = entry.players.get(request.match_info["player"])
+        if player is None:
+            raise PlayerNotFound(entry.session.id, request.match_info["player"])
+        return entry, player
+
+
+def _source(request: web.Request) -> Source:
+    value = request.query.get("source", Source.AGENT.value)
+    try:
+        return Source(value)
+    except ValueError:
+        raise InvalidRequest(
+            f"source must be {Source.AGENT.value!r} (the agent's audio, the default) or "
+            f"{Source.PUBLISHER.value!r} (the publisher's own audio), got {value[:40]!r}"
+        ) from None
