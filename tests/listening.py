@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import dataclasses
 import math
+import re
 import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
@@ -44,6 +45,7 @@ class Listener:
     pc: RTCPeerConnection
     url: str
     token: str | None
+    answer: str = ""
     heard: list[Heard] = dataclasses.field(default_factory=list)
     task: asyncio.Task[None] | None = None
 
@@ -67,6 +69,12 @@ class Listener:
         connections = ice_connections(self.pc)
         await self.pc.close()
         await stop_orphaned_consent_checks(connections)
+
+
+def opus_payload_type(sdp: str) -> int:
+    match = re.search(r"a=rtpmap:(\d+) opus/48000", sdp, re.IGNORECASE)
+    assert match, "no Opus in the SDP"
+    return int(match.group(1))
 
 
 def auth(token: str | None) -> dict[str, str]:
@@ -96,7 +104,7 @@ async def listen(
                 await pc.close()
                 raise AssertionError(f"WHEP POST answered {r.status}: {body}")
             location = r.headers["Location"]
-    listener = Listener(pc, base_url + location, token)
+    listener = Listener(pc, base_url + location, token, body)
     tracks: asyncio.Queue[Any] = asyncio.Queue()
     pc.on("track", tracks.put_nowait)
     await pc.setRemoteDescription(RTCSessionDescription(body, "answer"))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from aiortc import RTCPeerConnection
+import inspect
 
-from media.peer import set_jitter_frames
+from aiortc import RTCPeerConnection, RTCRtpSender
+
+from media.peer import set_jitter_frames, tap_opus_packets
 
 
 async def test_the_audio_jitter_buffer_can_still_be_shortened() -> None:
@@ -16,3 +18,21 @@ async def test_the_audio_jitter_buffer_can_still_be_shortened() -> None:
         )
     finally:
         await pc.close()
+
+
+async def test_received_rtp_packets_can_still_be_tapped_for_forwarding() -> None:
+    pc = RTCPeerConnection()
+    try:
+        receiver = pc.addTransceiver("audio", direction="recvonly").receiver
+        assert tap_opus_packets(receiver, 111, lambda payload, timestamp: None), (
+            "aiortc renamed RTCRtpReceiver._handle_rtp_packet: source=publisher players go silent"
+        )
+    finally:
+        await pc.close()
+
+
+def test_a_sender_still_sends_packets_as_they_are() -> None:
+    source = inspect.getsource(RTCRtpSender._next_encoded_frame)
+    assert "self.__encoder.pack(data)" in source, (
+        "aiortc no longer passes av.Packet through: every WHEP player would re-encode"
+    )

@@ -113,10 +113,13 @@ def test_session_level_ice_dtls_and_direction_apply_to_the_audio() -> None:
     assert (summary.ice_ufrag, summary.audio_direction) == ("Qx7j", "sendonly")
 
 
-def test_without_a_direction_attribute_the_audio_is_sendrecv_and_serves_both_ways() -> None:
+def test_without_a_direction_attribute_the_audio_is_sendrecv_which_publishes_but_cannot_play() -> (
+    None
+):
     offer = edit("a=sendonly\r\n", "")
     assert check_offer(offer, direction="publish").audio_direction == "sendrecv"
-    assert check_offer(offer, direction="play").audio_direction == "sendrecv"
+    with pytest.raises(UnsupportedOffer, match="is sendrecv; to play it must be recvonly"):
+        check_offer(offer, direction="play")
 
 
 def test_a_whep_player_offer_is_recvonly() -> None:
@@ -287,7 +290,7 @@ OFFER_ERRORS: list[tuple[str, str, Direction, type[HarkError], str]] = [
         CHROME_OFFER,
         "play",
         UnsupportedOffer,
-        "offer's audio is sendonly; to play it must be recvonly or sendrecv",
+        "offer's audio is sendonly; to play it must be recvonly",
     ),
     (
         "inactive for play",

@@ -1,0 +1,274 @@
+"""The return path with real aiortc WHEP players over loopback: agent audio, barge-in, fan-out."""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+from typing import Any
+
+import av
+import webrtcvad
+
+from media.audio import PcmResampler
+from media.peer import ice_connections, tap_opus_packets
+from media.v1 import media_pb2 as pb
+from media.vad import Segmenter, SegmenterConfig, SpeechStarted
+from tests.listening import (
+    Heard,
+    frequency,
+    listen,
+    listening,
+    loud,
+    opus_payload_type,
+    play_requests,
+    requests_of,
+    tone,
+)
+from tests.support import SPEECH, grpc_stub, next_event, publish, running_server, truth
+
+
+def seconds(ts: Any) -> float:
+    return float(ts.seconds + ts.nanos / 1e9)
+
+
+def tone_of(heard: list[Heard]) -> tuple[float, int]:
+    """Frequency (edges left out) and duration in ms of the loud part of what a player heard."""
+    frames = loud(heard)
+    inner = array.array("h")
+    for frame in frames[1:-1]:
+        inner.extend(frame.samples)
+    return frequency(inner), len(frames) * 20
+
+
+async def events_until(watch: Any, kind: str, timeout: float = 10.0) -> list[pb.SessionEvent]:
+    seen: list[pb.SessionEvent] = []
+    while not seen or seen[-1].WhichOneof("payload") != kind:
+        seen.append(await next_event(watch, timeout))
+    return seen
+
+
+def playback_events(events: list[pb.SessionEvent]) -> list[str]:
+    return [
+        e.WhichOneof("payload") for e in events if e.WhichOneof("payload").startswith("playback")
+    ]
+
+
+async def test_a_player_hears_a_played_tone_at_its_pitch_and_length() -> None:
+    async with running_server() as app, grpc_stub(app) as stub:
+        session = await stub.CreateSession(pb.CreateSessionRequest())
+        watch = stub.WatchSession(pb.WatchSessionRequest(session_id=session.id))
+        await next_event(watch)
+        async with listening(app.base_url, session.id, token=session.token) as player:
+            reply = await stub.PlayAudio(
+                requests_of(play_requests(session.id, tone(440, 1.0, 24000), rate=24000)),
+                timeout=10,
+            )
+            events = await events_until(watch, "playback_finished")
+            await asyncio.sleep(0.3)
+            pitch, duration_ms = tone_of(player.heard)
+
+    print(f"\nheard {pitch:.1f} Hz for {duration_ms} ms")
+    assert abs(pitch - 440) <= 5
+    assert abs(duration_ms - 1000) <= 40
+    assert reply.played_ms == 1000 and not reply.interrupted
+    assert playback_events(events) == ["playback_started", "playback_finished"]
+    started, finished = events[-2], events[-1]
+    assert started.playback_started.playback_id == reply.playback_id
+    assert started.playback_started.players == 1
+    assert finished.playback_finished.played_ms == 1000
+    assert finished.revision == started.revision + 1
+
+
+async def test_the_user_speaking_cuts_the_agent_off_within_150_ms() -> None:
+    async with running_server() as app, grpc_stub(app) as stub:
+        session = await stub.CreateSession(pb.CreateSessionRequest())
+        watch = stub.WatchSession(pb.WatchSessionRequest(session_id=session.id))
+        await next_event(watch)
+        async with listening(app.base_url, session.id, token=session.token) as player:
+            talking = asyncio.ensure_future(
+                stub.PlayAudio(requests_of(play_requests(session.id, tone(440, 20.0))))
+            )
+            await events_until(watch, "playback_started")
+            publisher = await publish(app.base_url, f"/whip/{session.id}", token=session.token)
+            await stub.StartListening(
+                pb.StartListeningRequest(session_id=session.id, wait_for_ready=True), timeout=10
+            )
+            events = await events_until(watch, "playback_interrupted")
+            reply = await asyncio.wait_for(talking, 5)
+            await asyncio.sleep(0.5)
+            await publisher.delete()
+
+    speech = next(e for e in events if e.HasField("speech_started"))
+    spoke_at = seconds(speech.time)
+    before = [f for f in player.heard if spoke_at - 0.2 <= f.time < spoke_at]
+    assert loud(before), "the agent was not audible just before the user spoke"
+    last_loud = loud(player.heard)[-1]
+    quiet_at = next(f.time for f in player.heard if f.time > last_loud.time)
+    print(f"\nagent audio silent {1000 * (quiet_at - spoke_at):.0f} ms after SpeechStarted")
+    assert quiet_at - spoke_at <= 0.150
+    interrupted = events[-1].playback_interrupted
+    assert interrupted.reason == pb.USER_SPEECH
+    assert events[-1].revision == speech.revision + 1
+    assert reply.interrupted and reply.interrupt_reason == pb.USER_SPEECH
+    assert reply.played_ms == interrupted.played_ms and 0 < reply.played_ms < 20000
+
+
+def utterances_in(samples: array.array[int]) -> list[int]:
+    """Start (ms) of every speech segment the server's own VAD rules find in 48 kHz audio."""
+    pcm = PcmResampler(48000, 16000).convert(samples.tobytes())
+    vad = webrtcvad.Vad(2)
+    segmenter = Segmenter(SegmenterConfig())
+    starts = []
+    for offset in range(0, len(pcm) - 640 + 1, 640):
+        for event in segmenter.push(vad.is_speech(pcm[offset : offset + 640], 16000), offset // 32):
+            if isinstance(event, SpeechStarted):
+                starts.append(event.start_ms)
+    return starts
+
+
+def fixture_payloads() -> set[bytes]:
+    with av.open(str(SPEECH)) as container:
+        return {bytes(p) for p in container.demux(audio=0) if p.size}
+
+
+async def test_publisher_players_get_the_users_own_packets_and_hear_every_utterance() -> None:
+    expected = [u["start_ms"] for u in truth()["utterances"]]
+    async with running_server() as app, grpc_stub(app) as stub:
+        session = await stub.CreateSession(pb.CreateSessionRequest())
+        players = [
+            await listen(app.base_url, session.id, token=session.token, source="publisher")
+            for _ in range(3)
+        ]
+        relayed: list[bytes] = []
+        receiver = players[0].pc.getTransceivers()[0].receiver
+        payload_type = opus_payload_type(players[0].answer)
+        assert tap_opus_packets(receiver, payload_type, lambda data, _: relayed.append(data))
+        try:
+            publisher = await publish(app.base_url, f"/whip/{session.id}", token=session.token)
+            await asyncio.sleep(truth()["duration_ms"] / 1000 + 1.5)
+            await publisher.delete()
+        finally:
+            for player in players:
+                await player.close()
+
+    assert relayed and set(relayed) <= fixture_payloads(), "payloads were not relayed as sent"
+    for player in players:
+        first = loud(player.heard)[0].time
+        heard = player.samples(since=first - 0.5)
+        starts = utterances_in(heard)
+        print(f"\nutterances heard at {starts} ms (truth {expected}, shifted)")
+        assert len(starts) == len(expected)
+        shift = starts[0] - expected[0]
+        assert all(abs(s - shift - e) <= 120 for s, e in zip(starts, expected, strict=True))
+
+
+async def test_two_sessions_each_hear_only_their_own_agent() -> None:
+    async with running_server() as app, grpc_stub(app) as stub:
+        a = await stub.CreateSession(pb.CreateSessionRequest())
+        b = await stub.CreateSession(pb.CreateSessionRequest())
+        async with (
+            listening(app.base_url, a.id, token=a.token) as hears_a,
+            listening(app.base_url, b.id, token=b.token) as hears_b,
+        ):
+            await asyncio.gather(
+                stub.PlayAudio(requests_of(play_requests(a.id, tone(440, 1.0)))),
+                stub.PlayAudio(requests_of(play_requests(b.id, tone(660, 1.0)))),
+            )
+            await asyncio.sleep(0.3)
+    pitch_a, length_a = tone_of(hears_a.heard)
+    pitch_b, length_b = tone_of(hears_b.heard)
+    print(f"\nsession a heard {pitch_a:.1f} Hz, session b {pitch_b:.1f} Hz")
+    assert abs(pitch_a - 440) <= 5 and abs(pitch_b - 660) <= 5
+    assert abs(length_a - 1000) <= 40 and abs(length_b - 1000) <= 40
+
+
+async def test_enqueue_replace_and_stop_playback_end_playbacks_as_asked() -> None:
+    async with running_server() as app, grpc_stub(app) as stub:
+        session = await stub.CreateSession(pb.CreateSessionRequest())
+        sid = session.id
+        watch = stub.WatchSession(pb.WatchSessionRequest(session_id=sid))
+        await next_event(watch)
+
+        def play(pitch: float, seconds: float, **options: Any) -> asyncio.Future[Any]:
+            messages = play_requests(sid, tone(pitch, seconds), **options)
+            return asyncio.ensure_future(stub.PlayAudio(requests_of(messages)))
+
+        first = play(440, 0.4, playback_id="first")
+        await events_until(watch, "playback_started")
+        second = play(550, 0.2, playback_id="second")
+        assert (await first).played_ms == 400 and (await second).played_ms == 200
+        replaced = play(440, 5.0, playback_id="long")
+        await events_until(watch, "playback_started")
+        replacing = play(660, 0.2, mode=pb.REPLACE, playback_id="instead")
+        assert (await replaced).interrupt_reason == pb.REPLACED
+        assert (await replacing).played_ms == 200
+        stopped = play(440, 5.0, playback_id="stopped")
+        await events_until(watch, "playback_started")
+        stop = await stub.StopPlayback(pb.StopPlaybackRequest(session_id=sid))
+        assert list(stop.playback_ids) == ["stopped"]
+        reply = await stopped
+        assert reply.interrupted and reply.interrupt_reason == pb.STOP_PLAYBACK
+        events = await events_until(watch, "playback_interrupted")
+
+    ended = [
+        (
+            e.playback_interrupted.playback_id,
+            pb.PlaybackInterruptReason.Name(e.playback_interrupted.reason),
+        )
+        for e in events
+        if e.HasField("playback_interrupted")
+    ]
+    assert ended == [("stopped", "STOP_PLAYBACK")]
+
+
+async def test_players_end_with_the_session_and_a_vanished_player_is_removed_alone() -> None:
+    async with running_server(player_timeout=2.0) as app, grpc_stub(app) as stub:
+        session = await stub.CreateSession(pb.CreateSessionRequest())
+        publisher = await publish(app.base_url, f"/whip/{session.id}", token=session.token)
+        staying = await listen(app.base_url, session.id, token=session.token, source="publisher")
+        vanishing = await listen(app.base_url, session.id, token=session.token)
+        try:
+            await asyncio.sleep(1.0)
+            for connection in ice_connections(vanishing.pc):
+                for protocol in connection._protocols:  # stop answering, say nothing
+                    protocol.transport.close()
+            async with asyncio.timeout(10):
+                while metric(app, "hark_whep_players_closed_total", 'reason="MEDIA_TIMEOUT"') < 1:
+                    await asyncio.sleep(0.2)
+            heard_before = len(staying.heard)
+            await asyncio.sleep(0.5)
+            assert len(staying.heard) > heard_before, "the other player stopped hearing"
+            snapshot = await stub.GetSession(pb.GetSessionRequest(session_id=session.id))
+            assert snapshot.state == pb.READY
+            assert metric(app, "hark_whep_players", 'source="agent"') == 0
+            assert metric(app, "hark_whep_players", 'source="publisher"') == 1
+
+            await stub.EndSession(pb.EndSessionRequest(session_id=session.id))
+            async with asyncio.timeout(5):
+                while staying.pc.connectionState not in ("closed", "failed"):
+                    await asyncio.sleep(0.1)
+            assert metric(app, "hark_whep_players", 'source="publisher"') == 0
+            assert metric(app, "hark_whep_players_closed_total", 'reason="SESSION_CLOSED"') == 1
+        finally:
+            await publisher.delete()
+            with contextlib.suppress(Exception):
+                await vanishing.close()
+            await staying.close()
+
+
+def metric(app: Any, name: str, labels: str) -> float:
+    for line in app.metrics.exposition().decode().splitlines():
+        if line.startswith(f"{name}{{{labels}}} "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name}{{{labels}}} is not exported")
+
+
+async def test_a_player_hears_nothing_from_another_sessions_publisher() -> None:
+    async with running_server() as app, grpc_stub(app) as stub:
+        quiet = await stub.CreateSession(pb.CreateSessionRequest())
+        async with listening(app.base_url, quiet.id, token=quiet.token, source="publisher") as p:
+            publisher = await publish(app.base_url)
+            await asyncio.sleep(2.0)
+            await publisher.delete()
+    assert not loud(p.heard)

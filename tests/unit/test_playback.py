@@ -1,0 +1,181 @@
+"""The agent-voice queue and the relay's RTP clock, without an event loop."""
+
+from __future__ import annotations
+
+import pytest
+
+from media.errors import InvalidRequest, PlaybackExists
+from media.playback import (
+    FRAME_BYTES,
+    InterruptReason,
+    PlaybackFinished,
+    PlaybackInterrupted,
+    PlaybackMode,
+    PlaybackQueue,
+    PlaybackStarted,
+)
+from media.relay import TimestampUnwrapper
+
+ENQUEUE, REPLACE = PlaybackMode.ENQUEUE, PlaybackMode.REPLACE
+
+
+def pcm(ms: int, value: int = 1000) -> bytes:
+    return value.to_bytes(2, "little", signed=True) * (48 * ms)
+
+
+def drain(queue: PlaybackQueue, ticks: int, players: int = 1) -> tuple[list[bytes | None], list]:
+    frames, events = [], []
+    for _ in range(ticks):
+        frame, happened = queue.tick(players)
+        frames.append(frame)
+        events.extend(happened)
+    return frames, events
+
+
+def test_a_playback_plays_in_20_ms_frames_and_reports_start_and_finish() -> None:
+    queue = PlaybackQueue()
+    playback, events = queue.begin(ENQUEUE)
+    assert events == []
+    queue.feed(playback, pcm(100))
+    queue.end_input(playback)
+    frames, events = drain(queue, 7, players=2)
+    assert [f is not None for f in frames] == [True] * 5 + [False] * 2
+    assert all(len(f) == FRAME_BYTES for f in frames if f is not None)
+    assert events == [PlaybackStarted("pb-1", 2), PlaybackFinished("pb-1", 100)]
+    assert playback.result is not None and playback.result.interrupted is None
+    assert not queue.active
+
+
+def test_a_partial_last_frame_is_padded_with_silence_and_counted_exactly() -> None:
+    queue = PlaybackQueue()
+    playback, _ = queue.begin(ENQUEUE)
+    queue.feed(playback, pcm(30))
+    queue.end_input(playback)
+    frames, events = drain(queue, 2)
+    assert frames[1] is not None and frames[1][FRAME_BYTES // 2 :] == bytes(FRAME_BYTES // 2)
+    assert events[-1] == PlaybackFinished("pb-1", 30)
+
+
+def test_a_caller_slower_than_real_time_gets_silent_gaps_that_are_not_counted() -> None:
+    queue = PlaybackQueue()
+    playback, _ = queue.begin(ENQUEUE)
+    queue.feed(playback, pcm(10))
+    frames, _ = drain(queue, 3)
+    assert frames == [None, None, None]  # less than a frame, and more may come
+    queue.feed(playback, pcm(30))
+    queue.end_input(playback)
+    frames, events = drain(queue, 3)
+    assert [f is not None for f in frames] == [True, True, False]
+    assert events[-1] == PlaybackFinished("pb-1", 40)
+
+
+def test_enqueued_playbacks_play_one_after_another() -> None:
+    queue = PlaybackQueue()
+    first, _ = queue.begin(ENQUEUE)
+    second, _ = queue.begin(ENQUEUE, playback_id="answer-2")
+    queue.feed(second, pcm(40, 2000))
+    queue.end_input(second)
+    queue.feed(first, pcm(40, 1000))
+    frames, events = drain(queue, 4)
+    assert frames[:2] == [pcm(20, 1000)] * 2
+    assert frames[2:] == [None, None]  # the first is still open: the second waits behind it
+    queue.end_input(first)
+    frames, more = drain(queue, 3)
+    assert frames == [pcm(20, 2000), pcm(20, 2000), None]
+    assert events + more == [
+        PlaybackStarted("pb-1", 1),
+        PlaybackFinished("pb-1", 40),
+        PlaybackStarted("answer-2", 1),
+        PlaybackFinished("answer-2", 40),
+    ]
+
+
+def test_replace_interrupts_what_is_queued_and_playing() -> None:
+    queue = PlaybackQueue()
+    first, _ = queue.begin(ENQUEUE)
+    queue.feed(first, pcm(100))
+    second, _ = queue.begin(ENQUEUE)
+    drain(queue, 2)
+    third, events = queue.begin(REPLACE)
+    assert events == [
+        PlaybackInterrupted("pb-1", 40, InterruptReason.REPLACED),
+        PlaybackInterrupted("pb-2", 0, InterruptReason.REPLACED),
+    ]
+    assert first.result is not None and first.result.interrupted is InterruptReason.REPLACED
+    assert queue.ids() == [third.id]
+
+
+def test_barge_in_spares_playbacks_that_asked_not_to_be_interrupted() -> None:
+    queue = PlaybackQueue()
+    keep, _ = queue.begin(ENQUEUE, interrupt_on_speech=False)
+    cut, _ = queue.begin(ENQUEUE)
+    events = queue.interrupt(InterruptReason.USER_SPEECH)
+    assert events == [PlaybackInterrupted(cut.id, 0, InterruptReason.USER_SPEECH)]
+    assert queue.ids() == [keep.id]
+    assert queue.interrupt(InterruptReason.STOP_PLAYBACK) == [
+        PlaybackInterrupted(keep.id, 0, InterruptReason.STOP_PLAYBACK)
+    ]
+
+
+def test_the_next_frame_after_an_interrupt_is_silence() -> None:
+    queue = PlaybackQueue()
+    playback, _ = queue.begin(ENQUEUE)
+    queue.feed(playback, pcm(1000))
+    drain(queue, 3)
+    queue.interrupt(InterruptReason.USER_SPEECH)
+    assert queue.tick(1) == (None, [])
+    queue.feed(playback, pcm(100))  # the caller is still sending: it goes nowhere
+    assert queue.tick(1) == (None, []) and queue.queued_ms == 0
+
+
+def test_a_playback_that_never_got_audio_finishes_without_starting() -> None:
+    queue = PlaybackQueue()
+    playback, _ = queue.begin(ENQUEUE)
+    assert queue.end_input(playback) == [PlaybackFinished("pb-1", 0)]
+    assert not queue.active
+
+
+def test_queued_ms_counts_audio_not_yet_played() -> None:
+    queue = PlaybackQueue()
+    first, _ = queue.begin(ENQUEUE)
+    second, _ = queue.begin(ENQUEUE)
+    queue.feed(first, pcm(100))
+    queue.feed(second, pcm(60))
+    drain(queue, 2)
+    assert queue.queued_ms == 120
+
+
+def test_playback_ids_are_checked_and_unique_while_queued() -> None:
+    queue = PlaybackQueue()
+    queue.begin(ENQUEUE, playback_id="greeting")
+    with pytest.raises(PlaybackExists, match="'greeting' is already queued or playing"):
+        queue.begin(ENQUEUE, playback_id="greeting")
+    with pytest.raises(InvalidRequest, match="up to 64 printable characters"):
+        queue.begin(ENQUEUE, playback_id="x" * 65)
+    with pytest.raises(InvalidRequest, match="printable"):
+        queue.begin(ENQUEUE, playback_id="a\nb")
+
+
+def test_closing_interrupts_everything_with_session_closed() -> None:
+    queue = PlaybackQueue()
+    playback, _ = queue.begin(ENQUEUE)
+    queue.feed(playback, pcm(100))
+    drain(queue, 1)
+    assert queue.close() == [PlaybackInterrupted("pb-1", 20, InterruptReason.SESSION_CLOSED)]
+    assert queue.closed and not queue.active
+
+
+@pytest.mark.parametrize("start", [0, 1000, 2**32 - 960 * 3])
+def test_rtp_timestamps_unwrap_across_2_to_the_32(start: int) -> None:
+    clock = TimestampUnwrapper()
+    stamps = [(start + 960 * i) % 2**32 for i in range(8)]
+    assert [clock.unwrap(t) for t in stamps] == [960 * i for i in range(8)]
+
+
+def test_a_late_packet_unwraps_before_its_successor() -> None:
+    clock = TimestampUnwrapper()
+    start = 2**32 - 960
+    assert clock.unwrap(start) == 0
+    assert clock.unwrap((start + 1920) % 2**32) == 1920  # crossed the wrap
+    assert clock.unwrap((start + 960) % 2**32) == 960  # the one in between, late
+    assert clock.unwrap((start + 2880) % 2**32) == 2880
