@@ -24,7 +24,8 @@ from media.errors import (
     SubscriberTooSlow,
     Unauthorized,
 )
-from media.playback import RATE, InterruptReason, PlaybackMode
+from media.playback import RATE, InterruptReason, Playback, PlaybackMode
+from media.playout import AgentVoice
 from media.protobuf import chunk_pb, event_pb, is_closed_event, session_pb, timestamp
 from media.registry import END, Registry, SnapshotItem
 from media.session import (
@@ -132,6 +133,31 @@ def vad_overrides(
         return dataclasses.replace(defaults, **changes), aggressiveness
     except InvalidRequest as exc:
         raise InvalidRequest(f"vad.{exc}") from exc
+
+
+async def _feed(
+    messages: AsyncIterator[pb.PlayAudioRequest],
+    voice: AgentVoice,
+    playback: Playback,
+    converter: PcmConverter,
+) -> None:
+    """Queue the PCM of a PlayAudio stream until it ends, waiting while the queue is full."""
+    index = 0
+    async for message in messages:
+        index += 1
+        if message.WhichOneof("payload") != "pcm":
+            raise InvalidRequest(
+                f"PlayAudio message {index} is not pcm: only the first message is a start"
+            )
+        if len(message.pcm) % converter.frame_bytes:
+            raise InvalidRequest(
+                f"PlayAudio message {index} has {len(message.pcm)} bytes, not a whole number "
+                f"of 16-bit {'stereo ' if converter.frame_bytes == 4 else ''}samples "
+                f"({converter.frame_bytes} bytes each)"
+            )
+        voice.feed(playback, converter.convert(message.pcm))
+        await voice.wait_for_room(playback)
+    voice.feed(playback, converter.flush())
 
 
 def _session_id(request: Any) -> str:
@@ -351,27 +377,17 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
         playback = voice.begin(
             PlaybackMode(start.mode or PlaybackMode.ENQUEUE), interrupt, start.playback_id
         )
+        reading = asyncio.ensure_future(_feed(messages, voice, playback, converter))
+        ended = asyncio.ensure_future(voice.wait_result(playback))
         try:
-            index = 0
-            async for message in messages:
-                index += 1
-                if message.WhichOneof("payload") != "pcm":
-                    raise InvalidRequest(
-                        f"PlayAudio message {index} is not pcm: only the first message is a start"
-                    )
-                if len(message.pcm) % converter.frame_bytes:
-                    raise InvalidRequest(
-                        f"PlayAudio message {index} has {len(message.pcm)} bytes, not a whole "
-                        f"number of 16-bit {'stereo ' if channels == 2 else ''}samples "
-                        f"({converter.frame_bytes} bytes each)"
-                    )
-                voice.feed(playback, converter.convert(message.pcm))
-                await voice.wait_for_room(playback)
-                if playback.result is not None:
-                    break
-            else:
-                voice.feed(playback, converter.flush())
+            # A barge-in ends the call at once, even while the caller is between chunks.
+            await asyncio.wait((reading, ended), return_when=asyncio.FIRST_COMPLETED)
+            if reading.done():
+                reading.result()
         finally:
+            for task in (reading, ended):
+                task.cancel()
+            await asyncio.gather(reading, ended, return_exceptions=True)
             voice.end_input(playback)
         result = await voice.wait_result(playback)
         return pb.PlayAudioResponse(

@@ -37,24 +37,26 @@ class PacketTrack(MediaStreamTrack):
         self._packets: deque[OpusPacket] = deque()
         self._limit = limit
         self._wake = asyncio.Event()
-        self.pushed = 0
-        self.dropped = 0
+        self._reading = False
 
     def push(self, packet: OpusPacket) -> int:
-        """Queue ``packet``; returns how many older packets it pushed out (0 or 1)."""
-        if self.readyState != "live":
+        """Queue ``packet``; returns how many older packets it pushed out (0 or 1).
+
+        Until the sender first reads (its transport is up) nothing is queued: a player that
+        connects gets the audio of now, not a burst of what played while it was connecting.
+        """
+        if self.readyState != "live" or not self._reading:
             return 0
-        self.pushed += 1
         lost = 0
         if len(self._packets) >= self._limit:
             self._packets.popleft()
-            self.dropped += 1
             lost = 1
         self._packets.append(packet)
         self._wake.set()
         return lost
 
     async def recv(self) -> OpusPacket:
+        self._reading = True
         while not self._packets:
             if self.readyState != "live":
                 raise MediaStreamError
