@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -27,6 +27,7 @@ from media.errors import (
     HarkError,
     InvalidRequest,
     NotReady,
+    PlaybackExists,
     SessionClosed,
     SessionNotFound,
     Unauthorized,
@@ -78,6 +79,8 @@ def _translate(error: grpc.aio.AioRpcError, session_id: str = "") -> HarkError:
         return InvalidRequest(details)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return CapacityExceeded(details)
+    if code == grpc.StatusCode.ALREADY_EXISTS:
+        return PlaybackExists(details)
     if code == grpc.StatusCode.FAILED_PRECONDITION and "CLOSED (" in details:
         reason = details.split("CLOSED (", 1)[1].split(")", 1)[0]
         return SessionClosed(session_id, reason, details.partition("): ")[2])
@@ -265,3 +268,48 @@ class HarkClient:
             raise _translate(error, session_id) from error
         finally:
             call.cancel()
+
+    # agent audio
+
+    async def play(
+        self,
+        session_id: str,
+        pcm: AsyncIterable[bytes] | Iterable[bytes],
+        sample_rate: int,
+        *,
+        channels: int = 1,
+        replace: bool = False,
+        interrupt_on_speech: bool = True,
+        playback_id: str = "",
+    ) -> pb.PlayAudioResponse:
+        """Play 16-bit PCM chunks to the session's WHEP players (see PlayAudio).
+
+        Returns when the playback has finished or was cut; ``interrupted`` and
+        ``interrupt_reason`` say which (``USER_SPEECH`` for a barge-in).
+        """
+        start = pb.PlayAudioStart(
+            session_id=session_id,
+            sample_rate=sample_rate,
+            channels=channels,
+            mode=pb.REPLACE if replace else pb.ENQUEUE,
+            interrupt_on_speech=interrupt_on_speech,
+            playback_id=playback_id,
+        )
+
+        async def requests() -> AsyncIterator[pb.PlayAudioRequest]:
+            yield pb.PlayAudioRequest(start=start)
+            if isinstance(pcm, AsyncIterable):
+                async for chunk in pcm:
+                    yield pb.PlayAudioRequest(pcm=chunk)
+            else:
+                for chunk in pcm:
+                    yield pb.PlayAudioRequest(pcm=chunk)
+
+        response: pb.PlayAudioResponse = await self._call("PlayAudio", requests(), session_id)
+        return response
+
+    async def stop_playback(self, session_id: str) -> list[str]:
+        """Cut what is queued or playing for the session; the ids of the playbacks cut."""
+        request = pb.StopPlaybackRequest(session_id=session_id)
+        response = await self._call("StopPlayback", request, session_id)
+        return list(response.playback_ids)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 
 import pytest
 
 from media.client import Backoff, HarkClient
 from media.errors import InvalidRequest, NotReady, SessionClosed, SessionNotFound, Unauthorized
 from media.v1 import media_pb2 as pb
+from tests.listening import listening, loud, tone
 from tests.support import publish, running_server
 
 
@@ -143,3 +145,28 @@ async def test_errors_are_hark_errors_not_grpc_errors() -> None:
             with pytest.raises(Unauthorized):
                 async for _ in intruder.watch():
                     pass
+
+
+async def test_play_reaches_a_player_and_stop_playback_cuts_it() -> None:
+    async with running_server() as app, HarkClient(app.grpc_target) as hark:
+        session = await hark.create_session()
+        async with listening(app.base_url, session.id, token=session.token) as player:
+            chunks = [tone(440, 1.0, 16000)[i : i + 640] for i in range(0, 32000, 640)]
+            reply = await hark.play(session.id, chunks, 16000, playback_id="hello")
+            assert (reply.playback_id, reply.played_ms, reply.interrupted) == ("hello", 1000, False)
+
+            async def endless() -> AsyncIterator[bytes]:
+                while True:
+                    yield tone(440, 0.1)
+                    await asyncio.sleep(0.05)
+
+            talking = asyncio.ensure_future(hark.play(session.id, endless(), 48000))
+            await asyncio.sleep(0.5)
+            assert await hark.stop_playback(session.id) == ["pb-1"]
+            cut = await asyncio.wait_for(talking, 2)
+            assert cut.interrupted and cut.interrupt_reason == pb.STOP_PLAYBACK
+            assert 300 <= cut.played_ms <= 600
+            await asyncio.sleep(0.2)
+        with pytest.raises(InvalidRequest, match="sample_rate"):
+            await hark.play(session.id, [b""], 96000)
+        assert len(loud(player.heard)) >= 60
