@@ -161,6 +161,12 @@ def _client_commands(commands: Any) -> None:
         "--ice-address", action="append", default=[], help="local IP to offer (repeatable)"
     )
 
+    play = commands.add_parser("play", help="play an audio file to a session's WHEP players")
+    connection(play)
+    play.add_argument("session", help="the session id")
+    play.add_argument("file", help="any audio file PyAV reads")
+    play.add_argument("--replace", action="store_true", help="cut what is playing first")
+
 
 def _listed(args: argparse.Namespace, flag: str) -> list[str]:
     return list(getattr(args, _attr(flag)) or getattr(args, f"{_attr(flag)}_env"))
@@ -243,6 +249,8 @@ def _run_client_command(args: argparse.Namespace) -> int:
         run = commands.sessions(args.target, args.token, args.all, args.json)
     elif args.command == "watch":
         run = commands.watch(args.target, args.token, args.session, args.since, args.json)
+    elif args.command == "play":
+        run = commands.play(args.target, args.token, args.session, args.file, args.replace)
     else:
         run = commands.publish(args.file, args.url, args.token, args.ice_address)
     try:
@@ -257,7 +265,7 @@ def _run_client_command(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command in ("sessions", "watch", "publish"):
+    if args.command in ("sessions", "watch", "publish", "play"):
         return _run_client_command(args)
     if args.command == "serve":
         try:

@@ -1,4 +1,4 @@
-"""The client side of the ``hark`` command: ``sessions``, ``watch`` and ``publish``."""
+"""The client side of the ``hark`` command: ``sessions``, ``watch``, ``publish`` and ``play``."""
 
 from __future__ import annotations
 
@@ -74,6 +74,16 @@ def describe(event: pb.SessionEvent) -> str:
         ended = event.speech_ended
         reason = pb.SpeechEndReason.Name(ended.reason)
         return f"{head}: segment {ended.segment_id}, {ended.duration_ms} ms ({reason})"
+    if kind == "playback_started":
+        started_pb = event.playback_started
+        return f"{head}: {started_pb.playback_id} to {started_pb.players} player(s)"
+    if kind == "playback_finished":
+        done = event.playback_finished
+        return f"{head}: {done.playback_id} after {done.played_ms} ms"
+    if kind == "playback_interrupted":
+        cut = event.playback_interrupted
+        reason = pb.PlaybackInterruptReason.Name(cut.reason)
+        return f"{head}: {cut.playback_id} after {cut.played_ms} ms ({reason})"
     return head
 
 
@@ -142,3 +152,47 @@ async def publish(
                 async with http.delete(resource, headers=headers) as response:
                     print(f"session closed (DELETE {response.status})", file=out, flush=True)
             await pc.close()
+
+
+PLAY_RATE = 48000
+PLAY_CHUNK_SAMPLES = 4800
+
+
+def _pcm_chunks(path: str) -> list[bytes]:
+    """The file's audio as 48 kHz mono 16-bit PCM, in 100 ms chunks."""
+    import av
+
+    chunks: list[bytes] = []
+    resampler = av.AudioResampler(
+        format="s16", layout="mono", rate=PLAY_RATE, frame_size=PLAY_CHUNK_SAMPLES
+    )
+    with av.open(path) as container:
+        if not container.streams.audio:
+            raise ValueError("no audio stream")
+        for frame in container.decode(audio=0):
+            chunks.extend(bytes(f.planes[0])[: f.samples * 2] for f in resampler.resample(frame))
+    chunks.extend(bytes(f.planes[0])[: f.samples * 2] for f in resampler.resample(None))
+    return chunks
+
+
+async def play(
+    target: str,
+    token: str | None,
+    session_id: str,
+    path: str,
+    replace: bool,
+    out: TextIO = sys.stdout,
+) -> int:
+    """Play an audio file to a session's WHEP players, as a backend's PlayAudio would."""
+    try:
+        chunks = await asyncio.to_thread(_pcm_chunks, path)
+    except Exception as exc:  # PyAV reports unreadable files with assorted exception types
+        print(f"hark play: cannot read {path}: {exc}", file=sys.stderr)
+        return 2
+    async with HarkClient(target, token=token) as hark:
+        reply = await hark.play(session_id, chunks, PLAY_RATE, replace=replace)
+    how = "finished"
+    if reply.interrupted:
+        how = f"interrupted ({pb.PlaybackInterruptReason.Name(reply.interrupt_reason)})"
+    print(f"{reply.playback_id} {how} after {reply.played_ms} ms", file=out, flush=True)
+    return 0

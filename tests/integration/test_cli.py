@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import pathlib
 import signal
 import sys
+import wave
 
 from media.session import SessionState
-from tests.support import SPEECH, running_server
+from media.v1 import media_pb2 as pb
+from tests.listening import listening, loud, tone
+from tests.support import SPEECH, grpc_stub, running_server
 
 HARK = [sys.executable, "-m", "media"]
 
@@ -85,3 +89,32 @@ async def test_client_commands_report_problems_plainly() -> None:
         assert code == 2 and "cannot read" in err
         code, _, err = await run("publish", str(SPEECH), "--url", app.base_url + "/whip")
         assert code == 1 and "401" in err
+
+
+async def test_play_a_file_to_a_player_and_watch_it_play(tmp_path: pathlib.Path) -> None:
+    wav = tmp_path / "tone.wav"
+    with wave.open(str(wav), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(22050)
+        out.writeframes(tone(440, 0.5, 22050))
+    async with running_server() as app, grpc_stub(app) as stub:
+        session = await stub.CreateSession(pb.CreateSessionRequest())
+        watcher = await asyncio.create_subprocess_exec(
+            *HARK, "watch", session.id, "--target", app.grpc_target, stdout=asyncio.subprocess.PIPE
+        )
+        assert watcher.stdout is not None
+        await asyncio.wait_for(watcher.stdout.readline(), 20)  # the snapshot
+        async with listening(app.base_url, session.id, token=session.token) as player:
+            code, out, err = await run("play", session.id, str(wav), "--target", app.grpc_target)
+            lines = [(await asyncio.wait_for(watcher.stdout.readline(), 5)).decode()]
+            lines.append((await asyncio.wait_for(watcher.stdout.readline(), 5)).decode())
+            await asyncio.sleep(0.2)
+        watcher.terminate()
+        await watcher.wait()
+        code_bad, _, err_bad = await run("play", session.id, "/no/such.wav")
+    assert (code, out.strip()) == (0, "pb-1 finished after 500 ms"), err
+    assert lines[0].strip().endswith("playback_started: pb-1 to 1 player(s)")
+    assert lines[1].strip().endswith("playback_finished: pb-1 after 500 ms")
+    assert abs(len(loud(player.heard)) * 20 - 500) <= 40
+    assert code_bad == 2 and "cannot read /no/such.wav" in err_bad
