@@ -272,3 +272,26 @@ async def test_a_player_hears_nothing_from_another_sessions_publisher() -> None:
             await asyncio.sleep(2.0)
             await publisher.delete()
     assert not loud(p.heard)
+
+
+async def test_a_caller_faster_than_real_time_is_held_back_and_loses_nothing() -> None:
+    async with running_server(max_playback_queue_s=1.0) as app, grpc_stub(app) as stub:
+        session = await stub.CreateSession(pb.CreateSessionRequest())
+        voice = app.registry.lookup(session.id).voice
+        queued: list[int] = []
+
+        async def sample() -> None:
+            while True:
+                queued.append(voice.queue.queued_ms)
+                await asyncio.sleep(0.05)
+
+        sampler = asyncio.ensure_future(sample())
+        try:
+            reply = await stub.PlayAudio(
+                requests_of(play_requests(session.id, tone(440, 4.0))), timeout=15
+            )
+        finally:
+            sampler.cancel()
+    print(f"\nmost audio queued at once: {max(queued)} ms")
+    assert max(queued) <= 1000 + 100  # the limit, plus the chunk that crossed it
+    assert reply.played_ms == 4000 and not reply.interrupted
