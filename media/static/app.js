@@ -1,5 +1,6 @@
 "use strict";
-// Hark demo: publish the microphone over WHIP, mirror the session's events over SSE.
+// Hark demo: publish the microphone over WHIP, mirror the session's events over SSE, and play the
+// agent's voice through a WHEP player on the same session id.
 // "Connected" is shown only once the server reports READY (first audio decoded), never on ICE.
 
 const $ = (id) => document.getElementById(id);
@@ -8,6 +9,9 @@ let stream = null;
 let events = null;
 let sessionUrl = null;
 let sessionId = null;
+let player = null;
+let playerUrl = null;
+let levelTimer = null;
 
 function authHeaders() {
   const token = $("token").value.trim();
@@ -56,6 +60,12 @@ function setSpeaking(on) {
   if (on) document.body.dataset.spoke = "yes";
 }
 
+function setAgent(text, speaking) {
+  const badge = $("agent");
+  badge.textContent = text;
+  badge.classList.toggle("on", speaking);
+}
+
 function gatheringComplete(peer, timeoutMs) {
   if (peer.iceGatheringState === "complete") return Promise.resolve();
   return new Promise((resolve) => {
@@ -94,11 +104,50 @@ async function start() {
     setState("CONNECTING");
     watch();
     $("hangup").disabled = false;
+    openPlayer().catch((error) => showError(error.message || String(error)));
   } catch (error) {
     showError(error.message || String(error));
     teardown();
     $("start").disabled = false;
   }
+}
+
+// The WHIP answer is recvonly (RFC 9725): the agent's voice comes back on a WHEP player.
+async function openPlayer() {
+  const peer = new RTCPeerConnection();
+  player = peer;
+  peer.addTransceiver("audio", { direction: "recvonly" });
+  peer.ontrack = (event) => {
+    $("agent-audio").srcObject = event.streams[0] || new MediaStream([event.track]);
+  };
+  await peer.setLocalDescription(await peer.createOffer());
+  await gatheringComplete(peer, 2000);
+  const response = await fetch(`/whep/${sessionId}`, {
+    method: "POST",
+    headers: { "Content-Type": "application/sdp", ...authHeaders() },
+    body: peer.localDescription.sdp,
+  });
+  const body = await response.text();
+  if (player !== peer) return; // hung up meanwhile
+  if (response.status !== 201) {
+    throw new Error(`The server refused the agent's audio (${response.status}): ${body.trim()}`);
+  }
+  playerUrl = new URL(response.headers.get("Location"), window.location.href).href;
+  await peer.setRemoteDescription({ type: "answer", sdp: body });
+  levelTimer = setInterval(showAgentLevel, 100);
+}
+
+// The level of what the player hears (0..1), from the browser's own receive statistics.
+async function showAgentLevel() {
+  if (!player) return;
+  const stats = await player.getStats();
+  stats.forEach((report) => {
+    if (report.type === "inbound-rtp" && report.kind === "audio") {
+      const level = report.audioLevel || 0;
+      $("agent-level").value = level;
+      document.body.dataset.agentLevel = level.toFixed(3);
+    }
+  });
 }
 
 function watch() {
@@ -138,6 +187,20 @@ function handle(event) {
     setSpeaking(false);
     const ended = event.speechEnded;
     log(`r${revision} speech ended: ${ended.durationMs || 0} ms (${ended.reason})`);
+  } else if (event.playbackStarted) {
+    const id = event.playbackStarted.playbackId;
+    setAgent("speaking", true);
+    document.body.dataset.agentSpoke = "yes";
+    log(`r${revision} agent playback ${id} started`);
+  } else if (event.playbackFinished) {
+    const done = event.playbackFinished;
+    setAgent("quiet", false);
+    log(`r${revision} agent playback ${done.playbackId} finished: ${done.playedMs || 0} ms`);
+  } else if (event.playbackInterrupted) {
+    const cut = event.playbackInterrupted;
+    setAgent(`cut off (${cut.reason})`, false);
+    document.body.dataset.agentCut = cut.reason;
+    log(`r${revision} agent playback ${cut.playbackId} cut off after ${cut.playedMs || 0} ms (${cut.reason})`);
   }
 }
 
@@ -153,15 +216,23 @@ async function setListeningOnServer(listening) {
 
 function teardown() {
   if (pc) pc.close();
+  if (player) player.close();
   if (stream) stream.getTracks().forEach((track) => track.stop());
+  clearInterval(levelTimer);
   pc = null;
+  player = null;
+  playerUrl = null;
   stream = null;
+  $("agent-level").value = 0;
   $("hangup").disabled = true;
   $("listen").disabled = true;
   $("unlisten").disabled = true;
 }
 
 async function hangUp() {
+  if (playerUrl) {
+    await fetch(playerUrl, { method: "DELETE", headers: authHeaders() });
+  }
   if (sessionUrl) {
     await fetch(sessionUrl, { method: "DELETE", headers: authHeaders() });
     sessionUrl = null;

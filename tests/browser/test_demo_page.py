@@ -12,12 +12,14 @@ import pathlib
 import shutil
 import wave
 
+import aiohttp
 import grpc
 import pytest
 
 from media.v1 import media_pb2 as pb
 from media.v1 import media_pb2_grpc
 from scripts.make_fixtures import decode
+from tests.listening import play_requests, requests_of, tone
 from tests.support import SPEECH, HarkProcess, next_event, truth
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -32,15 +34,16 @@ if not os.path.exists(CHROMIUM):
 playwright = pytest.importorskip("playwright.async_api", reason="playwright is not installed")
 
 
-def speech_wav(folder: pathlib.Path) -> pathlib.Path:
-    """The speech fixture as the 48 kHz mono WAV Chromium's fake microphone plays."""
+def speech_wav(folder: pathlib.Path, lead_in_s: float = 0.0) -> pathlib.Path:
+    """The speech fixture, after ``lead_in_s`` of silence, as the 48 kHz mono WAV Chromium's fake
+    microphone plays."""
     path = folder / "speech.wav"
     samples = decode(SPEECH)
     with wave.open(str(path), "wb") as out:
         out.setnchannels(1)
         out.setsampwidth(2)
         out.setframerate(48000)
-        out.writeframes(samples.tobytes())
+        out.writeframes(bytes(2 * round(48000 * lead_in_s)) + samples.tobytes())
     return path
 
 
@@ -151,3 +154,75 @@ async def test_a_wrong_token_shows_a_clear_error_and_creates_no_session(
             )
     assert "401" in error and "wrong bearer token" in error
     assert list(listed.sessions) == []
+
+
+async def test_the_page_plays_the_agent_and_talking_over_it_cuts_the_agent_off(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The page's WHEP player hears PlayAudio; the user's first words cut the agent off."""
+    lead_in_s = 4.0  # of microphone silence, so the agent is heard before the user speaks
+    async with HarkProcess("--ice-address", "127.0.0.1") as hark:
+        base = f"http://127.0.0.1:{hark.http_port}"
+        async with (
+            grpc.aio.insecure_channel(f"127.0.0.1:{hark.grpc_port}") as channel,
+            playwright.async_playwright() as driver,
+        ):
+            stub = media_pb2_grpc.MediaServiceStub(channel)
+            browser = await driver.chromium.launch(
+                executable_path=CHROMIUM, args=chromium_args(speech_wav(tmp_path, lead_in_s))
+            )
+            try:
+                page = await browser.new_page()
+                await page.goto(base + "/")
+                everyone = stub.WatchSessions(pb.WatchSessionsRequest())
+                await page.click("#start")
+                session_id = (await next_event(everyone, timeout=15)).session_id
+                everyone.cancel()
+                watch = stub.WatchSession(pb.WatchSessionRequest(session_id=session_id))
+                await stub.StartListening(
+                    pb.StartListeningRequest(session_id=session_id, wait_for_ready=True),
+                    timeout=15,
+                )
+                # the page's player is receiving (Hark's silence between playbacks) and quiet
+                await page.wait_for_function("document.body.dataset.agentLevel !== undefined")
+                assert float(await agent_level(page)) < 0.01
+
+                talking = asyncio.ensure_future(
+                    stub.PlayAudio(requests_of(play_requests(session_id, tone(440, 20.0))))
+                )
+                await page.wait_for_function("Number(document.body.dataset.agentLevel) > 0.1")
+                heard_level = await agent_level(page)
+                assert await page.text_content("#agent") == "speaking"
+
+                events = []
+                while not events or not events[-1].HasField("playback_interrupted"):
+                    events.append(await next_event(watch, timeout=15))
+                reply = await asyncio.wait_for(talking, 5)
+                await page.wait_for_function("document.body.dataset.agentCut === 'USER_SPEECH'")
+                await page.wait_for_function("Number(document.body.dataset.agentLevel) < 0.01")
+                assert await page.text_content("#agent") == "cut off (USER_SPEECH)"
+                OUTPUT.mkdir(exist_ok=True)
+                await page.screenshot(path=str(OUTPUT / "demo-page-agent.png"), full_page=True)
+
+                await page.click("#hangup")
+                closed = await next_closed(watch)
+                async with aiohttp.ClientSession() as http:
+                    async with http.get(base + "/metrics") as response:
+                        metrics = await response.text()
+            finally:
+                await browser.close()
+
+    kinds = [e.WhichOneof("payload") for e in events]
+    print(f"\nthe page heard the agent at level {heard_level}; events: {kinds}")
+    assert "playback_started" in kinds
+    assert kinds.index("playback_started") < kinds.index("speech_started") < len(kinds) - 1
+    assert events[-1].playback_interrupted.reason == pb.USER_SPEECH
+    assert reply.interrupted and reply.interrupt_reason == pb.USER_SPEECH
+    assert 0 < reply.played_ms < 20000
+    assert closed.state_changed.close_reason == pb.CLIENT_DELETE
+    assert 'hark_whep_players{source="agent"} 0.0' in metrics
+    assert 'hark_whep_players_closed_total{reason="DELETE"} 1.0' in metrics
+
+
+async def agent_level(page: playwright.Page) -> str:
+    return await page.evaluate("document.body.dataset.agentLevel")
