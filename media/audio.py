@@ -56,18 +56,32 @@ class Downmixer:
         return b"".join(pcm_bytes(f) for f in out)
 
 
-class PcmResampler:
-    """16-bit mono PCM from one rate to another (for StreamAudio subscribers at other rates)."""
+class PcmConverter:
+    """Interleaved 16-bit PCM at any rate, mono or stereo → 16-bit mono PCM at ``to_rate``."""
 
-    def __init__(self, from_rate: int, to_rate: int) -> None:
+    def __init__(self, from_rate: int, channels: int, to_rate: int) -> None:
         self._from = from_rate
+        self._layout = "mono" if channels == 1 else "stereo"
+        self.frame_bytes = 2 * channels
+        self.slice_bytes = from_rate // 10 * self.frame_bytes  # 100 ms of input
+        self._passthrough = from_rate == to_rate and channels == 1
         self._resampler = av.AudioResampler(format="s16", layout="mono", rate=to_rate)
 
     def convert(self, pcm: bytes) -> bytes:
-        frame = AudioFrame(format="s16", layout="mono", samples=len(pcm) // 2)
+        """Converted audio; ``pcm`` holds whole samples of every channel."""
+        assert len(pcm) % self.frame_bytes == 0
+        if self._passthrough or not pcm:
+            return pcm
+        frame = AudioFrame(format="s16", layout=self._layout, samples=len(pcm) // self.frame_bytes)
         frame.planes[0].update(pcm)
         frame.sample_rate = self._from
         return b"".join(pcm_bytes(f) for f in self._resampler.resample(frame))
+
+    def flush(self) -> bytes:
+        """What the resampler still holds, at the end of the input."""
+        if self._passthrough:
+            return b""
+        return b"".join(pcm_bytes(f) for f in self._resampler.resample(None))
 
 
 class Framer:
@@ -133,30 +147,3 @@ class AudioConsumer:
                 return
             assert isinstance(frame, AudioFrame)
             self._on_frame(frame)
-
-
-class PcmConverter:
-    """Interleaved 16-bit PCM at any rate, mono or stereo → 16-bit mono PCM at ``to_rate``."""
-
-    def __init__(self, from_rate: int, channels: int, to_rate: int) -> None:
-        self._from = from_rate
-        self._layout = "mono" if channels == 1 else "stereo"
-        self.frame_bytes = 2 * channels
-        self._passthrough = from_rate == to_rate and channels == 1
-        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=to_rate)
-
-    def convert(self, pcm: bytes) -> bytes:
-        """Converted audio; ``pcm`` holds whole samples of every channel."""
-        assert len(pcm) % self.frame_bytes == 0
-        if self._passthrough or not pcm:
-            return pcm
-        frame = AudioFrame(format="s16", layout=self._layout, samples=len(pcm) // self.frame_bytes)
-        frame.planes[0].update(pcm)
-        frame.sample_rate = self._from
-        return b"".join(pcm_bytes(f) for f in self._resampler.resample(frame))
-
-    def flush(self) -> bytes:
-        """What the resampler still holds, at the end of the input."""
-        if self._passthrough:
-            return b""
-        return b"".join(pcm_bytes(f) for f in self._resampler.resample(None))

@@ -162,6 +162,8 @@ def _pcm_chunks(path: str) -> list[bytes]:
     """The file's audio as 48 kHz mono 16-bit PCM, in 100 ms chunks."""
     import av
 
+    from media.audio import pcm_bytes
+
     chunks: list[bytes] = []
     resampler = av.AudioResampler(
         format="s16", layout="mono", rate=PLAY_RATE, frame_size=PLAY_CHUNK_SAMPLES
@@ -170,8 +172,8 @@ def _pcm_chunks(path: str) -> list[bytes]:
         if not container.streams.audio:
             raise ValueError("no audio stream")
         for frame in container.decode(audio=0):
-            chunks.extend(bytes(f.planes[0])[: f.samples * 2] for f in resampler.resample(frame))
-    chunks.extend(bytes(f.planes[0])[: f.samples * 2] for f in resampler.resample(None))
+            chunks.extend(pcm_bytes(f) for f in resampler.resample(frame))
+    chunks.extend(pcm_bytes(f) for f in resampler.resample(None))
     return chunks
 
 

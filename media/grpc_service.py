@@ -155,8 +155,13 @@ async def _feed(
                 f"of 16-bit {'stereo ' if converter.frame_bytes == 4 else ''}samples "
                 f"({converter.frame_bytes} bytes each)"
             )
-        voice.feed(playback, converter.convert(message.pcm))
-        await voice.wait_for_room(playback)
+        # A message may hold minutes of audio: converted a slice at a time, so the event loop
+        # (every session's 20 ms playout) never waits on one big resample.
+        for offset in range(0, len(message.pcm), converter.slice_bytes):
+            pcm = message.pcm[offset : offset + converter.slice_bytes]
+            voice.feed(playback, converter.convert(pcm))
+            await voice.wait_for_room(playback)
+            await asyncio.sleep(0)
     voice.feed(playback, converter.flush())
 
 
@@ -383,7 +388,11 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
             # A barge-in ends the call at once, even while the caller is between chunks.
             await asyncio.wait((reading, ended), return_when=asyncio.FIRST_COMPLETED)
             if reading.done():
-                reading.result()
+                try:
+                    reading.result()
+                except HarkError:
+                    voice.fail(playback)  # the caller hears its error, the user nothing more
+                    raise
         finally:
             for task in (reading, ended):
                 task.cancel()

@@ -172,7 +172,9 @@ class Metrics:
             registry=r,
         )
         self.played_seconds = Counter(
-            "hark_playback_played_seconds", "Agent audio played to WHEP players.", registry=r
+            "hark_playback_played_seconds",
+            "Agent audio played (sent to the WHEP players connected at the time, if any).",
+            registry=r,
         )
         self.playback_frames = Counter(
             "hark_playback_frames", "20 ms frames of agent audio played.", registry=r

@@ -4,23 +4,28 @@ The playout task calls :meth:`PlaybackQueue.tick` every 20 ms of wall time; what
 frame every player hears next (``None``: nothing to play, send silence). Playbacks are played one
 after another in the order they began; REPLACE, StopPlayback, barge-in and the session closing cut
 them. A playback whose caller has not finished sending waits at the head of the queue (its gaps
-play as silence and are not counted as played).
+play as silence and are not counted as played). Audio cut while it plays fades out over
+``FADE_MS`` in the next frame instead of stopping mid-waveform, which players would hear as a click.
 """
 
 from __future__ import annotations
 
+import array
 import enum
+import sys
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Final
 
-from media.errors import InvalidRequest, PlaybackExists
+from media.errors import CapacityExceeded, InvalidRequest, PlaybackExists
 
 RATE: Final = 48000
 FRAME_MS: Final = 20
 FRAME_SAMPLES: Final = RATE * FRAME_MS // 1000
 FRAME_BYTES: Final = FRAME_SAMPLES * 2
 MAX_PLAYBACK_ID: Final = 64
+MAX_PLAYBACKS: Final = 32  # queued or playing per session
+FADE_MS: Final = 10
 
 
 class PlaybackMode(enum.IntEnum):
@@ -33,6 +38,7 @@ class InterruptReason(enum.IntEnum):
     STOP_PLAYBACK = 2
     REPLACED = 3
     SESSION_CLOSED = 4
+    CALL_FAILED = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +85,19 @@ class Playback:
         return self.played_samples * 1000 // RATE
 
 
+def fade_out(pcm: bytes) -> bytes:
+    """The first ``FADE_MS`` of ``pcm`` ramped down to silence, padded to a whole frame."""
+    samples = array.array("h", pcm[: RATE * FADE_MS // 1000 * 2])
+    if sys.byteorder == "big":
+        samples.byteswap()
+    count = len(samples)
+    for i in range(count):
+        samples[i] = samples[i] * (count - i) // count
+    if sys.byteorder == "big":
+        samples.byteswap()
+    return samples.tobytes() + bytes(FRAME_BYTES - 2 * count)
+
+
 def check_playback_id(playback_id: str) -> None:
     if len(playback_id) > MAX_PLAYBACK_ID or not playback_id.isprintable():
         raise InvalidRequest(
@@ -92,7 +111,7 @@ class PlaybackQueue:
 
     def __init__(self) -> None:
         self._queue: deque[Playback] = deque()
-        self._results: dict[str, PlaybackResult] = {}
+        self._fade: bytes | None = None
         self._next_id = 0
         self.closed = False
 
@@ -105,6 +124,19 @@ class PlaybackQueue:
     def queued_ms(self) -> int:
         """Audio received and not played yet, over every queued playback."""
         return sum(len(p.pcm) for p in self._queue) // 2 * 1000 // RATE
+
+    def queued_ms_through(self, playback: Playback) -> int:
+        """Audio that plays before ``playback``'s last received sample, its own included.
+
+        Audio queued behind a playback never holds back that playback's caller: the head's caller
+        must be able to finish for anything behind it to play.
+        """
+        total = 0
+        for queued in self._queue:
+            total += len(queued.pcm)
+            if queued is playback:
+                break
+        return total // 2 * 1000 // RATE
 
     def ids(self) -> list[str]:
         return [p.id for p in self._queue]
@@ -120,14 +152,20 @@ class PlaybackQueue:
         assert not self.closed
         if playback_id:
             check_playback_id(playback_id)
+        events: list[PlaybackEvent] = []
+        if mode is PlaybackMode.REPLACE:
+            events = self.interrupt(InterruptReason.REPLACED)
+        if playback_id:
             if any(p.id == playback_id for p in self._queue):
                 raise PlaybackExists(f"playback {playback_id!r} is already queued or playing")
         else:
             self._next_id += 1
             playback_id = f"pb-{self._next_id}"
-        events: list[PlaybackEvent] = []
-        if mode is PlaybackMode.REPLACE:
-            events = self.interrupt(InterruptReason.REPLACED)
+        if len(self._queue) >= MAX_PLAYBACKS:
+            raise CapacityExceeded(
+                f"{len(self._queue)} playbacks are already queued or playing on this session "
+                f"(at most {MAX_PLAYBACKS}); wait for one to end, or REPLACE them"
+            )
         playback = Playback(playback_id, interrupt_on_speech)
         self._queue.append(playback)
         return playback, events
@@ -139,17 +177,20 @@ class PlaybackQueue:
             playback.pcm += pcm
 
     def end_input(self, playback: Playback) -> list[PlaybackEvent]:
-        """The caller sent everything. A playback that never got any audio ends here."""
+        """The caller sent everything. A playback at the head that never got audio ends here."""
         playback.input_done = True
-        if playback.result is None and not playback.pcm and not playback.started:
-            if playback in self._queue:
-                self._queue.remove(playback)
+        at_head = bool(self._queue) and self._queue[0] is playback
+        if at_head and not playback.pcm and not playback.started:
+            self._queue.popleft()
             return [self._finish(playback)]
         return []
 
     def tick(self, players: int) -> tuple[bytes | None, list[PlaybackEvent]]:
         """The next 20 ms frame (``None`` for silence) and what happened to playbacks."""
         events: list[PlaybackEvent] = []
+        if self._fade is not None:
+            fade, self._fade = self._fade, None
+            return fade, events
         while self._queue:
             head = self._queue[0]
             if not head.pcm:
@@ -174,14 +215,23 @@ class PlaybackQueue:
             return frame, events
         return None, events
 
-    def interrupt(self, reason: InterruptReason) -> list[PlaybackEvent]:
-        """Drop everything queued or playing; for USER_SPEECH only playbacks that allow it."""
+    def interrupt(
+        self, reason: InterruptReason, only: Playback | None = None
+    ) -> list[PlaybackEvent]:
+        """Drop what is queued or playing (just ``only``, if given); for USER_SPEECH only the
+        playbacks that allow it."""
         events: list[PlaybackEvent] = []
         kept: deque[Playback] = deque()
-        for playback in self._queue:
-            if reason is InterruptReason.USER_SPEECH and not playback.interrupt_on_speech:
+        for position, playback in enumerate(self._queue):
+            if only is not None:
+                cut = playback is only
+            else:
+                cut = reason is not InterruptReason.USER_SPEECH or playback.interrupt_on_speech
+            if not cut:
                 kept.append(playback)
                 continue
+            if position == 0 and playback.started and playback.pcm:
+                self._fade = fade_out(bytes(playback.pcm[:FRAME_BYTES]))
             playback.result = PlaybackResult(playback.id, playback.played_ms, reason)
             playback.pcm.clear()
             events.append(PlaybackInterrupted(playback.id, playback.played_ms, reason))
@@ -190,6 +240,7 @@ class PlaybackQueue:
 
     def close(self) -> list[PlaybackEvent]:
         events = self.interrupt(InterruptReason.SESSION_CLOSED)
+        self._fade = None
         self.closed = True
         return events
 

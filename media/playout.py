@@ -29,6 +29,7 @@ from media.playback import (
     InterruptReason,
     Playback,
     PlaybackEvent,
+    PlaybackInterrupted,
     PlaybackMode,
     PlaybackQueue,
     PlaybackResult,
@@ -107,10 +108,6 @@ class AgentVoice:
         self._changed = asyncio.Event()
         self._closed = False
 
-    @property
-    def player_count(self) -> int:
-        return len(self._players)
-
     def add_player(self, track: PacketTrack) -> None:
         self._players.add(track)
         self._ensure_running()
@@ -135,8 +132,10 @@ class AgentVoice:
         self._emit(self.queue.end_input(playback))
 
     async def wait_for_room(self, playback: Playback) -> None:
-        """Return once the queue is under ``max_queue_ms`` ahead of the players (or ended)."""
-        while self.queue.queued_ms > self.max_queue_ms and playback.result is None:
+        """Return once less than ``max_queue_ms`` plays before ``playback``'s end (or it ended)."""
+        while (
+            self.queue.queued_ms_through(playback) > self.max_queue_ms and playback.result is None
+        ):
             await self._wait_changed()
 
     async def wait_result(self, playback: Playback) -> PlaybackResult:
@@ -149,6 +148,10 @@ class AgentVoice:
         events = self.queue.interrupt(reason)
         self._emit(events)
         return [e.playback_id for e in events]
+
+    def fail(self, playback: Playback) -> None:
+        """Drop ``playback``, whose caller sent a bad message (CALL_FAILED)."""
+        self._emit(self.queue.interrupt(InterruptReason.CALL_FAILED, only=playback))
 
     def shut(self) -> None:
         """Interrupt everything (SESSION_CLOSED) and stop the players' tracks; take nothing more."""
@@ -191,6 +194,9 @@ class AgentVoice:
             if delay > 0:
                 await asyncio.sleep(delay)
             elif -delay > LATE_RESYNC_S:
+                # the loop was blocked: skip the missed ticks, so the players' RTP clock stays
+                # on wall time and their jitter buffers see a gap, not a delay that never ends
+                self._pts += int(-delay / TICK_S) * FRAME_SAMPLES
                 due = loop.time()
             self._tick()
             due += TICK_S
@@ -213,8 +219,8 @@ class AgentVoice:
         elif pcm is None:
             self._encoder = None
         self._pts += FRAME_SAMPLES
-        if self.queue.queued_ms <= self.max_queue_ms:
-            self._wake()
+        if pcm is not None:
+            self._wake()  # room in the queue for the callers waiting on it
 
     def _encode(self, pcm: bytes | None) -> bytes:
         if pcm is None:
@@ -225,6 +231,9 @@ class AgentVoice:
 
     def _emit(self, events: list[PlaybackEvent]) -> None:
         if events:
+            if any(isinstance(e, PlaybackInterrupted) for e in events):
+                for track in self._players:
+                    track.flush()  # packets of the cut audio a lagging sender still holds
             self._on_events(events)
             self._wake()
 

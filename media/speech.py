@@ -18,7 +18,7 @@ from typing import Final
 import webrtcvad
 from av import AudioFrame
 
-from media.audio import VAD_SAMPLE_RATES, Downmixer, Framer, PcmResampler
+from media.audio import VAD_SAMPLE_RATES, Downmixer, Framer, PcmConverter
 from media.errors import InvalidRequest
 from media.metrics import Metrics
 from media.vad import EndReason, Segmenter, SegmenterConfig, SpeechEnded, SpeechStarted
@@ -120,7 +120,7 @@ class AudioSubscriber:
         self._metrics = metrics
         self.sample_rate = sample_rate
         self._resampler = (
-            PcmResampler(source_rate, sample_rate) if sample_rate != source_rate else None
+            PcmConverter(source_rate, 1, sample_rate) if sample_rate != source_rate else None
         )
         self._limit_ms = limit_ms
         self._queue: deque[StreamItem] = deque()

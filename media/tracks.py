@@ -64,6 +64,10 @@ class PacketTrack(MediaStreamTrack):
             await self._wake.wait()
         return self._packets.popleft()
 
+    def flush(self) -> None:
+        """Drop the packets not yet read."""
+        self._packets.clear()
+
     def stop(self) -> None:
         super().stop()
         self._packets.clear()

@@ -204,6 +204,10 @@ class _PlaybackInterruptReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrappe
     """A PlayAudio with mode REPLACE."""
     PLAYBACK_SESSION_CLOSED: _PlaybackInterruptReason.ValueType  # 4
     """The session closed."""
+    CALL_FAILED: _PlaybackInterruptReason.ValueType  # 5
+    """The PlayAudio call failed on a bad message: what it had queued is dropped
+    (a caller that merely goes away has what it sent played).
+    """
 
 class PlaybackInterruptReason(_PlaybackInterruptReason, metaclass=_PlaybackInterruptReasonEnumTypeWrapper): ...
 
@@ -216,6 +220,10 @@ REPLACED: PlaybackInterruptReason.ValueType  # 3
 """A PlayAudio with mode REPLACE."""
 PLAYBACK_SESSION_CLOSED: PlaybackInterruptReason.ValueType  # 4
 """The session closed."""
+CALL_FAILED: PlaybackInterruptReason.ValueType  # 5
+"""The PlayAudio call failed on a bad message: what it had queued is dropped
+(a caller that merely goes away has what it sent played).
+"""
 Global___PlaybackInterruptReason: _TypeAlias = PlaybackInterruptReason  # noqa: Y015
 
 @_typing.final

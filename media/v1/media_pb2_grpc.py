@@ -167,8 +167,10 @@ class MediaServiceServicer:
         message is a PlayAudioStart; the rest carry PCM. The reply comes when the
         playback has finished or was interrupted (barge-in, StopPlayback, REPLACE,
         the session closing). A caller that goes away mid-stream has what it sent
-        played. Audio queued more than --max-playback-queue-s ahead of the player
-        is not read until there is room (flow control, nothing dropped).
+        played; one that sends a bad message gets INVALID_ARGUMENT and its audio
+        is dropped (CALL_FAILED). Audio queued more than --max-playback-queue-s
+        ahead of the player is not read until there is room (flow control, nothing
+        dropped). At most 32 playbacks queue per session (RESOURCE_EXHAUSTED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

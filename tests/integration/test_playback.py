@@ -5,12 +5,15 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import av
+import grpc
+import pytest
 import webrtcvad
 
-from media.audio import PcmResampler
+from media.audio import PcmConverter
 from media.peer import ice_connections, tap_opus_packets
 from media.v1 import media_pb2 as pb
 from media.vad import Segmenter, SegmenterConfig, SpeechStarted
@@ -25,7 +28,17 @@ from tests.listening import (
     requests_of,
     tone,
 )
-from tests.support import SPEECH, grpc_stub, next_event, publish, running_server, truth
+from tests.support import (
+    FIXTURES,
+    SPEECH,
+    grpc_stub,
+    next_event,
+    publish,
+    running_server,
+    truth,
+)
+
+SILENCE = FIXTURES / "silence.ogg"
 
 
 def seconds(ts: Any) -> float:
@@ -116,7 +129,7 @@ async def test_the_user_speaking_cuts_the_agent_off_within_150_ms() -> None:
 
 def utterances_in(samples: array.array[int]) -> list[int]:
     """Start (ms) of every speech segment the server's own VAD rules find in 48 kHz audio."""
-    pcm = PcmResampler(48000, 16000).convert(samples.tobytes())
+    pcm = PcmConverter(48000, 1, 16000).convert(samples.tobytes())
     vad = webrtcvad.Vad(2)
     segmenter = Segmenter(SegmenterConfig())
     starts = []
@@ -268,9 +281,14 @@ async def test_a_player_hears_nothing_from_another_sessions_publisher() -> None:
     async with running_server() as app, grpc_stub(app) as stub:
         quiet = await stub.CreateSession(pb.CreateSessionRequest())
         async with listening(app.base_url, quiet.id, token=quiet.token, source="publisher") as p:
-            publisher = await publish(app.base_url)
+            silent = await publish(
+                app.base_url, f"/whip/{quiet.id}", token=quiet.token, fixture=SILENCE
+            )
+            talking = await publish(app.base_url)
             await asyncio.sleep(2.0)
-            await publisher.delete()
+            await talking.delete()
+            await silent.delete()
+    assert len(p.heard) >= 50, "the player heard nothing of its own session's publisher"
     assert not loud(p.heard)
 
 
@@ -295,3 +313,66 @@ async def test_a_caller_faster_than_real_time_is_held_back_and_loses_nothing() -
     print(f"\nmost audio queued at once: {max(queued)} ms")
     assert max(queued) <= 1000 + 100  # the limit, plus the chunk that crossed it
     assert reply.played_ms == 4000 and not reply.interrupted
+
+
+async def test_a_caller_still_sending_is_not_held_back_by_audio_queued_behind_it() -> None:
+    async with running_server(max_playback_queue_s=1.0) as app, grpc_stub(app) as stub:
+        session = await stub.CreateSession(pb.CreateSessionRequest())
+        voice = app.registry.lookup(session.id).voice
+        more = asyncio.Event()
+
+        async def first_caller() -> AsyncIterator[pb.PlayAudioRequest]:
+            messages = play_requests(session.id, tone(440, 1.0), playback_id="first")
+            for message in messages[:6]:  # the start and 500 ms
+                yield message
+            await more.wait()  # a TTS engine still synthesising
+            for message in messages[6:]:
+                yield message
+
+        first = asyncio.ensure_future(stub.PlayAudio(first_caller(), timeout=20))
+        async with asyncio.timeout(5):
+            while voice.queue.ids() != ["first"]:
+                await asyncio.sleep(0.02)
+        second = asyncio.ensure_future(
+            stub.PlayAudio(requests_of(play_requests(session.id, tone(660, 3.0))), timeout=20)
+        )
+        async with asyncio.timeout(5):
+            while voice.queue.queued_ms < 1000:  # the second caller is held at the limit
+                await asyncio.sleep(0.02)
+        more.set()
+        replies = await asyncio.wait_for(asyncio.gather(first, second), 15)
+    assert [(r.played_ms, r.interrupted) for r in replies] == [(1000, False), (3000, False)]
+
+
+async def test_stereo_8_khz_audio_is_heard_at_its_pitch_and_length() -> None:
+    mono = array.array("h", tone(440, 1.0, 8000))
+    stereo = array.array("h", (s for sample in mono for s in (sample, sample)))
+    async with running_server() as app, grpc_stub(app) as stub:
+        session = await stub.CreateSession(pb.CreateSessionRequest())
+        async with listening(app.base_url, session.id, token=session.token) as player:
+            reply = await stub.PlayAudio(
+                requests_of(play_requests(session.id, stereo.tobytes(), rate=8000, channels=2)),
+                timeout=10,
+            )
+            await asyncio.sleep(0.3)
+            pitch, duration_ms = tone_of(player.heard)
+    print(f"\nheard {pitch:.1f} Hz for {duration_ms} ms")
+    assert reply.played_ms == 1000 and not reply.interrupted
+    assert abs(pitch - 440) <= 5 and abs(duration_ms - 1000) <= 40
+
+
+async def test_a_bad_chunk_fails_the_call_and_drops_its_audio() -> None:
+    async with running_server() as app, grpc_stub(app) as stub:
+        session = await stub.CreateSession(pb.CreateSessionRequest())
+        watch = stub.WatchSession(pb.WatchSessionRequest(session_id=session.id))
+        await next_event(watch)
+        messages = play_requests(session.id, tone(440, 2.0), playback_id="garbled")
+        messages.insert(3, pb.PlayAudioRequest(pcm=b"\x00"))
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await stub.PlayAudio(requests_of(messages), timeout=10)
+        assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "message 3 has 1 bytes" in (failure.value.details() or "")
+        events = await events_until(watch, "playback_interrupted")
+    interrupted = events[-1].playback_interrupted
+    assert interrupted.playback_id == "garbled" and interrupted.reason == pb.CALL_FAILED
+    assert interrupted.played_ms < 2000

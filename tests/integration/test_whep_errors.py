@@ -523,7 +523,7 @@ async def test_a_caller_that_goes_away_mid_stream_has_what_it_sent_played() -> N
         ]
         finished = events[-1].playback_finished
         assert finished.playback_id == "cut-off"
-        assert 200 <= finished.played_ms <= 400, finished.played_ms
+        assert finished.played_ms == 300, "not all that was sent was played"
 
         reply = await stub.PlayAudio(
             messages(play_requests(session.id, tone(440, 0.2))), timeout=10

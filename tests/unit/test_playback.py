@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from media.errors import InvalidRequest, PlaybackExists
+from media.errors import CapacityExceeded, InvalidRequest, PlaybackExists
 from media.playback import (
+    FADE_MS,
     FRAME_BYTES,
+    MAX_PLAYBACKS,
     InterruptReason,
     PlaybackFinished,
     PlaybackInterrupted,
@@ -14,7 +16,7 @@ from media.playback import (
     PlaybackQueue,
     PlaybackStarted,
 )
-from media.relay import TimestampUnwrapper
+from media.rtpclock import TimestampUnwrapper
 
 ENQUEUE, REPLACE = PlaybackMode.ENQUEUE, PlaybackMode.REPLACE
 
@@ -117,15 +119,60 @@ def test_barge_in_spares_playbacks_that_asked_not_to_be_interrupted() -> None:
     ]
 
 
-def test_the_next_frame_after_an_interrupt_is_silence() -> None:
+def samples_of(frame: bytes) -> list[int]:
+    return [
+        int.from_bytes(frame[i : i + 2], "little", signed=True) for i in range(0, len(frame), 2)
+    ]
+
+
+def test_the_next_frame_after_an_interrupt_fades_out_in_10_ms_then_silence() -> None:
     queue = PlaybackQueue()
     playback, _ = queue.begin(ENQUEUE)
-    queue.feed(playback, pcm(1000))
+    queue.feed(playback, pcm(1000, 8000))
     drain(queue, 3)
     queue.interrupt(InterruptReason.USER_SPEECH)
+    fade, events = queue.tick(1)
+    assert fade is not None and len(fade) == FRAME_BYTES and events == []
+    samples = samples_of(fade)
+    ramp, rest = samples[: 48 * FADE_MS], samples[48 * FADE_MS :]
+    assert ramp[0] == 8000 and all(a >= b for a, b in zip(ramp, ramp[1:], strict=False))
+    assert ramp[-1] < 8000 // 100 and set(rest) == {0}
     assert queue.tick(1) == (None, [])
     queue.feed(playback, pcm(100))  # the caller is still sending: it goes nowhere
     assert queue.tick(1) == (None, []) and queue.queued_ms == 0
+
+
+def test_nothing_that_had_not_started_fades() -> None:
+    queue = PlaybackQueue()
+    playback, _ = queue.begin(ENQUEUE)
+    queue.feed(playback, pcm(100))
+    queue.interrupt(InterruptReason.STOP_PLAYBACK)
+    assert queue.tick(1) == (None, [])
+
+
+def test_replace_fades_out_what_played_then_plays_the_new_audio() -> None:
+    queue = PlaybackQueue()
+    first, _ = queue.begin(ENQUEUE)
+    queue.feed(first, pcm(1000, 4000))
+    drain(queue, 2)
+    second, _ = queue.begin(REPLACE)
+    queue.feed(second, pcm(20, 2000))
+    queue.end_input(second)
+    frames, events = drain(queue, 3)
+    assert frames[0] is not None and samples_of(frames[0])[0] == 4000  # the fade
+    assert frames[1:] == [pcm(20, 2000), None]
+    assert events == [PlaybackStarted(second.id, 1), PlaybackFinished(second.id, 20)]
+
+
+def test_a_failed_call_drops_only_its_own_playback() -> None:
+    queue = PlaybackQueue()
+    first, _ = queue.begin(ENQUEUE)
+    failed, _ = queue.begin(ENQUEUE)
+    queue.feed(first, pcm(40))
+    queue.feed(failed, pcm(40))
+    events = queue.interrupt(InterruptReason.CALL_FAILED, only=failed)
+    assert events == [PlaybackInterrupted(failed.id, 0, InterruptReason.CALL_FAILED)]
+    assert queue.ids() == [first.id] and queue.queued_ms == 40
 
 
 def test_a_playback_that_never_got_audio_finishes_without_starting() -> None:
@@ -133,6 +180,21 @@ def test_a_playback_that_never_got_audio_finishes_without_starting() -> None:
     playback, _ = queue.begin(ENQUEUE)
     assert queue.end_input(playback) == [PlaybackFinished("pb-1", 0)]
     assert not queue.active
+
+
+def test_an_empty_playback_behind_another_finishes_in_its_turn() -> None:
+    queue = PlaybackQueue()
+    first, _ = queue.begin(ENQUEUE)
+    empty, _ = queue.begin(ENQUEUE)
+    queue.feed(first, pcm(20))
+    assert queue.end_input(empty) == []
+    queue.end_input(first)
+    _, events = drain(queue, 2)
+    assert events == [
+        PlaybackStarted(first.id, 1),
+        PlaybackFinished(first.id, 20),
+        PlaybackFinished(empty.id, 0),
+    ]
 
 
 def test_queued_ms_counts_audio_not_yet_played() -> None:
@@ -145,6 +207,26 @@ def test_queued_ms_counts_audio_not_yet_played() -> None:
     assert queue.queued_ms == 120
 
 
+def test_audio_queued_behind_a_playback_does_not_count_against_it() -> None:
+    queue = PlaybackQueue()
+    first, _ = queue.begin(ENQUEUE)
+    second, _ = queue.begin(ENQUEUE)
+    queue.feed(first, pcm(100))
+    queue.feed(second, pcm(3000))
+    assert queue.queued_ms_through(first) == 100
+    assert queue.queued_ms_through(second) == 3100
+
+
+def test_a_session_queues_at_most_32_playbacks() -> None:
+    queue = PlaybackQueue()
+    for _ in range(MAX_PLAYBACKS):
+        queue.begin(ENQUEUE)
+    with pytest.raises(CapacityExceeded, match="32 playbacks are already queued or playing"):
+        queue.begin(ENQUEUE)
+    replacing, events = queue.begin(REPLACE)
+    assert len(events) == MAX_PLAYBACKS and queue.ids() == [replacing.id]
+
+
 def test_playback_ids_are_checked_and_unique_while_queued() -> None:
     queue = PlaybackQueue()
     queue.begin(ENQUEUE, playback_id="greeting")
@@ -154,6 +236,14 @@ def test_playback_ids_are_checked_and_unique_while_queued() -> None:
         queue.begin(ENQUEUE, playback_id="x" * 65)
     with pytest.raises(InvalidRequest, match="printable"):
         queue.begin(ENQUEUE, playback_id="a\nb")
+
+
+def test_replace_may_reuse_the_id_it_replaces() -> None:
+    queue = PlaybackQueue()
+    old, _ = queue.begin(ENQUEUE, playback_id="answer")
+    new, events = queue.begin(REPLACE, playback_id="answer")
+    assert events == [PlaybackInterrupted("answer", 0, InterruptReason.REPLACED)]
+    assert queue.ids() == ["answer"] and new is not old
 
 
 def test_closing_interrupts_everything_with_session_closed() -> None:
