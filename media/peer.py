@@ -150,6 +150,48 @@ def opus_only(transceiver: Any) -> None:
     transceiver.setCodecPreferences([c for c in capabilities.codecs if c.name == "opus"])
 
 
+async def answer_audio_offer(
+    pc: RTCPeerConnection,
+    offer_sdp: str,
+    direction: str,
+    session_id: str,
+    prepare: Callable[[Any], None] | None = None,
+) -> str:
+    """Apply the offer and return the answer: its first audio m-line ``direction`` with Opus only
+    (``prepare`` gets that transceiver first), every other m-line inactive."""
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+        audio = None
+        for transceiver in pc.getTransceivers():
+            if transceiver.kind == "audio" and audio is None:
+                transceiver.direction = direction
+                opus_only(transceiver)
+                audio = transceiver
+            else:
+                transceiver.direction = "inactive"
+        if audio is None:
+            raise UnsupportedOffer("offer has no audio m-line")
+        if prepare is not None:
+            prepare(audio)
+        await pc.setLocalDescription(await pc.createAnswer())
+        return str(pc.localDescription.sdp)
+    except HarkError:
+        raise
+    except Exception as exc:
+        # aiortc reports what it cannot use in an offer with assorted exception types.
+        logger.debug("session %s: offer rejected by aiortc", session_id, exc_info=True)
+        raise InvalidOffer(
+            f"SDP offer rejected by the WebRTC stack: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+async def close_peer_connection(pc: RTCPeerConnection) -> None:
+    """Close ``pc`` and whatever aioice leaves running after it."""
+    connections = ice_connections(pc)
+    await pc.close()
+    await stop_orphaned_consent_checks(connections)
+
+
 def rtc_configuration(ice_servers: Sequence[IceServer]) -> RTCConfiguration:
     return RTCConfiguration(
         iceServers=[RTCIceServer(s.url, s.username, s.credential) for s in ice_servers]
@@ -181,32 +223,7 @@ class PublisherPeer:
 
     async def negotiate(self, offer_sdp: str) -> str:
         """Apply the offer and return the answer: audio ``recvonly`` with Opus, other media off."""
-        try:
-            return await self._negotiate(offer_sdp)
-        except HarkError:
-            raise
-        except Exception as exc:
-            # aiortc reports what it cannot use in an offer with assorted exception types.
-            logger.debug("session %s: offer rejected by aiortc", self.session_id, exc_info=True)
-            raise InvalidOffer(
-                f"SDP offer rejected by the WebRTC stack: {type(exc).__name__}: {exc}"
-            ) from exc
-
-    async def _negotiate(self, offer_sdp: str) -> str:
-        await self._pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
-        audio = 0
-        for transceiver in self._pc.getTransceivers():
-            if transceiver.kind == "audio" and audio == 0:
-                transceiver.direction = "recvonly"
-                opus_only(transceiver)
-                audio += 1
-            else:
-                transceiver.direction = "inactive"
-        if audio == 0:
-            raise UnsupportedOffer("offer has no audio m-line")
-        answer = await self._pc.createAnswer()
-        await self._pc.setLocalDescription(answer)
-        return str(self._pc.localDescription.sdp)
+        return await answer_audio_offer(self._pc, offer_sdp, "recvonly", self.session_id)
 
     async def add_candidates(self, candidates: Sequence[TrickleCandidate], end: bool) -> None:
         await add_trickled(self._pc, candidates, end)
@@ -224,9 +241,7 @@ class PublisherPeer:
             for task in list(self._tasks):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            connections = ice_connections(self._pc)
-            await self._pc.close()
-            await stop_orphaned_consent_checks(connections)
+            await close_peer_connection(self._pc)
             logger.debug("session %s: peer connection closed", self.session_id)
         finally:
             self._close_done.set_result(None)

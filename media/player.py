@@ -15,16 +15,14 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCRtpSender
 
 from media.config import IceServer
-from media.errors import HarkError, InvalidOffer, UnsupportedOffer
 from media.peer import (
     add_trickled,
-    ice_connections,
-    opus_only,
+    answer_audio_offer,
+    close_peer_connection,
     rtc_configuration,
-    stop_orphaned_consent_checks,
 )
 from media.sdp import TrickleCandidate
 from media.tracks import PacketTrack
@@ -71,36 +69,19 @@ class PlayerPeer:
 
     async def negotiate(self, offer_sdp: str) -> str:
         """Apply a ``recvonly`` offer; the answer sends the track, Opus only, other media off."""
-        try:
-            return await self._negotiate(offer_sdp)
-        except HarkError:
-            raise
-        except Exception as exc:
-            logger.debug(
-                "session %s: player offer rejected by aiortc", self.session_id, exc_info=True
-            )
-            raise InvalidOffer(
-                f"SDP offer rejected by the WebRTC stack: {type(exc).__name__}: {exc}"
-            ) from exc
 
-    async def _negotiate(self, offer_sdp: str) -> str:
-        await self._pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
-        for transceiver in self._pc.getTransceivers():
-            if transceiver.kind == "audio" and self._sender is None:
-                transceiver.direction = "sendonly"
-                opus_only(transceiver)
-                transceiver.sender.replaceTrack(self.track)
-                self._sender = transceiver.sender
-            else:
-                transceiver.direction = "inactive"
-        if self._sender is None:
-            raise UnsupportedOffer("offer has no audio m-line")
-        answer = await self._pc.createAnswer()
-        await self._pc.setLocalDescription(answer)
+        def send_track(transceiver: Any) -> None:
+            transceiver.sender.replaceTrack(self.track)
+            self._sender = transceiver.sender
+
+        answer = await answer_audio_offer(
+            self._pc, offer_sdp, "sendonly", self.session_id, send_track
+        )
+        assert self._sender is not None
         self._watch = asyncio.get_running_loop().create_task(
             self._watch_liveness(self._sender), name=f"hark-player-watch-{self.id}"
         )
-        return str(self._pc.localDescription.sdp)
+        return answer
 
     async def add_candidates(self, candidates: Sequence[TrickleCandidate], end: bool) -> None:
         await add_trickled(self._pc, candidates, end)
@@ -118,9 +99,7 @@ class PlayerPeer:
                 self._watch.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._watch
-            connections = ice_connections(self._pc)
-            await self._pc.close()
-            await stop_orphaned_consent_checks(connections)
+            await close_peer_connection(self._pc)
         finally:
             self._close_done.set_result(None)
 

@@ -16,11 +16,16 @@ from media.errors import (
     SessionClosed,
     SessionOver,
 )
-from media.http import preflight, read_text_body, require_content_type
 from media.player import PlayerPeer, Source
 from media.registry import Entry, Registry
-from media.sdp import check_offer
-from media.whip import SDP, TRICKLE, check_not_restart, new_etag, read_trickle
+from media.signaling import (
+    answer_response,
+    check_not_restart,
+    new_etag,
+    options_response,
+    read_offer,
+    read_trickle,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +65,8 @@ class WhepHandlers:
         entry = self._open_entry(request)
         self._authorize(request, entry)
         source = _source(request)
-        require_content_type(request, SDP)
-        offer = await read_text_body(request, "SDP offer", self._max_offer_bytes)
-        summary = check_offer(
-            offer, direction="play", max_bytes=self._max_offer_bytes, max_media=self._max_m_lines
+        offer, summary = await read_offer(
+            request, "play", max_bytes=self._max_offer_bytes, max_m_lines=self._max_m_lines
         )
         self._registry.check_player_room(entry)
         player = PlayerPeer(
@@ -83,12 +86,8 @@ class WhepHandlers:
         except BaseException:
             await player.close()
             raise
-        response = web.Response(status=201, text=answer, content_type=SDP)
-        response.headers["Location"] = f"/whep/{entry.session.id}/{player.id}"
-        response.headers["ETag"] = player.etag
-        for server in self._ice_servers:
-            response.headers.add("Link", server.link_header())
-        return response
+        location = f"/whep/{entry.session.id}/{player.id}"
+        return answer_response(answer, location, player.etag, self._ice_servers)
 
     async def trickle(self, request: web.Request) -> web.Response:
         entry, player = self._player(request)
@@ -116,12 +115,7 @@ class WhepHandlers:
         return web.Response(status=204)
 
     async def options(self, request: web.Request) -> web.Response:
-        response = preflight(accept_post=SDP)
-        if "player" in request.match_info:
-            response.headers["Accept-Patch"] = TRICKLE
-        for server in self._ice_servers:
-            response.headers.add("Link", server.link_header())
-        return response
+        return options_response(self._ice_servers, resource="player" in request.match_info)
 
     def _open_entry(self, request: web.Request) -> Entry:
         try:

@@ -3,63 +3,27 @@
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
 from media.config import IceServer
-from media.errors import (
-    IceRestartUnsupported,
-    PublisherExists,
-    SessionConflict,
-    StaleEtag,
-    Unauthorized,
-)
-from media.http import bearer_token, preflight, read_text_body, require_content_type
+from media.errors import PublisherExists, SessionConflict, Unauthorized
+from media.http import bearer_token
 from media.peer import PublisherPeer
 from media.registry import Entry, Registry, new_session_id, tokens_match
-from media.sdp import (
-    OfferSummary,
-    TrickleFragment,
-    check_offer,
-    is_ice_restart,
-    parse_trickle_fragment,
-)
+from media.sdp import OfferSummary
 from media.session import CloseReason, Origin, SessionState
+from media.signaling import (
+    answer_response,
+    check_not_restart,
+    new_etag,
+    options_response,
+    read_offer,
+    read_trickle,
+)
 
 logger = logging.getLogger(__name__)
-
-SDP = "application/sdp"
-TRICKLE = "application/trickle-ice-sdpfrag"
-
-
-def new_etag() -> str:
-    return f'"{secrets.token_hex(12)}"'
-
-
-async def read_trickle(
-    request: web.Request, *, etag: str, resource: str, max_bytes: int
-) -> TrickleFragment:
-    """The trickle-ice-sdpfrag body of a PATCH whose ``If-Match`` (if any) names ``etag``."""
-    require_content_type(request, TRICKLE)
-    if_match = request.headers.get("If-Match")
-    if if_match is not None and if_match.strip() not in ("*", etag):
-        raise StaleEtag(
-            f"If-Match {if_match} does not name the current ICE session of {resource} ({etag})"
-        )
-    body = await read_text_body(request, "trickle fragment", max_bytes)
-    return parse_trickle_fragment(body)
-
-
-def check_not_restart(
-    fragment: TrickleFragment, remote_ice: tuple[str, str | None], instead: str
-) -> None:
-    ufrag, pwd = remote_ice
-    if is_ice_restart(fragment, ufrag, pwd):
-        raise IceRestartUnsupported(
-            f"ICE restart is not supported (aiortc cannot restart ICE); {instead}"
-        )
 
 
 class WhipHandlers:
@@ -185,25 +149,14 @@ class WhipHandlers:
         return web.Response(status=204)
 
     async def options(self, request: web.Request) -> web.Response:
-        response = preflight(accept_post=SDP)
-        if "id" in request.match_info:
-            response.headers["Accept-Patch"] = TRICKLE
-        for server in self._ice_servers:
-            response.headers.add("Link", server.link_header())
-        return response
+        return options_response(self._ice_servers, resource="id" in request.match_info)
 
     # helpers
 
     async def _read_offer(self, request: web.Request) -> tuple[str, OfferSummary]:
-        require_content_type(request, SDP)
-        offer = await read_text_body(request, "SDP offer", self._max_offer_bytes)
-        summary = check_offer(
-            offer,
-            direction="publish",
-            max_bytes=self._max_offer_bytes,
-            max_media=self._max_m_lines,
+        return await read_offer(
+            request, "publish", max_bytes=self._max_offer_bytes, max_m_lines=self._max_m_lines
         )
-        return offer, summary
 
     async def _negotiate(
         self, session_id: str, offer: tuple[str, OfferSummary]
@@ -232,10 +185,6 @@ class WhipHandlers:
             )
 
     def _created(self, entry: Entry, answer: str) -> web.Response:
-        response = web.Response(status=201, text=answer, content_type=SDP)
-        response.headers["Location"] = f"/whip/{entry.session.id}"
-        response.headers["ETag"] = entry.etag
-        for server in self._ice_servers:
-            response.headers.add("Link", server.link_header())
         logger.info("session %s: publisher accepted", entry.session.id)
-        return response
+        location = f"/whip/{entry.session.id}"
+        return answer_response(answer, location, entry.etag, self._ice_servers)

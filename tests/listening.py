@@ -19,7 +19,7 @@ from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 
 from media.audio import Downmixer
-from media.peer import ice_connections, set_jitter_frames, stop_orphaned_consent_checks
+from media.peer import close_peer_connection, set_jitter_frames
 from media.v1 import media_pb2 as pb
 
 RATE = 48000
@@ -66,9 +66,7 @@ class Listener:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
-        connections = ice_connections(self.pc)
-        await self.pc.close()
-        await stop_orphaned_consent_checks(connections)
+        await close_peer_connection(self.pc)
 
 
 def opus_payload_type(sdp: str) -> int:

@@ -20,7 +20,7 @@ from aiortc.contrib.media import MediaPlayer
 
 from media.app import HarkApp
 from media.config import Config
-from media.peer import ice_connections, stop_orphaned_consent_checks
+from media.peer import close_peer_connection
 from media.v1 import media_pb2 as pb
 from media.v1 import media_pb2_grpc
 
@@ -97,9 +97,7 @@ class Publisher:
 
     async def vanish(self) -> None:
         """Stop sending without telling the server."""
-        connections = ice_connections(self.pc)
-        await self.pc.close()
-        await stop_orphaned_consent_checks(connections)
+        await close_peer_connection(self.pc)
         with contextlib.suppress(Exception):
             if self.player.audio is not None:
                 self.player.audio.stop()

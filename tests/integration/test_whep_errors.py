@@ -21,7 +21,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from multidict import CIMultiDictProxy
 
 from media.app import HarkApp
-from media.peer import ice_connections, stop_orphaned_consent_checks
+from media.peer import close_peer_connection
 from media.v1 import media_pb2 as pb
 from tests.listening import auth, listen, listening, loud, play_requests, recvonly_offer, tone
 from tests.listening import requests_of as messages
@@ -130,9 +130,7 @@ async def open_player(
         player = Player(pc, base_url + location, headers["ETag"], token)
         yield player
     finally:
-        connections = ice_connections(pc)
-        await pc.close()
-        await stop_orphaned_consent_checks(connections)
+        await close_peer_connection(pc)
 
 
 async def still_serves(app: HarkApp, token: str | None = None) -> None:
