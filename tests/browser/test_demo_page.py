@@ -7,10 +7,14 @@ over gRPC like a backend would, and checks the page shows what the server sees.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import os
 import pathlib
 import shutil
 import wave
+from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import grpc
@@ -63,53 +67,72 @@ def chromium_args(wav: pathlib.Path) -> list[str]:
     ]
 
 
-async def test_the_page_publishes_is_heard_and_hangs_up(tmp_path: pathlib.Path) -> None:
-    utterances = truth()["utterances"]
+@dataclasses.dataclass
+class DemoPage:
+    """Hark in its own process and the demo page open on it in headless Chromium."""
+
+    base: str
+    stub: media_pb2_grpc.MediaServiceStub
+    page: Any
+
+
+@contextlib.asynccontextmanager
+async def demo_page(tmp_path: pathlib.Path, lead_in_s: float = 0.0) -> AsyncIterator[DemoPage]:
     async with HarkProcess("--ice-address", "127.0.0.1") as hark:
         base = f"http://127.0.0.1:{hark.http_port}"
         async with (
             grpc.aio.insecure_channel(f"127.0.0.1:{hark.grpc_port}") as channel,
             playwright.async_playwright() as driver,
         ):
-            stub = media_pb2_grpc.MediaServiceStub(channel)
             browser = await driver.chromium.launch(
-                executable_path=CHROMIUM, args=chromium_args(speech_wav(tmp_path))
+                executable_path=CHROMIUM, args=chromium_args(speech_wav(tmp_path, lead_in_s))
             )
             try:
                 page = await browser.new_page()
                 await page.goto(base + "/")
-                everyone = stub.WatchSessions(pb.WatchSessionsRequest())
-                await page.click("#start")
-                session_id = (await next_event(everyone, timeout=15)).session_id
-                everyone.cancel()
-
-                watch = stub.WatchSession(pb.WatchSessionRequest(session_id=session_id))
-                await stub.StartListening(
-                    pb.StartListeningRequest(session_id=session_id, wait_for_ready=True),
-                    timeout=15,
-                )
-                await page.wait_for_function("document.body.dataset.state === 'READY'")
-                assert await page.text_content("#status") == "Connected"
-                assert await page.text_content("#session-id") == session_id
-
-                started, ended = 0, 0
-                loop = asyncio.get_running_loop()
-                until = loop.time() + truth()["duration_ms"] / 1000 + 2
-                while loop.time() < until and ended < len(utterances):
-                    try:
-                        event = await next_event(watch, timeout=until - loop.time())
-                    except TimeoutError:
-                        break
-                    started += event.HasField("speech_started")
-                    ended += event.HasField("speech_ended")
-                await page.wait_for_function("document.body.dataset.spoke === 'yes'")
-                OUTPUT.mkdir(exist_ok=True)
-                await page.screenshot(path=str(OUTPUT / "demo-page.png"), full_page=True)
-
-                await page.close(run_before_unload=True)
-                closed = await next_closed(watch)
+                yield DemoPage(base, media_pb2_grpc.MediaServiceStub(channel), page)
             finally:
                 await browser.close()
+
+
+async def start_and_listen(demo: DemoPage) -> tuple[str, Any]:
+    """Press Start on the page; as a backend: find its session, watch it, listen once READY."""
+    everyone = demo.stub.WatchSessions(pb.WatchSessionsRequest())
+    await demo.page.click("#start")
+    session_id = (await next_event(everyone, timeout=15)).session_id
+    everyone.cancel()
+    watch = demo.stub.WatchSession(pb.WatchSessionRequest(session_id=session_id))
+    await demo.stub.StartListening(
+        pb.StartListeningRequest(session_id=session_id, wait_for_ready=True), timeout=15
+    )
+    return session_id, watch
+
+
+async def test_the_page_publishes_is_heard_and_hangs_up(tmp_path: pathlib.Path) -> None:
+    utterances = truth()["utterances"]
+    async with demo_page(tmp_path) as demo:
+        page = demo.page
+        session_id, watch = await start_and_listen(demo)
+        await page.wait_for_function("document.body.dataset.state === 'READY'")
+        assert await page.text_content("#status") == "Connected"
+        assert await page.text_content("#session-id") == session_id
+
+        started, ended = 0, 0
+        loop = asyncio.get_running_loop()
+        until = loop.time() + truth()["duration_ms"] / 1000 + 2
+        while loop.time() < until and ended < len(utterances):
+            try:
+                event = await next_event(watch, timeout=until - loop.time())
+            except TimeoutError:
+                break
+            started += event.HasField("speech_started")
+            ended += event.HasField("speech_ended")
+        await page.wait_for_function("document.body.dataset.spoke === 'yes'")
+        OUTPUT.mkdir(exist_ok=True)
+        await page.screenshot(path=str(OUTPUT / "demo-page.png"), full_page=True)
+
+        await page.close(run_before_unload=True)
+        closed = await next_closed(watch)
 
     assert abs(started - len(utterances)) <= 1, f"{started} SpeechStarted for {len(utterances)}"
     assert abs(ended - len(utterances)) <= 1, f"{ended} SpeechEnded for {len(utterances)}"
@@ -161,56 +184,35 @@ async def test_the_page_plays_the_agent_and_talking_over_it_cuts_the_agent_off(
 ) -> None:
     """The page's WHEP player hears PlayAudio; the user's first words cut the agent off."""
     lead_in_s = 4.0  # of microphone silence, so the agent is heard before the user speaks
-    async with HarkProcess("--ice-address", "127.0.0.1") as hark:
-        base = f"http://127.0.0.1:{hark.http_port}"
-        async with (
-            grpc.aio.insecure_channel(f"127.0.0.1:{hark.grpc_port}") as channel,
-            playwright.async_playwright() as driver,
-        ):
-            stub = media_pb2_grpc.MediaServiceStub(channel)
-            browser = await driver.chromium.launch(
-                executable_path=CHROMIUM, args=chromium_args(speech_wav(tmp_path, lead_in_s))
-            )
-            try:
-                page = await browser.new_page()
-                await page.goto(base + "/")
-                everyone = stub.WatchSessions(pb.WatchSessionsRequest())
-                await page.click("#start")
-                session_id = (await next_event(everyone, timeout=15)).session_id
-                everyone.cancel()
-                watch = stub.WatchSession(pb.WatchSessionRequest(session_id=session_id))
-                await stub.StartListening(
-                    pb.StartListeningRequest(session_id=session_id, wait_for_ready=True),
-                    timeout=15,
-                )
-                # the page's player is receiving (Hark's silence between playbacks) and quiet
-                await page.wait_for_function("document.body.dataset.agentLevel !== undefined")
-                assert float(await agent_level(page)) < 0.01
+    async with demo_page(tmp_path, lead_in_s) as demo:
+        page, stub = demo.page, demo.stub
+        session_id, watch = await start_and_listen(demo)
+        # the page's player is receiving (Hark's silence between playbacks) and quiet
+        await page.wait_for_function("document.body.dataset.agentLevel !== undefined")
+        assert float(await agent_level(page)) < 0.01
 
-                talking = asyncio.ensure_future(
-                    stub.PlayAudio(requests_of(play_requests(session_id, tone(440, 20.0))))
-                )
-                await page.wait_for_function("Number(document.body.dataset.agentLevel) > 0.1")
-                heard_level = await agent_level(page)
-                assert await page.text_content("#agent") == "speaking"
+        talking = asyncio.ensure_future(
+            stub.PlayAudio(requests_of(play_requests(session_id, tone(440, 20.0))))
+        )
+        await page.wait_for_function("Number(document.body.dataset.agentLevel) > 0.1")
+        heard_level = await agent_level(page)
+        assert await page.text_content("#agent") == "speaking"
 
-                events = []
-                while not events or not events[-1].HasField("playback_interrupted"):
-                    events.append(await next_event(watch, timeout=15))
-                reply = await asyncio.wait_for(talking, 5)
-                await page.wait_for_function("document.body.dataset.agentCut === 'USER_SPEECH'")
-                await page.wait_for_function("Number(document.body.dataset.agentLevel) < 0.01")
-                assert await page.text_content("#agent") == "cut off (USER_SPEECH)"
-                OUTPUT.mkdir(exist_ok=True)
-                await page.screenshot(path=str(OUTPUT / "demo-page-agent.png"), full_page=True)
+        events = []
+        while not events or not events[-1].HasField("playback_interrupted"):
+            events.append(await next_event(watch, timeout=15))
+        reply = await asyncio.wait_for(talking, 5)
+        await page.wait_for_function("document.body.dataset.agentCut === 'USER_SPEECH'")
+        await page.wait_for_function("Number(document.body.dataset.agentLevel) < 0.01")
+        assert await page.text_content("#agent") == "cut off (USER_SPEECH)"
+        OUTPUT.mkdir(exist_ok=True)
+        await page.screenshot(path=str(OUTPUT / "demo-page-agent.png"), full_page=True)
 
-                await page.click("#hangup")
-                closed = await next_closed(watch)
-                async with aiohttp.ClientSession() as http:
-                    async with http.get(base + "/metrics") as response:
-                        metrics = await response.text()
-            finally:
-                await browser.close()
+        await page.click("#hangup")
+        closed = await next_closed(watch)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(demo.base + "/metrics") as response:
+                metrics = await response.text()
 
     kinds = [e.WhichOneof("payload") for e in events]
     print(f"\nthe page heard the agent at level {heard_level}; events: {kinds}")
