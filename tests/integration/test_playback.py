@@ -376,3 +376,24 @@ async def test_a_bad_chunk_fails_the_call_and_drops_its_audio() -> None:
     interrupted = events[-1].playback_interrupted
     assert interrupted.playback_id == "garbled" and interrupted.reason == pb.CALL_FAILED
     assert interrupted.played_ms < 2000
+
+
+async def test_a_playback_that_asked_not_to_be_interrupted_plays_through_the_users_speech() -> None:
+    async with running_server() as app, grpc_stub(app) as stub:
+        session = await stub.CreateSession(pb.CreateSessionRequest())
+        watch = stub.WatchSession(pb.WatchSessionRequest(session_id=session.id))
+        await next_event(watch)
+        publisher = await publish(app.base_url, f"/whip/{session.id}", token=session.token)
+        try:
+            await stub.StartListening(
+                pb.StartListeningRequest(session_id=session.id, wait_for_ready=True), timeout=10
+            )
+            requests = play_requests(session.id, tone(440, 3.0), interrupt_on_speech=False)
+            reply = await stub.PlayAudio(requests_of(requests), timeout=10)
+            events = await events_until(watch, "playback_finished")
+        finally:
+            await publisher.delete()
+    kinds = [e.WhichOneof("payload") for e in events]
+    assert kinds.index("playback_started") < kinds.index("speech_started"), kinds
+    assert "playback_interrupted" not in kinds
+    assert reply.played_ms == 3000 and not reply.interrupted
