@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest proto fixtures deps-debian bench clean
+.PHONY: run test lint typecheck pytest proto fixtures deps-debian bench bench-load bench-playback clean
 
 run: $(STAMP)
 	$(BIN)/hark serve
@@ -48,6 +48,14 @@ deps-debian:
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/pipeline.py
+
+# Capacity against a bare aiortc receiver (several minutes; pins processes to CPUs 0 and 1).
+bench-load: $(STAMP)
+	$(BIN)/python benchmarks/load.py --sweep 10,25,40,50 --seconds 10
+
+# WHEP players against a naive re-encoding relay, and first-audio latency (about 4 minutes).
+bench-playback: $(STAMP)
+	$(BIN)/python benchmarks/playback.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
