@@ -109,8 +109,10 @@ class PlayerPeer:
             self._on_gone(self, reason)
 
     def _on_connection_state(self) -> None:
-        if self._pc.connectionState in ("failed", "closed"):
+        if self._pc.connectionState == "failed":
             self._gone("CONNECTION_FAILED")
+        elif self._pc.connectionState == "closed":
+            self._gone("CONNECTION_CLOSED")  # the player closed its connection (DTLS close)
 
     async def _watch_liveness(self, sender: RTCRtpSender) -> None:
         loop = asyncio.get_running_loop()

@@ -397,3 +397,23 @@ async def test_a_playback_that_asked_not_to_be_interrupted_plays_through_the_use
     assert kinds.index("playback_started") < kinds.index("speech_started"), kinds
     assert "playback_interrupted" not in kinds
     assert reply.played_ms == 3000 and not reply.interrupted
+
+
+async def test_a_player_that_closes_its_connection_without_delete_is_removed_at_once() -> None:
+    async with running_server(player_timeout=30.0) as app, grpc_stub(app) as stub:
+        session = await stub.CreateSession(pb.CreateSessionRequest())
+        leaving = await listen(app.base_url, session.id, token=session.token)
+        async with listening(app.base_url, session.id, token=session.token) as staying:
+            async with asyncio.timeout(5):
+                while not leaving.heard:
+                    await asyncio.sleep(0.05)
+            await leaving.close()  # no DELETE
+            async with asyncio.timeout(5):  # well before the 30 s media timeout
+                while (
+                    metric(app, "hark_whep_players_closed_total", 'reason="CONNECTION_CLOSED"') < 1
+                ):
+                    await asyncio.sleep(0.1)
+            assert metric(app, "hark_whep_players", 'source="agent"') == 1
+            heard = len(staying.heard)
+            await asyncio.sleep(0.3)
+            assert len(staying.heard) > heard, "the other player stopped hearing"
