@@ -142,7 +142,7 @@ async def _feed(
     converter: PcmConverter,
 ) -> None:
     """Queue the PCM of a PlayAudio stream until it ends, waiting while the queue is full."""
-    index = 0
+    index = 1  # the start was message 1
     async for message in messages:
         index += 1
         if message.WhichOneof("payload") != "pcm":
@@ -155,8 +155,8 @@ async def _feed(
                 f"of 16-bit {'stereo ' if converter.frame_bytes == 4 else ''}samples "
                 f"({converter.frame_bytes} bytes each)"
             )
-        # A message may hold minutes of audio: converted a slice at a time, so the event loop
-        # (every session's 20 ms playout) never waits on one big resample.
+        # A message may hold tens of seconds of audio: converted a slice at a time, so the event
+        # loop (every session's 20 ms playout) never waits on one big resample.
         for offset in range(0, len(message.pcm), converter.slice_bytes):
             pcm = message.pcm[offset : offset + converter.slice_bytes]
             voice.feed(playback, converter.convert(pcm))

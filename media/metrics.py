@@ -183,7 +183,9 @@ class Metrics:
             registry=r,
         )
         self.playback_frames = Counter(
-            "hark_playback_frames", "20 ms frames of agent audio played.", registry=r
+            "hark_playback_frames",
+            "20 ms frames of agent audio played (with the frame that fades out audio cut short).",
+            registry=r,
         )
         self.relayed_packets = Counter(
             "hark_relayed_packets",

@@ -125,18 +125,21 @@ class PlaybackQueue:
         """Audio received and not played yet, over every queued playback."""
         return sum(len(p.pcm) for p in self._queue) // 2 * 1000 // RATE
 
-    def queued_ms_through(self, playback: Playback) -> int:
-        """Audio that plays before ``playback``'s last received sample, its own included.
+    @property
+    def fading(self) -> bool:
+        """What was playing has been cut, and the next frame fades it out."""
+        return self._fade is not None
 
-        Audio queued behind a playback never holds back that playback's caller: the head's caller
-        must be able to finish for anything behind it to play.
+    def backlog_ms(self, playback: Playback) -> int:
+        """The queued audio that holds back ``playback``'s caller.
+
+        For the playback at the head, its own audio only: audio queued behind it must never hold
+        back its caller, who has to finish for anything behind it to play. For the others,
+        everything queued, so a session holds at most about twice the limit.
         """
-        total = 0
-        for queued in self._queue:
-            total += len(queued.pcm)
-            if queued is playback:
-                break
-        return total // 2 * 1000 // RATE
+        if self._queue and self._queue[0] is playback:
+            return len(playback.pcm) // 2 * 1000 // RATE
+        return self.queued_ms
 
     def ids(self) -> list[str]:
         return [p.id for p in self._queue]
@@ -230,7 +233,7 @@ class PlaybackQueue:
             if not cut:
                 kept.append(playback)
                 continue
-            if position == 0 and playback.started and playback.pcm:
+            if position == 0 and playback.started:
                 self._fade = fade_out(bytes(playback.pcm[:FRAME_BYTES]))
             playback.result = PlaybackResult(playback.id, playback.played_ms, reason)
             playback.pcm.clear()

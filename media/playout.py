@@ -29,7 +29,6 @@ from media.playback import (
     InterruptReason,
     Playback,
     PlaybackEvent,
-    PlaybackInterrupted,
     PlaybackMode,
     PlaybackQueue,
     PlaybackResult,
@@ -132,10 +131,8 @@ class AgentVoice:
         self._emit(self.queue.end_input(playback))
 
     async def wait_for_room(self, playback: Playback) -> None:
-        """Return once less than ``max_queue_ms`` plays before ``playback``'s end (or it ended)."""
-        while (
-            self.queue.queued_ms_through(playback) > self.max_queue_ms and playback.result is None
-        ):
+        """Return once ``playback``'s backlog is under ``max_queue_ms`` (or it ended)."""
+        while self.queue.backlog_ms(playback) > self.max_queue_ms and playback.result is None:
             await self._wait_changed()
 
     async def wait_result(self, playback: Playback) -> PlaybackResult:
@@ -231,7 +228,7 @@ class AgentVoice:
 
     def _emit(self, events: list[PlaybackEvent]) -> None:
         if events:
-            if any(isinstance(e, PlaybackInterrupted) for e in events):
+            if self.queue.fading:
                 for track in self._players:
                     track.flush()  # packets of the cut audio a lagging sender still holds
             self._on_events(events)

@@ -12,6 +12,7 @@ let sessionId = null;
 let player = null;
 let playerUrl = null;
 let levelTimer = null;
+let playing = null; // the id of the agent playback the player hears now
 
 function authHeaders() {
   const token = $("token").value.trim();
@@ -104,7 +105,9 @@ async function start() {
     setState("CONNECTING");
     watch();
     $("hangup").disabled = false;
-    openPlayer().catch((error) => showError(error.message || String(error)));
+    openPlayer(sessionId).catch((error) => {
+      if (player) showError(error.message || String(error)); // not after a hang-up
+    });
   } catch (error) {
     showError(error.message || String(error));
     teardown();
@@ -113,34 +116,44 @@ async function start() {
 }
 
 // The WHIP answer is recvonly (RFC 9725): the agent's voice comes back on a WHEP player.
-async function openPlayer() {
+// A hang-up (teardown) may come at any await: after each one, stop if this peer is no longer ours.
+async function openPlayer(session) {
   const peer = new RTCPeerConnection();
   player = peer;
+  const current = () => player === peer;
   peer.addTransceiver("audio", { direction: "recvonly" });
   peer.ontrack = (event) => {
     $("agent-audio").srcObject = event.streams[0] || new MediaStream([event.track]);
   };
   await peer.setLocalDescription(await peer.createOffer());
   await gatheringComplete(peer, 2000);
-  const response = await fetch(`/whep/${sessionId}`, {
+  if (!current()) return;
+  const response = await fetch(`/whep/${session}`, {
     method: "POST",
     headers: { "Content-Type": "application/sdp", ...authHeaders() },
     body: peer.localDescription.sdp,
   });
   const body = await response.text();
-  if (player !== peer) return; // hung up meanwhile
   if (response.status !== 201) {
+    if (!current()) return;
     throw new Error(`The server refused the agent's audio (${response.status}): ${body.trim()}`);
   }
-  playerUrl = new URL(response.headers.get("Location"), window.location.href).href;
+  const url = new URL(response.headers.get("Location"), window.location.href).href;
+  if (!current()) {
+    fetch(url, { method: "DELETE", headers: authHeaders() });
+    return;
+  }
+  playerUrl = url;
   await peer.setRemoteDescription({ type: "answer", sdp: body });
-  levelTimer = setInterval(showAgentLevel, 100);
+  if (current()) levelTimer = setInterval(showAgentLevel, 100);
 }
 
 // The level of what the player hears (0..1), from the browser's own receive statistics.
 async function showAgentLevel() {
-  if (!player) return;
-  const stats = await player.getStats();
+  const peer = player;
+  if (!peer) return;
+  const stats = await peer.getStats();
+  if (player !== peer) return; // hung up meanwhile
   stats.forEach((report) => {
     if (report.type === "inbound-rtp" && report.kind === "audio") {
       const level = report.audioLevel || 0;
@@ -188,18 +201,20 @@ function handle(event) {
     const ended = event.speechEnded;
     log(`r${revision} speech ended: ${ended.durationMs || 0} ms (${ended.reason})`);
   } else if (event.playbackStarted) {
-    const id = event.playbackStarted.playbackId;
+    playing = event.playbackStarted.playbackId;
     setAgent("speaking", true);
     document.body.dataset.agentSpoke = "yes";
-    log(`r${revision} agent playback ${id} started`);
+    log(`r${revision} agent playback ${playing} started`);
   } else if (event.playbackFinished) {
     const done = event.playbackFinished;
-    setAgent("quiet", false);
+    if (done.playbackId === playing) setAgent("quiet", false);
     log(`r${revision} agent playback ${done.playbackId} finished: ${done.playedMs || 0} ms`);
   } else if (event.playbackInterrupted) {
     const cut = event.playbackInterrupted;
-    setAgent(`cut off (${cut.reason})`, false);
-    document.body.dataset.agentCut = cut.reason;
+    if (cut.playbackId === playing) {
+      setAgent(`cut off (${cut.reason})`, false);
+      document.body.dataset.agentCut = cut.reason;
+    }
     log(`r${revision} agent playback ${cut.playbackId} cut off after ${cut.playedMs || 0} ms (${cut.reason})`);
   }
 }
@@ -222,8 +237,11 @@ function teardown() {
   pc = null;
   player = null;
   playerUrl = null;
+  playing = null;
   stream = null;
   $("agent-level").value = 0;
+  setAgent("quiet", false);
+  for (const key of ["agentLevel", "agentCut", "agentSpoke"]) delete document.body.dataset[key];
   $("hangup").disabled = true;
   $("listen").disabled = true;
   $("unlisten").disabled = true;

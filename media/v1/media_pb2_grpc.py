@@ -168,9 +168,10 @@ class MediaServiceServicer:
         playback has finished or was interrupted (barge-in, StopPlayback, REPLACE,
         the session closing). A caller that goes away mid-stream has what it sent
         played; one that sends a bad message gets INVALID_ARGUMENT and its audio
-        is dropped (CALL_FAILED). Audio queued more than --max-playback-queue-s
-        ahead of the player is not read until there is room (flow control, nothing
-        dropped). At most 32 playbacks queue per session (RESOURCE_EXHAUSTED).
+        is dropped (CALL_FAILED). A call with more than --max-playback-queue-s of
+        audio waiting (its own while it plays; everything queued while it waits)
+        is not read until there is room (flow control, nothing dropped). At most
+        32 playbacks queue per session (RESOURCE_EXHAUSTED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -68,9 +68,10 @@ class MediaServiceStub:
     playback has finished or was interrupted (barge-in, StopPlayback, REPLACE,
     the session closing). A caller that goes away mid-stream has what it sent
     played; one that sends a bad message gets INVALID_ARGUMENT and its audio
-    is dropped (CALL_FAILED). Audio queued more than --max-playback-queue-s
-    ahead of the player is not read until there is room (flow control, nothing
-    dropped). At most 32 playbacks queue per session (RESOURCE_EXHAUSTED).
+    is dropped (CALL_FAILED). A call with more than --max-playback-queue-s of
+    audio waiting (its own while it plays; everything queued while it waits)
+    is not read until there is room (flow control, nothing dropped). At most
+    32 playbacks queue per session (RESOURCE_EXHAUSTED).
     """
     StopPlayback: _grpc.UnaryUnaryMultiCallable[_media_pb2.StopPlaybackRequest, _media_pb2.StopPlaybackResponse]
     """Drops everything queued or playing for the session (the backend's own
@@ -114,9 +115,10 @@ class MediaServiceAsyncStub(MediaServiceStub):
     playback has finished or was interrupted (barge-in, StopPlayback, REPLACE,
     the session closing). A caller that goes away mid-stream has what it sent
     played; one that sends a bad message gets INVALID_ARGUMENT and its audio
-    is dropped (CALL_FAILED). Audio queued more than --max-playback-queue-s
-    ahead of the player is not read until there is room (flow control, nothing
-    dropped). At most 32 playbacks queue per session (RESOURCE_EXHAUSTED).
+    is dropped (CALL_FAILED). A call with more than --max-playback-queue-s of
+    audio waiting (its own while it plays; everything queued while it waits)
+    is not read until there is room (flow control, nothing dropped). At most
+    32 playbacks queue per session (RESOURCE_EXHAUSTED).
     """
     StopPlayback: _aio.UnaryUnaryMultiCallable[_media_pb2.StopPlaybackRequest, _media_pb2.StopPlaybackResponse]  # type: ignore[assignment]
     """Drops everything queued or playing for the session (the backend's own
@@ -217,9 +219,10 @@ class MediaServiceServicer(metaclass=_abc_1.ABCMeta):
         playback has finished or was interrupted (barge-in, StopPlayback, REPLACE,
         the session closing). A caller that goes away mid-stream has what it sent
         played; one that sends a bad message gets INVALID_ARGUMENT and its audio
-        is dropped (CALL_FAILED). Audio queued more than --max-playback-queue-s
-        ahead of the player is not read until there is room (flow control, nothing
-        dropped). At most 32 playbacks queue per session (RESOURCE_EXHAUSTED).
+        is dropped (CALL_FAILED). A call with more than --max-playback-queue-s of
+        audio waiting (its own while it plays; everything queued while it waits)
+        is not read until there is room (flow control, nothing dropped). At most
+        32 playbacks queue per session (RESOURCE_EXHAUSTED).
         """
 
     @_abc_1.abstractmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -361,21 +362,36 @@ async def test_stereo_8_khz_audio_is_heard_at_its_pitch_and_length() -> None:
     assert abs(pitch - 440) <= 5 and abs(duration_ms - 1000) <= 40
 
 
-async def test_a_bad_chunk_fails_the_call_and_drops_its_audio() -> None:
+async def test_a_bad_chunk_fails_the_call_and_the_user_hears_no_more_of_it() -> None:
     async with running_server() as app, grpc_stub(app) as stub:
         session = await stub.CreateSession(pb.CreateSessionRequest())
         watch = stub.WatchSession(pb.WatchSessionRequest(session_id=session.id))
         await next_event(watch)
-        messages = play_requests(session.id, tone(440, 2.0), playback_id="garbled")
-        messages.insert(3, pb.PlayAudioRequest(pcm=b"\x00"))
-        with pytest.raises(grpc.aio.AioRpcError) as failure:
-            await stub.PlayAudio(requests_of(messages), timeout=10)
-        assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "message 3 has 1 bytes" in (failure.value.details() or "")
-        events = await events_until(watch, "playback_interrupted")
+        playing = asyncio.Event()
+
+        async def garbled() -> AsyncIterator[pb.PlayAudioRequest]:
+            for message in play_requests(session.id, tone(440, 2.0), playback_id="garbled"):
+                yield message  # 2 s of audio queued
+            await playing.wait()
+            yield pb.PlayAudioRequest(pcm=b"\x00")
+
+        async with listening(app.base_url, session.id, token=session.token) as player:
+            call = asyncio.ensure_future(stub.PlayAudio(garbled(), timeout=10))
+            await events_until(watch, "playback_started")
+            await asyncio.sleep(0.3)
+            playing.set()
+            with pytest.raises(grpc.aio.AioRpcError) as failure:
+                await call
+            events = await events_until(watch, "playback_interrupted")
+            await asyncio.sleep(1.0)  # what was still queued would be heard now
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "message 22 has 1 bytes" in (failure.value.details() or "")
     interrupted = events[-1].playback_interrupted
     assert interrupted.playback_id == "garbled" and interrupted.reason == pb.CALL_FAILED
-    assert interrupted.played_ms < 2000
+    heard_ms = 20 * len(loud(player.heard))
+    print(f"\nplayed {interrupted.played_ms} ms of 2000 before the bad chunk; heard {heard_ms} ms")
+    assert 200 <= interrupted.played_ms <= 1000
+    assert heard_ms <= interrupted.played_ms + 60
 
 
 async def test_a_playback_that_asked_not_to_be_interrupted_plays_through_the_users_speech() -> None:
@@ -417,3 +433,28 @@ async def test_a_player_that_closes_its_connection_without_delete_is_removed_at_
             heard = len(staying.heard)
             await asyncio.sleep(0.3)
             assert len(staying.heard) > heard, "the other player stopped hearing"
+
+
+async def test_after_a_stalled_event_loop_the_players_rtp_clock_still_follows_wall_time() -> None:
+    async with running_server() as app, grpc_stub(app) as stub:
+        session = await stub.CreateSession(pb.CreateSessionRequest())
+        async with listening(app.base_url, session.id, token=session.token) as player:
+            receiver = player.pc.getTransceivers()[0].receiver
+            arrivals: list[tuple[float, int]] = []
+            assert tap_opus_packets(
+                receiver,
+                opus_payload_type(player.answer),
+                lambda _, timestamp: arrivals.append((time.monotonic(), timestamp)),
+            )
+            talking = asyncio.ensure_future(
+                stub.PlayAudio(requests_of(play_requests(session.id, tone(440, 3.0))))
+            )
+            await asyncio.sleep(1.0)
+            time.sleep(0.4)  # block the loop (server, player and all) as a slow callback would
+            await asyncio.sleep(1.0)
+            await talking
+    (first_at, first_ts), (last_at, last_ts) = arrivals[0], arrivals[-1]
+    media_s = ((last_ts - first_ts) % 2**32) / 48000
+    wall_s = last_at - first_at
+    print(f"\nRTP clock {media_s:.3f} s for {wall_s:.3f} s of wall time across a 400 ms stall")
+    assert abs(media_s - wall_s) <= 0.06

@@ -144,10 +144,15 @@ def test_the_next_frame_after_an_interrupt_fades_out_in_10_ms_then_silence() -> 
 
 def test_nothing_that_had_not_started_fades() -> None:
     queue = PlaybackQueue()
-    playback, _ = queue.begin(ENQUEUE)
-    queue.feed(playback, pcm(100))
-    queue.interrupt(InterruptReason.STOP_PLAYBACK)
-    assert queue.tick(1) == (None, [])
+    playing, _ = queue.begin(ENQUEUE, interrupt_on_speech=False)
+    waiting, _ = queue.begin(ENQUEUE)
+    queue.feed(playing, pcm(100))
+    queue.feed(waiting, pcm(100))
+    drain(queue, 1)
+    queue.interrupt(InterruptReason.USER_SPEECH)
+    assert not queue.fading and queue.tick(1)[0] == pcm(20)
+    queue.interrupt(InterruptReason.CALL_FAILED, only=playing)
+    assert queue.fading
 
 
 def test_replace_fades_out_what_played_then_plays_the_new_audio() -> None:
@@ -207,14 +212,16 @@ def test_queued_ms_counts_audio_not_yet_played() -> None:
     assert queue.queued_ms == 120
 
 
-def test_audio_queued_behind_a_playback_does_not_count_against_it() -> None:
+def test_the_head_is_held_back_by_its_own_audio_and_the_rest_by_everything_queued() -> None:
     queue = PlaybackQueue()
     first, _ = queue.begin(ENQUEUE)
     second, _ = queue.begin(ENQUEUE)
+    third, _ = queue.begin(ENQUEUE)
     queue.feed(first, pcm(100))
     queue.feed(second, pcm(3000))
-    assert queue.queued_ms_through(first) == 100
-    assert queue.queued_ms_through(second) == 3100
+    queue.feed(third, pcm(200))
+    assert queue.backlog_ms(first) == 100
+    assert queue.backlog_ms(second) == queue.backlog_ms(third) == 3300
 
 
 def test_a_session_queues_at_most_32_playbacks() -> None:
