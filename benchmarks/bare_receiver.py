@@ -58,10 +58,8 @@ async def get_stats(request: web.Request) -> web.Response:
     return web.Response(text=json.dumps(stats), content_type="application/json")
 
 
-async def main() -> None:
-    app = web.Application()
-    app.router.add_post("/whip", whip)
-    app.router.add_get("/stats", get_stats)
+async def serve(app: web.Application, peers: set[Any], tasks: set[asyncio.Task[None]]) -> None:
+    """Serve ``app`` on a free loopback port, say which, and on SIGINT/SIGTERM close it all."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -77,6 +75,13 @@ async def main() -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
     await asyncio.gather(*(pc.close() for pc in peers), return_exceptions=True)
     await runner.cleanup()
+
+
+async def main() -> None:
+    app = web.Application()
+    app.router.add_post("/whip", whip)
+    app.router.add_get("/stats", get_stats)
+    await serve(app, peers, tasks)
 
 
 if __name__ == "__main__":
