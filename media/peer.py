@@ -185,8 +185,21 @@ async def answer_audio_offer(
         ) from exc
 
 
+async def _start_nothing(*args: Any) -> None:
+    return None
+
+
 async def close_peer_connection(pc: RTCPeerConnection) -> None:
-    """Close ``pc`` and whatever aioice leaves running after it."""
+    """Close ``pc`` and whatever aiortc and aioice leave running after it.
+
+    aiortc starts a transceiver's sender and receiver (their RTCP tasks) from a connect task of
+    its own once DTLS is up. When ``close()`` lands while that task waits on the handshake, the
+    transceivers are stopped first and started after, and their RTCP tasks run forever; so once
+    closing, a transceiver starts nothing.
+    """
+    for transceiver in pc.getTransceivers():
+        transceiver.receiver.receive = _start_nothing  # type: ignore[method-assign,assignment]
+        transceiver.sender.send = _start_nothing  # type: ignore[method-assign,assignment]
     connections = ice_connections(pc)
     await pc.close()
     await stop_orphaned_consent_checks(connections)

@@ -36,3 +36,11 @@ def test_a_sender_still_sends_packets_as_they_are() -> None:
     assert "self.__encoder.pack(data)" in source, (
         "aiortc no longer passes av.Packet through: every WHEP player would re-encode"
     )
+
+
+def test_a_connection_still_starts_its_transceivers_through_send_and_receive() -> None:
+    source = inspect.getsource(RTCPeerConnection._RTCPeerConnection__connect)  # type: ignore[attr-defined]
+    assert "transceiver.sender.send(" in source and "transceiver.receiver.receive(" in source, (
+        "aiortc starts transceivers another way: close_peer_connection no longer stops a close "
+        "that races DTLS from leaving RTCP tasks running"
+    )

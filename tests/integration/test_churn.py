@@ -17,6 +17,10 @@ PER_KIND = 75
 CONCURRENCY = 10
 
 
+def live_tasks() -> set[asyncio.Task[object]]:
+    return {t for t in asyncio.all_tasks() if not t.done()}
+
+
 def resources() -> tuple[int, int, int]:
     """Live asyncio tasks, threads and open file descriptors.
 
@@ -24,9 +28,8 @@ def resources() -> tuple[int, int, int]:
     the pool is bounded and keeps its threads by design.
     """
     gc.collect()
-    tasks = len([t for t in asyncio.all_tasks() if not t.done()])
     threads = [t for t in threading.enumerate() if not t.name.startswith("asyncio_")]
-    return tasks, len(threads), len(os.listdir("/proc/self/fd"))
+    return len(live_tasks()), len(threads), len(os.listdir("/proc/self/fd"))
 
 
 def rss_mib() -> float:
@@ -60,6 +63,7 @@ async def test_churn_leaves_no_sessions_tasks_threads_or_descriptors() -> None:
             await deleted()
             await settle(app)
             before = resources()
+            tasks_before = live_tasks()
             rss_before = rss_mib()
 
             kinds: list[Callable[[], Awaitable[None]]] = [deleted, ended, vanished, expired]
@@ -72,7 +76,14 @@ async def test_churn_leaves_no_sessions_tasks_threads_or_descriptors() -> None:
 
             await asyncio.gather(*(run(job) for job in jobs))
             await settle(app)
+            # aiortc's RTCP tasks end only once the last peer connections finish closing
+            deadline = asyncio.get_running_loop().time() + 15
+            while len(live_tasks()) > before[0] + 3:
+                if asyncio.get_running_loop().time() > deadline:
+                    break
+                await asyncio.sleep(0.2)
             after = resources()
+            new_tasks = [t.get_coro() for t in live_tasks() - tasks_before]
             rss_after = rss_mib()
             closed = await app_metrics_closed(app)
 
@@ -85,7 +96,7 @@ async def test_churn_leaves_no_sessions_tasks_threads_or_descriptors() -> None:
         "MEDIA_TIMEOUT": PER_KIND,
         "EXPIRED": PER_KIND,
     }
-    assert after[0] <= before[0] + 3, "asyncio tasks leaked"
+    assert after[0] <= before[0] + 3, f"asyncio tasks leaked: {new_tasks}"
     assert after[1] <= before[1] + 2, "threads leaked"
     assert after[2] <= before[2] + 8, "file descriptors leaked"
 
