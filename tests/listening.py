@@ -204,3 +204,16 @@ def play_requests(
 async def requests_of(messages: list[pb.PlayAudioRequest]) -> AsyncIterator[pb.PlayAudioRequest]:
     for message in messages:
         yield message
+
+
+async def hold_open(
+    first: list[pb.PlayAudioRequest],
+    release: asyncio.Event,
+    then: Iterable[pb.PlayAudioRequest] = (),
+) -> AsyncIterator[pb.PlayAudioRequest]:
+    """Send ``first``, keep the stream open until ``release`` is set, then send ``then``."""
+    for message in first:
+        yield message
+    await release.wait()
+    for message in then:
+        yield message

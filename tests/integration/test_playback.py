@@ -6,7 +6,6 @@ import array
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import av
@@ -21,6 +20,7 @@ from media.vad import Segmenter, SegmenterConfig, SpeechStarted
 from tests.listening import (
     Heard,
     frequency,
+    hold_open,
     listen,
     listening,
     loud,
@@ -322,15 +322,10 @@ async def test_a_caller_still_sending_is_not_held_back_by_audio_queued_behind_it
         voice = app.registry.lookup(session.id).voice
         more = asyncio.Event()
 
-        async def first_caller() -> AsyncIterator[pb.PlayAudioRequest]:
-            messages = play_requests(session.id, tone(440, 1.0), playback_id="first")
-            for message in messages[:6]:  # the start and 500 ms
-                yield message
-            await more.wait()  # a TTS engine still synthesising
-            for message in messages[6:]:
-                yield message
-
-        first = asyncio.ensure_future(stub.PlayAudio(first_caller(), timeout=20))
+        # the start and 500 ms, then more once released, as a TTS engine still synthesising
+        messages = play_requests(session.id, tone(440, 1.0), playback_id="first")
+        first_caller = hold_open(messages[:6], more, then=messages[6:])
+        first = asyncio.ensure_future(stub.PlayAudio(first_caller, timeout=20))
         async with asyncio.timeout(5):
             while voice.queue.ids() != ["first"]:
                 await asyncio.sleep(0.02)
@@ -369,14 +364,13 @@ async def test_a_bad_chunk_fails_the_call_and_the_user_hears_no_more_of_it() -> 
         await next_event(watch)
         playing = asyncio.Event()
 
-        async def garbled() -> AsyncIterator[pb.PlayAudioRequest]:
-            for message in play_requests(session.id, tone(440, 2.0), playback_id="garbled"):
-                yield message  # 2 s of audio queued
-            await playing.wait()
-            yield pb.PlayAudioRequest(pcm=b"\x00")
-
+        garbled = hold_open(  # 2 s of audio queued, then a chunk of half a sample
+            play_requests(session.id, tone(440, 2.0), playback_id="garbled"),
+            playing,
+            then=[pb.PlayAudioRequest(pcm=b"\x00")],
+        )
         async with listening(app.base_url, session.id, token=session.token) as player:
-            call = asyncio.ensure_future(stub.PlayAudio(garbled(), timeout=10))
+            call = asyncio.ensure_future(stub.PlayAudio(garbled, timeout=10))
             await events_until(watch, "playback_started")
             await asyncio.sleep(0.3)
             playing.set()

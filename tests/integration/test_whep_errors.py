@@ -23,7 +23,16 @@ from multidict import CIMultiDictProxy
 from media.app import HarkApp
 from media.peer import close_peer_connection
 from media.v1 import media_pb2 as pb
-from tests.listening import auth, listen, listening, loud, play_requests, recvonly_offer, tone
+from tests.listening import (
+    auth,
+    hold_open,
+    listen,
+    listening,
+    loud,
+    play_requests,
+    recvonly_offer,
+    tone,
+)
 from tests.listening import requests_of as messages
 from tests.support import grpc_stub, next_event, running_server
 
@@ -401,15 +410,6 @@ async def test_bad_play_audio_calls_get_precise_status_codes() -> None:
             await asyncio.sleep(0.3)
         assert reply.played_ms == 300 and not reply.interrupted
         assert len(loud(player.heard)) >= 10
-
-
-async def hold_open(
-    first: list[pb.PlayAudioRequest], release: asyncio.Event
-) -> AsyncIterator[pb.PlayAudioRequest]:
-    """Send ``first``, then keep the stream open until ``release`` is set."""
-    for message in first:
-        yield message
-    await release.wait()
 
 
 async def playback_events(watch: Any, until: str) -> list[pb.SessionEvent]:
