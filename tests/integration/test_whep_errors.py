@@ -528,3 +528,35 @@ async def test_a_caller_that_goes_away_mid_stream_has_what_it_sent_played() -> N
         )
         assert reply.played_ms == 200 and not reply.interrupted
         watch.cancel()
+
+
+async def test_a_33rd_playback_on_a_session_is_resource_exhausted_and_replace_still_works() -> None:
+    async with running_server() as app, grpc_stub(app) as stub:
+        session = await stub.CreateSession(pb.CreateSessionRequest())
+        voice = app.registry.lookup(session.id).voice
+        release = asyncio.Event()
+        held = [
+            asyncio.ensure_future(
+                stub.PlayAudio(hold_open(play_requests(session.id, b""), release), timeout=20)
+            )
+            for _ in range(32)
+        ]
+        try:
+            async with asyncio.timeout(10):
+                while len(voice.queue.ids()) < 32:
+                    await asyncio.sleep(0.05)
+            await play_fails(
+                stub,
+                play_requests(session.id, tone(440, 0.1)),
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "32 playbacks are already queued or playing",
+                "at most 32",
+            )
+            reply = await stub.PlayAudio(
+                messages(play_requests(session.id, tone(440, 0.1), mode=pb.REPLACE)), timeout=10
+            )
+            assert reply.played_ms == 100 and not reply.interrupted
+        finally:
+            release.set()
+        replies = await asyncio.wait_for(asyncio.gather(*held), 10)
+    assert all(r.interrupt_reason == pb.REPLACED for r in replies)
