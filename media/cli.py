@@ -30,7 +30,7 @@ SERVE_OPTIONS: list[tuple[str, Parse, str]] = [
     ("grpc-host", str, "gRPC bind address"),
     ("grpc-port", int, "gRPC port; 0 picks a free one"),
     ("public-url", str, "base URL for Location/whip_url (default: the bound address)"),
-    ("token", str, "server bearer token for WHIP POST and gRPC"),
+    ("token", str, "server bearer token for WHIP POST and gRPC, at least 8 characters"),
     ("ready-timeout", float, "seconds from offer to READY"),
     ("media-timeout", float, "seconds without RTP before MEDIA_TIMEOUT"),
     ("session-ttl", float, "seconds a pre-created session waits for a publisher"),
