@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import os
 import pathlib
 import socket
 import ssl
@@ -36,6 +38,45 @@ logger = logging.getLogger(__name__)
 STATIC = pathlib.Path(__file__).parent / "static"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class CannotListen(OSError):
+    """A port could not be bound; the message names the service, the address and why."""
+
+    def __init__(self, what: str, address: str, reason: str) -> None:
+        super().__init__(f"cannot listen for {what} on {address}: {reason}")
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _bind_failure(exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return "the address is already in use (another Hark, or another program)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "that address is not one of this machine's"
+    if exc.errno == errno.EACCES:
+        return "permission denied (ports below 1024 need privileges)"
+    return os.strerror(exc.errno) if exc.errno else str(exc)
+
+
+def _check_can_bind(what: str, host: str, port: int) -> None:
+    """Binds and releases the address first: grpc reports a busy port as a C-level log line and a
+    bare RuntimeError, and this says why in one sentence instead."""
+    if port == 0:
+        return
+    failure: OSError | None = None
+    for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+                return
+            except OSError as exc:
+                failure = failure or exc
+    if failure is not None:
+        raise CannotListen(what, _host_port(host, port), _bind_failure(failure)) from failure
 
 
 class HarkApp:
@@ -153,12 +194,16 @@ class HarkApp:
         response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
         return response
 
-    async def _serve_http(self, app: web.Application, port: int) -> int:
+    async def _serve_http(self, app: web.Application, port: int, what: str = "HTTP") -> int:
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         self._runners.append(runner)
-        site = web.TCPSite(runner, self.config.http_host, port, ssl_context=self._http_tls())
-        await site.start()
+        host = self.config.http_host
+        site = web.TCPSite(runner, host, port, ssl_context=self._http_tls())
+        try:
+            await site.start()
+        except OSError as exc:
+            raise CannotListen(what, _host_port(host, port), _bind_failure(exc)) from exc
         server = site._server
         assert server is not None
         sockets: list[socket.socket] = list(server.sockets)  # type: ignore[attr-defined]
@@ -192,10 +237,15 @@ class HarkApp:
         host, port = self.config.grpc_host, self.config.grpc_port
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         credentials = self._grpc_tls()
-        if credentials is None:
-            self.grpc_port = server.add_insecure_port(address)
-        else:
-            self.grpc_port = server.add_secure_port(address, credentials)
+        _check_can_bind("gRPC", host, port)
+        try:
+            if credentials is None:
+                self.grpc_port = server.add_insecure_port(address)
+            else:
+                self.grpc_port = server.add_secure_port(address, credentials)
+        except RuntimeError as exc:  # grpc says only that binding failed, never why
+            reason = "the address is in use, or not one of this machine's"
+            raise CannotListen("gRPC", address, reason) from exc
         await server.start()
         self._grpc = server
 
@@ -253,7 +303,9 @@ class HarkApp:
         if self.config.metrics_port is not None:
             metrics_app = web.Application()
             metrics_app.router.add_get("/metrics", self._metrics)
-            self.metrics_port = await self._serve_http(metrics_app, self.config.metrics_port)
+            self.metrics_port = await self._serve_http(
+                metrics_app, self.config.metrics_port, "metrics"
+            )
         await self._start_grpc()
         self._tasks = [
             asyncio.create_task(self.metrics.sample_loop_lag(), name="hark-loop-lag"),

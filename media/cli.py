@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hark {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the server")
+    serve.set_defaults(usage_error=serve.error)
     defaults = Config()
     for flag, parse, help_text in SERVE_OPTIONS:
         default = getattr(defaults, _attr(flag))
@@ -104,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             value = parse(raw) if raw is not None else default
         except ValueError:
-            parser.error(f"{_env_name(flag)}={raw!r} is not valid for --{flag}")
+            serve.error(f"{_env_name(flag)}={raw!r} is not valid for --{flag}")
         shown = "none" if default is None else default
         serve.add_argument(
             f"--{flag}",
@@ -222,7 +223,7 @@ async def serve(config: Config) -> int:
     try:
         await app.start()
     except OSError as exc:
-        logger.error("cannot start: %s", exc)
+        print(f"hark serve: {exc}", file=sys.stderr)
         return 2
     first = await signals.get()
     logger.info("%s: draining; a second signal skips the wait", signal.Signals(first).name)
@@ -271,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             config = config_from_args(args)
         except ConfigError as exc:
-            parser.error(str(exc))
+            args.usage_error(str(exc))
         configure_logging(config.log_level, config.log_format)
         return asyncio.run(serve(config))
     parser.error(f"unknown command {args.command}")

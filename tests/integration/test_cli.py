@@ -6,6 +6,7 @@ import asyncio
 import json
 import pathlib
 import signal
+import socket
 import sys
 import wave
 
@@ -118,3 +119,22 @@ async def test_play_a_file_to_a_player_and_watch_it_play(tmp_path: pathlib.Path)
     assert lines[1].strip().endswith("playback_finished: pb-1 after 500 ms")
     assert abs(len(loud(player.heard)) * 20 - 500) <= 40
     assert code_bad == 2 and "cannot read /no/such.wav" in err_bad
+
+
+async def test_a_busy_port_is_one_line_naming_the_address_and_exit_code_2() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        for flag, other in (("--http-port", "--grpc-port"), ("--grpc-port", "--http-port")):
+            code, _, err = await run("serve", flag, str(port), other, "0")
+            assert code == 2, err
+            assert len(err.splitlines()) == 1, err
+            assert f"127.0.0.1:{port}" in err and "already in use" in err
+
+
+async def test_a_serve_usage_error_shows_serve_s_usage() -> None:
+    code, _, err = await run("serve", "--token", "short")
+    assert code == 2
+    assert err.startswith("usage: hark serve ")
+    assert "--token must be at least 8 characters" in err
