@@ -153,6 +153,12 @@ def _client_commands(commands: Any) -> None:
     watch.add_argument("session", nargs="?", help="one session (default: every session)")
     watch.add_argument("--since", type=int, default=0, help="resume after this revision")
     watch.add_argument("--json", action="store_true", help="protobuf JSON, one event per line")
+    watch.add_argument(
+        "--retries",
+        type=int,
+        default=20,
+        help="failed reconnects in a row before giving up; 0: never give up [default 20]",
+    )
 
     publish = commands.add_parser("publish", help="publish an audio file over WHIP")
     publish.add_argument("file", help="any audio file PyAV reads")
@@ -249,7 +255,8 @@ def _run_client_command(args: argparse.Namespace) -> int:
     if args.command == "sessions":
         run = commands.sessions(args.target, args.token, args.all, args.json)
     elif args.command == "watch":
-        run = commands.watch(args.target, args.token, args.session, args.since, args.json)
+        retries = args.retries if args.retries > 0 else None
+        run = commands.watch(args.target, args.token, args.session, args.since, args.json, retries)
     elif args.command == "play":
         run = commands.play(args.target, args.token, args.session, args.file, args.replace)
     else:

@@ -13,7 +13,7 @@ from urllib.parse import urljoin
 import aiohttp
 from google.protobuf import json_format
 
-from media.client import HarkClient
+from media.client import Backoff, HarkClient
 from media.errors import HarkError
 from media.peer import restrict_host_candidates
 from media.v1 import media_pb2 as pb
@@ -87,11 +87,42 @@ def describe(event: pb.SessionEvent) -> str:
     return head
 
 
+class _ReachabilityReport:
+    """Tells the user at once when the target cannot be reached, and when it can again."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.unreachable = False
+
+    def failed(self, error: str) -> None:
+        if not self.unreachable:
+            self.unreachable = True
+            print(
+                f"hark watch: cannot reach {self.target} ({error}); still trying",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def connected(self) -> None:
+        if self.unreachable:
+            self.unreachable = False
+            print(f"hark watch: connected to {self.target}", file=sys.stderr, flush=True)
+
+
 async def watch(
-    target: str, token: str | None, session_id: str | None, since: int, as_json: bool
+    target: str,
+    token: str | None,
+    session_id: str | None,
+    since: int,
+    as_json: bool,
+    retries: int | None = 20,
 ) -> int:
-    async with HarkClient(target, token=token) as hark:
-        async for event in hark.watch(session_id, since_revision=since):
+    """Print events as they come; ``retries`` failed reconnects in a row end it (None: never)."""
+    report = _ReachabilityReport(target)
+    backoff = Backoff(max_attempts=retries)
+    async with HarkClient(target, token=token, backoff=backoff) as hark:
+        async for event in hark.watch(session_id, since_revision=since, on_retry=report.failed):
+            report.connected()
             line = json_format.MessageToJson(event, indent=None) if as_json else describe(event)
             print(line, flush=True)
     return 0

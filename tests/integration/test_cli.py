@@ -138,3 +138,22 @@ async def test_a_serve_usage_error_shows_serve_s_usage() -> None:
     assert code == 2
     assert err.startswith("usage: hark serve ")
     assert "--token must be at least 8 characters" in err
+
+
+async def test_watch_says_at_once_that_it_cannot_reach_the_target_then_gives_up_naming_it() -> None:
+    with socket.socket() as closed:  # bound, never listening: connections are refused
+        closed.bind(("127.0.0.1", 0))
+        target = f"127.0.0.1:{closed.getsockname()[1]}"
+        watcher = await asyncio.create_subprocess_exec(
+            *HARK, "watch", "--target", target, "--retries", "3", stderr=asyncio.subprocess.PIPE
+        )
+        assert watcher.stderr is not None
+        first = (await asyncio.wait_for(watcher.stderr.readline(), 20)).decode()
+        assert watcher.returncode is None, "it said so only when it gave up"
+        assert first.startswith(f"hark watch: cannot reach {target} (")
+        assert first.rstrip().endswith("; still trying")
+        rest = (await asyncio.wait_for(watcher.stderr.read(), 60)).decode()
+        assert await watcher.wait() == 1
+    last = rest.strip().splitlines()[-1]
+    assert last.startswith(f"hark watch: gave up reconnecting to {target} after 3 attempts")
+    assert "(last error: " in last
