@@ -160,6 +160,17 @@ def _client_commands(commands: Any) -> None:
         help="failed reconnects in a row before giving up; 0: never give up [default 20]",
     )
 
+    listen = commands.add_parser("listen", help="start or stop listening to a session")
+    connection(listen)
+    listen.add_argument("session", help="the session id")
+    listen.add_argument("--stop", action="store_true", help="stop listening instead")
+    listen.add_argument(
+        "--wait",
+        type=float,
+        default=10.0,
+        help="seconds to wait for the session to be READY; 0: fail at once [default 10]",
+    )
+
     publish = commands.add_parser("publish", help="publish an audio file over WHIP")
     publish.add_argument("file", help="any audio file PyAV reads")
     publish.add_argument("--url", required=True, help="WHIP endpoint, e.g. http://HOST:8080/whip")
@@ -257,6 +268,8 @@ def _run_client_command(args: argparse.Namespace) -> int:
     elif args.command == "watch":
         retries = args.retries if args.retries > 0 else None
         run = commands.watch(args.target, args.token, args.session, args.since, args.json, retries)
+    elif args.command == "listen":
+        run = commands.listen(args.target, args.token, args.session, args.stop, args.wait)
     elif args.command == "play":
         run = commands.play(args.target, args.token, args.session, args.file, args.replace)
     else:
@@ -273,7 +286,7 @@ def _run_client_command(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command in ("sessions", "watch", "publish", "play"):
+    if args.command in ("sessions", "watch", "listen", "publish", "play"):
         return _run_client_command(args)
     if args.command == "serve":
         try:
