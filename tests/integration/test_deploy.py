@@ -8,11 +8,15 @@ import pathlib
 import re
 import shutil
 import subprocess
+from typing import Any
 
 import aiohttp
+import kubernetes_validate
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from media import __version__
 from media.cli import LIST_OPTIONS, SERVE_OPTIONS
 from media.config import Config
 from media.v1 import media_pb2 as pb
@@ -21,6 +25,8 @@ from tests.support import grpc_stub, running_server
 DEPLOY = pathlib.Path(__file__).resolve().parents[2] / "deploy"
 PROMTOOL = shutil.which("promtool")
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+# The schemas kubernetes-validate ships for this version are the ones the manifests must meet.
+KUBERNETES_VERSION = "1.33.0"
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -91,3 +97,42 @@ def test_manifests_use_hark_s_real_ports_probes_and_options() -> None:
         if path.is_file() and path.suffix in ("", ".yaml", ".yml", ".md"):
             for name in re.findall(r"\bHARK_[A-Z_]+", path.read_text()):
                 assert name in known, f"{path.name} sets {name}, which is no Hark option"
+
+
+def k8s_documents() -> list[dict[str, Any]]:
+    return [
+        document
+        for path in sorted((DEPLOY / "k8s").glob("*.yaml"))
+        for document in yaml.safe_load_all(path.read_text())
+        if document
+    ]
+
+
+def test_the_k8s_manifests_are_valid_kubernetes_objects() -> None:
+    """Schemas shipped inside kubernetes-validate: nothing is downloaded."""
+    documents = k8s_documents()
+    assert {d["kind"] for d in documents} == {"Deployment", "Service", "PodDisruptionBudget"}
+    for document in documents:
+        kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+
+
+def test_the_deployment_fits_a_single_process_hark_on_host_networking() -> None:
+    (deployment,) = [d for d in k8s_documents() if d["kind"] == "Deployment"]
+    spec = deployment["spec"]
+    pod = spec["template"]["spec"]
+    labels = spec["template"]["metadata"]["labels"]
+    # Sessions are pod-local and nothing routes a session to its pod: one replica.
+    assert spec["replicas"] == 1
+    if pod.get("hostNetwork"):
+        assert spec["strategy"]["type"] == "Recreate"
+        (rule,) = pod["affinity"]["podAntiAffinity"][
+            "requiredDuringSchedulingIgnoredDuringExecution"
+        ]
+        assert rule["topologyKey"] == "kubernetes.io/hostname"
+        assert rule["labelSelector"]["matchLabels"].items() <= labels.items()
+    (container,) = pod["containers"]
+    registry, _, tag = container["image"].rpartition(":")
+    assert tag == __version__ and "/" in registry, "a pushed, versioned image; never :latest"
+    guide = (DEPLOY / "k8s" / "README.md").read_text()
+    assert f"docker build -f deploy/Dockerfile -t {container['image']} ." in guide
+    assert f"docker push {container['image']}" in guide
