@@ -10,9 +10,12 @@ import os
 import pathlib
 import socket
 import ssl
+import time
 
 import grpc
 from aiohttp import web
+from aiohttp.typedefs import Handler
+from aiohttp.web_urldispatcher import AbstractResource
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
@@ -25,7 +28,7 @@ from media.grpc_interceptors import BearerAuth, RpcMetrics
 from media.grpc_service import SERVICE_NAME, MediaService
 from media.http import ClientProtocolErrors, make_middlewares
 from media.metrics import Metrics
-from media.peer import restrict_host_candidates
+from media.peer import PublisherPeer, restrict_host_candidates
 from media.ratelimit import RateLimiter
 from media.registry import Registry
 from media.session import Session, SessionEvent, SessionState, StateChanged, Timeouts
@@ -100,6 +103,9 @@ class HarkApp:
             max_playback_queue_ms=int(config.max_playback_queue_s * 1000),
         )
         self.metrics.watch_sessions(lambda: (e.session for e in self.registry.entries()))
+        self.metrics.watch_playback_queues(
+            lambda: (e.voice.queue for e in self.registry.entries() if not e.session.closed)
+        )
         self.http_port = 0
         self.grpc_port = 0
         self.metrics_port: int | None = None
@@ -111,6 +117,7 @@ class HarkApp:
         self._decode_errors = DecodeErrorCounter(self.metrics.decode_errors.inc)
         self._protocol_errors = ClientProtocolErrors()
         self._started = False
+        self._whip_posts: set[AbstractResource | None] = set()
 
     @property
     def base_url(self) -> str:
@@ -133,8 +140,9 @@ class HarkApp:
         limiter = None
         if self.config.rate_limit > 0:
             limiter = RateLimiter(self.config.rate_limit, self.config.rate_burst)
+        middlewares = make_middlewares(self.config.effective_cors_origins, self.metrics, limiter)
         app = web.Application(
-            middlewares=make_middlewares(self.config.effective_cors_origins, self.metrics, limiter),
+            middlewares=[*middlewares, self._time_whip_post],
             client_max_size=1024 * 1024,
         )
         whip = WhipHandlers(
@@ -147,6 +155,9 @@ class HarkApp:
             max_m_lines=self.config.max_m_lines,
         )
         whip.add_routes(app)
+        self._whip_posts = {
+            route.resource for route in app.router.routes() if route.method == "POST"
+        }
         WhepHandlers(
             self.registry,
             authorize=whip.authorize_session,
@@ -188,7 +199,25 @@ class HarkApp:
             return web.Response(status=503, text=text, headers={"Retry-After": "2"})
         return web.Response(text="ready\n")
 
+    @web.middleware
+    async def _time_whip_post(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method != "POST" or request.match_info.route.resource not in self._whip_posts:
+            return await handler(request)
+        started = time.perf_counter()
+        response = await handler(request)
+        if response.status == 201:
+            self.metrics.whip_post_duration.observe(time.perf_counter() - started)
+        return response
+
+    async def _read_received_traffic(self) -> None:
+        readings: dict[str, tuple[int, int]] = {}
+        for entry in list(self.registry.entries()):
+            if isinstance(entry.media, PublisherPeer):
+                readings[entry.session.id] = await entry.media.received()
+        self.metrics.received.update(readings)
+
     async def _metrics(self, request: web.Request) -> web.Response:
+        await self._read_received_traffic()
         response = web.Response(body=self.metrics.exposition())
         response.content_type = "text/plain"
         response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
