@@ -43,7 +43,7 @@ def test_promtool_accepts_the_scrape_config_and_the_alert_rules() -> None:
     assert config.returncode == 0, config.stdout + config.stderr
     rules = promtool("check", "rules", str(DEPLOY / "prometheus" / "alerts.yml"))
     assert rules.returncode == 0, rules.stdout + rules.stderr
-    assert "4 rules found" in rules.stdout
+    assert "5 rules found" in rules.stdout
 
 
 def used_metric_names() -> set[str]:
@@ -136,3 +136,69 @@ def test_the_deployment_fits_a_single_process_hark_on_host_networking() -> None:
     guide = (DEPLOY / "k8s" / "README.md").read_text()
     assert f"docker build -f deploy/Dockerfile -t {container['image']} ." in guide
     assert f"docker push {container['image']}" in guide
+
+
+def alert_rule(name: str) -> dict[str, Any]:
+    groups = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())["groups"]
+    (rule,) = [r for group in groups for r in group["rules"] if r.get("alert") == name]
+    return rule  # type: ignore[no-any-return]
+
+
+def test_alerts_fire_when_hark_is_down_or_sessions_fail_ice(tmp_path: pathlib.Path) -> None:
+    down = alert_rule("HarkDown")
+    failing = alert_rule("HarkSessionsFailing")
+    scraped_then_down = {
+        "interval": "15s",
+        "input_series": [{"series": 'up{job="hark", instance="hark:8080"}', "values": "1 1 0x20"}],
+        "alert_rule_test": [
+            {"eval_time": "30s", "alertname": "HarkDown", "exp_alerts": []},
+            {
+                "eval_time": "2m",
+                "alertname": "HarkDown",
+                "exp_alerts": [
+                    {
+                        "exp_labels": {
+                            "severity": "critical",
+                            "job": "hark",
+                            "instance": "hark:8080",
+                        },
+                        "exp_annotations": down["annotations"],
+                    }
+                ],
+            },
+        ],
+    }
+    never_scraped = {
+        "interval": "15s",
+        "input_series": [{"series": 'up{job="other", instance="x:1"}', "values": "1x20"}],
+        "alert_rule_test": [
+            {
+                "eval_time": "2m",
+                "alertname": "HarkDown",
+                "exp_alerts": [
+                    {
+                        "exp_labels": {"severity": "critical", "job": "hark"},
+                        "exp_annotations": down["annotations"],
+                    }
+                ],
+            }
+        ],
+    }
+    ice_failing = {
+        "interval": "15s",
+        "input_series": [
+            {"series": 'hark_sessions_closed_total{reason="ICE_FAILED"}', "values": "0+10x80"}
+        ],
+        "promql_expr_test": [
+            {"expr": f"count({failing['expr']})", "eval_time": "15m", "exp_samples": [{"value": 1}]}
+        ],
+    }
+    tests = {
+        "rule_files": [str(DEPLOY / "prometheus" / "alerts.yml")],
+        "evaluation_interval": "15s",
+        "tests": [scraped_then_down, never_scraped, ice_failing],
+    }
+    path = tmp_path / "alerts_test.yml"
+    path.write_text(yaml.safe_dump(tests))
+    result = promtool("test", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
