@@ -202,3 +202,18 @@ def test_alerts_fire_when_hark_is_down_or_sessions_fail_ice(tmp_path: pathlib.Pa
     path.write_text(yaml.safe_dump(tests))
     result = promtool("test", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_docker_context_leaves_out_the_venv_and_caches_but_not_what_the_image_copies() -> None:
+    lines = (DEPLOY.parent / ".dockerignore").read_text().splitlines()
+    ignored = {line.strip() for line in lines if line.strip() and not line.startswith("#")}
+    assert {".git", ".venv", "**/__pycache__", ".mypy_cache", "test-output"} <= ignored
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    copied = {
+        src
+        for line in re.findall(r"^COPY (?!--)(.+) \S+$", dockerfile, re.M)
+        for src in line.split()
+    }
+    assert copied == {"pyproject.toml", "README.md", "LICENSE", "media"}
+    assert not copied & ignored
+    assert (DEPLOY.parent / "LICENSE").read_text().split()[:3] == ["Apache", "License", "Version"]
