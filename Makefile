@@ -1,12 +1,30 @@
-# Hark: `make run` starts the server with defaults, `make test` runs every check.
+# Hark: `make run` starts the server with defaults, `make test` runs every check; `make` lists all.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+RUNTIME_STAMP := $(VENV)/.installed-runtime
 
-.PHONY: run test lint typecheck pytest proto fixtures deps-debian bench bench-load bench-playback clean
+.DEFAULT_GOAL := help
+.PHONY: help install dev run test lint typecheck pytest proto fixtures deps-debian bench bench-load \
+	bench-playback clean
 
-run: $(STAMP)
+help:
+	@echo 'make install    the runtime only into $(VENV) (what `make run` needs; no dev tools)'
+	@echo 'make run        install, then start the server with defaults (HTTP :8080, gRPC :50051)'
+	@echo 'make dev        the runtime plus the dev tools (tests, linters, proto generator)'
+	@echo 'make test       dev install, then lint, typecheck and every test'
+	@echo 'make lint | typecheck | pytest | proto | fixtures | bench | bench-load | bench-playback'
+	@echo 'make clean      remove $(VENV) and the caches'
+	@echo
+	@echo 'The hark command lives in the venv: $(BIN)/hark --help (or: . $(BIN)/activate; hark).'
+	@echo 'The README examples run with $(BIN)/python.'
+
+install: $(RUNTIME_STAMP)
+
+dev: $(STAMP)
+
+run: $(RUNTIME_STAMP)
 	$(BIN)/hark serve
 
 test: $(STAMP)
@@ -15,9 +33,14 @@ test: $(STAMP)
 	$(BIN)/mypy --strict media
 	$(BIN)/pytest -q
 
-$(STAMP): pyproject.toml
+# The runtime only (no dev tools): enough for `hark` and the README examples.
+$(RUNTIME_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(RUNTIME_STAMP)
+
+$(STAMP): $(RUNTIME_STAMP) pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 

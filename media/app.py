@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import os
 import pathlib
 import socket
 import ssl
+import time
 
 import grpc
 from aiohttp import web
+from aiohttp.typedefs import Handler
+from aiohttp.web_urldispatcher import AbstractResource
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
@@ -23,7 +28,7 @@ from media.grpc_interceptors import BearerAuth, RpcMetrics
 from media.grpc_service import SERVICE_NAME, MediaService
 from media.http import ClientProtocolErrors, make_middlewares
 from media.metrics import Metrics
-from media.peer import restrict_host_candidates
+from media.peer import PublisherPeer, restrict_host_candidates
 from media.ratelimit import RateLimiter
 from media.registry import Registry
 from media.session import Session, SessionEvent, SessionState, StateChanged, Timeouts
@@ -36,6 +41,45 @@ logger = logging.getLogger(__name__)
 STATIC = pathlib.Path(__file__).parent / "static"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class CannotListen(OSError):
+    """A port could not be bound; the message names the service, the address and why."""
+
+    def __init__(self, what: str, address: str, reason: str) -> None:
+        super().__init__(f"cannot listen for {what} on {address}: {reason}")
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _bind_failure(exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return "the address is already in use (another Hark, or another program)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "that address is not one of this machine's"
+    if exc.errno == errno.EACCES:
+        return "permission denied (ports below 1024 need privileges)"
+    return os.strerror(exc.errno) if exc.errno else str(exc)
+
+
+def _check_can_bind(what: str, host: str, port: int) -> None:
+    """Binds and releases the address first: grpc reports a busy port as a C-level log line and a
+    bare RuntimeError, and this says why in one sentence instead."""
+    if port == 0:
+        return
+    failure: OSError | None = None
+    for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+                return
+            except OSError as exc:
+                failure = failure or exc
+    if failure is not None:
+        raise CannotListen(what, _host_port(host, port), _bind_failure(failure)) from failure
 
 
 class HarkApp:
@@ -59,6 +103,9 @@ class HarkApp:
             max_playback_queue_ms=int(config.max_playback_queue_s * 1000),
         )
         self.metrics.watch_sessions(lambda: (e.session for e in self.registry.entries()))
+        self.metrics.watch_playback_queues(
+            lambda: (e.voice.queue for e in self.registry.entries() if not e.session.closed)
+        )
         self.http_port = 0
         self.grpc_port = 0
         self.metrics_port: int | None = None
@@ -70,6 +117,7 @@ class HarkApp:
         self._decode_errors = DecodeErrorCounter(self.metrics.decode_errors.inc)
         self._protocol_errors = ClientProtocolErrors()
         self._started = False
+        self._whip_posts: set[AbstractResource | None] = set()
 
     @property
     def base_url(self) -> str:
@@ -92,8 +140,9 @@ class HarkApp:
         limiter = None
         if self.config.rate_limit > 0:
             limiter = RateLimiter(self.config.rate_limit, self.config.rate_burst)
+        middlewares = make_middlewares(self.config.effective_cors_origins, self.metrics, limiter)
         app = web.Application(
-            middlewares=make_middlewares(self.config.effective_cors_origins, self.metrics, limiter),
+            middlewares=[*middlewares, self._time_whip_post],
             client_max_size=1024 * 1024,
         )
         whip = WhipHandlers(
@@ -106,6 +155,9 @@ class HarkApp:
             max_m_lines=self.config.max_m_lines,
         )
         whip.add_routes(app)
+        self._whip_posts = {
+            route.resource for route in app.router.routes() if route.method == "POST"
+        }
         WhepHandlers(
             self.registry,
             authorize=whip.authorize_session,
@@ -147,18 +199,40 @@ class HarkApp:
             return web.Response(status=503, text=text, headers={"Retry-After": "2"})
         return web.Response(text="ready\n")
 
+    @web.middleware
+    async def _time_whip_post(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method != "POST" or request.match_info.route.resource not in self._whip_posts:
+            return await handler(request)
+        started = time.perf_counter()
+        response = await handler(request)
+        if response.status == 201:
+            self.metrics.whip_post_duration.observe(time.perf_counter() - started)
+        return response
+
+    async def _read_received_traffic(self) -> None:
+        readings: dict[str, tuple[int, int]] = {}
+        for entry in list(self.registry.entries()):
+            if isinstance(entry.media, PublisherPeer):
+                readings[entry.session.id] = await entry.media.received()
+        self.metrics.received.update(readings)
+
     async def _metrics(self, request: web.Request) -> web.Response:
+        await self._read_received_traffic()
         response = web.Response(body=self.metrics.exposition())
         response.content_type = "text/plain"
         response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
         return response
 
-    async def _serve_http(self, app: web.Application, port: int) -> int:
+    async def _serve_http(self, app: web.Application, port: int, what: str = "HTTP") -> int:
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         self._runners.append(runner)
-        site = web.TCPSite(runner, self.config.http_host, port, ssl_context=self._http_tls())
-        await site.start()
+        host = self.config.http_host
+        site = web.TCPSite(runner, host, port, ssl_context=self._http_tls())
+        try:
+            await site.start()
+        except OSError as exc:
+            raise CannotListen(what, _host_port(host, port), _bind_failure(exc)) from exc
         server = site._server
         assert server is not None
         sockets: list[socket.socket] = list(server.sockets)  # type: ignore[attr-defined]
@@ -192,10 +266,15 @@ class HarkApp:
         host, port = self.config.grpc_host, self.config.grpc_port
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         credentials = self._grpc_tls()
-        if credentials is None:
-            self.grpc_port = server.add_insecure_port(address)
-        else:
-            self.grpc_port = server.add_secure_port(address, credentials)
+        _check_can_bind("gRPC", host, port)
+        try:
+            if credentials is None:
+                self.grpc_port = server.add_insecure_port(address)
+            else:
+                self.grpc_port = server.add_secure_port(address, credentials)
+        except RuntimeError as exc:  # grpc says only that binding failed, never why
+            reason = "the address is in use, or not one of this machine's"
+            raise CannotListen("gRPC", address, reason) from exc
         await server.start()
         self._grpc = server
 
@@ -253,7 +332,9 @@ class HarkApp:
         if self.config.metrics_port is not None:
             metrics_app = web.Application()
             metrics_app.router.add_get("/metrics", self._metrics)
-            self.metrics_port = await self._serve_http(metrics_app, self.config.metrics_port)
+            self.metrics_port = await self._serve_http(
+                metrics_app, self.config.metrics_port, "metrics"
+            )
         await self._start_grpc()
         self._tasks = [
             asyncio.create_task(self.metrics.sample_loop_lag(), name="hark-loop-lag"),

@@ -30,7 +30,7 @@ SERVE_OPTIONS: list[tuple[str, Parse, str]] = [
     ("grpc-host", str, "gRPC bind address"),
     ("grpc-port", int, "gRPC port; 0 picks a free one"),
     ("public-url", str, "base URL for Location/whip_url (default: the bound address)"),
-    ("token", str, "server bearer token for WHIP POST and gRPC"),
+    ("token", str, "server bearer token for WHIP POST and gRPC, at least 8 characters"),
     ("ready-timeout", float, "seconds from offer to READY"),
     ("media-timeout", float, "seconds without RTP before MEDIA_TIMEOUT"),
     ("session-ttl", float, "seconds a pre-created session waits for a publisher"),
@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hark {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the server")
+    serve.set_defaults(usage_error=serve.error)
     defaults = Config()
     for flag, parse, help_text in SERVE_OPTIONS:
         default = getattr(defaults, _attr(flag))
@@ -104,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             value = parse(raw) if raw is not None else default
         except ValueError:
-            parser.error(f"{_env_name(flag)}={raw!r} is not valid for --{flag}")
+            serve.error(f"{_env_name(flag)}={raw!r} is not valid for --{flag}")
         shown = "none" if default is None else default
         serve.add_argument(
             f"--{flag}",
@@ -152,6 +153,23 @@ def _client_commands(commands: Any) -> None:
     watch.add_argument("session", nargs="?", help="one session (default: every session)")
     watch.add_argument("--since", type=int, default=0, help="resume after this revision")
     watch.add_argument("--json", action="store_true", help="protobuf JSON, one event per line")
+    watch.add_argument(
+        "--retries",
+        type=int,
+        default=20,
+        help="failed reconnects in a row before giving up; 0: never give up [default 20]",
+    )
+
+    listen = commands.add_parser("listen", help="start or stop listening to a session")
+    connection(listen)
+    listen.add_argument("session", help="the session id")
+    listen.add_argument("--stop", action="store_true", help="stop listening instead")
+    listen.add_argument(
+        "--wait",
+        type=float,
+        default=10.0,
+        help="seconds to wait for the session to be READY; 0: fail at once [default 10]",
+    )
 
     publish = commands.add_parser("publish", help="publish an audio file over WHIP")
     publish.add_argument("file", help="any audio file PyAV reads")
@@ -222,7 +240,7 @@ async def serve(config: Config) -> int:
     try:
         await app.start()
     except OSError as exc:
-        logger.error("cannot start: %s", exc)
+        print(f"hark serve: {exc}", file=sys.stderr)
         return 2
     first = await signals.get()
     logger.info("%s: draining; a second signal skips the wait", signal.Signals(first).name)
@@ -248,7 +266,10 @@ def _run_client_command(args: argparse.Namespace) -> int:
     if args.command == "sessions":
         run = commands.sessions(args.target, args.token, args.all, args.json)
     elif args.command == "watch":
-        run = commands.watch(args.target, args.token, args.session, args.since, args.json)
+        retries = args.retries if args.retries > 0 else None
+        run = commands.watch(args.target, args.token, args.session, args.since, args.json, retries)
+    elif args.command == "listen":
+        run = commands.listen(args.target, args.token, args.session, args.stop, args.wait)
     elif args.command == "play":
         run = commands.play(args.target, args.token, args.session, args.file, args.replace)
     else:
@@ -265,13 +286,13 @@ def _run_client_command(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command in ("sessions", "watch", "publish", "play"):
+    if args.command in ("sessions", "watch", "listen", "publish", "play"):
         return _run_client_command(args)
     if args.command == "serve":
         try:
             config = config_from_args(args)
         except ConfigError as exc:
-            parser.error(str(exc))
+            args.usage_error(str(exc))
         configure_logging(config.log_level, config.log_format)
         return asyncio.run(serve(config))
     parser.error(f"unknown command {args.command}")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -114,6 +114,7 @@ class HarkClient:
         self._stub = media_pb2_grpc.MediaServiceStub(self._channel)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.backoff = backoff
+        self.target = target
 
     async def __aenter__(self) -> HarkClient:
         return self
@@ -204,14 +205,20 @@ class HarkClient:
     # streams
 
     async def watch(
-        self, session_id: str | None = None, since_revision: int = 0
+        self,
+        session_id: str | None = None,
+        since_revision: int = 0,
+        *,
+        on_retry: Callable[[str], None] | None = None,
     ) -> AsyncIterator[pb.SessionEvent]:
         """Every event of one session (or of all of them), heartbeats left out.
 
         One session: exactly once and in order across reconnects; ends after CLOSED.
         All sessions: after a reconnect each live session is sent again as a snapshot, and an
         event already seen (same session, same or older revision) is not repeated.
+        ``on_retry`` is called with the error each time a connection fails and is retried.
         """
+        last_error = "the stream ended"
         seen: dict[str, int] = {}
         if session_id is not None and since_revision:
             seen[session_id] = since_revision
@@ -242,13 +249,17 @@ class HarkClient:
             except grpc.aio.AioRpcError as error:
                 if error.code() not in RETRYABLE:
                     raise _translate(error, session_id or "") from error
+                last_error = error.details() or error.code().name
+                if on_retry is not None:
+                    on_retry(last_error)
             finally:
                 call.cancel()
             try:
                 await asyncio.sleep(await anext(delays))
             except StopAsyncIteration:
                 raise ConnectionLost(
-                    f"gave up reconnecting after {self.backoff.max_attempts} attempts"
+                    f"gave up reconnecting to {self.target} after {self.backoff.max_attempts} "
+                    f"attempts (last error: {last_error})"
                 ) from None
 
     async def stream_audio(

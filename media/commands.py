@@ -1,19 +1,21 @@
-"""The client side of the ``hark`` command: ``sessions``, ``watch``, ``publish`` and ``play``."""
+"""The client side of the ``hark`` command: every subcommand but ``serve``."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
+import signal
 import sys
 import time
 from collections.abc import Sequence
-from typing import TextIO
-from urllib.parse import urljoin
+from typing import Final, TextIO
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 from google.protobuf import json_format
 
-from media.client import HarkClient
+from media.client import Backoff, HarkClient
 from media.errors import HarkError
 from media.peer import restrict_host_candidates
 from media.v1 import media_pb2 as pb
@@ -87,14 +89,124 @@ def describe(event: pb.SessionEvent) -> str:
     return head
 
 
+class _ReachabilityReport:
+    """Tells the user at once when the target cannot be reached, and when it can again."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.unreachable = False
+
+    def failed(self, error: str) -> None:
+        if not self.unreachable:
+            self.unreachable = True
+            print(
+                f"hark watch: cannot reach {self.target} ({error}); still trying",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def connected(self) -> None:
+        if self.unreachable:
+            self.unreachable = False
+            print(f"hark watch: connected to {self.target}", file=sys.stderr, flush=True)
+
+
 async def watch(
-    target: str, token: str | None, session_id: str | None, since: int, as_json: bool
+    target: str,
+    token: str | None,
+    session_id: str | None,
+    since: int,
+    as_json: bool,
+    retries: int | None = 20,
 ) -> int:
-    async with HarkClient(target, token=token) as hark:
-        async for event in hark.watch(session_id, since_revision=since):
+    """Print events as they come; ``retries`` failed reconnects in a row end it (None: never)."""
+    report = _ReachabilityReport(target)
+    backoff = Backoff(max_attempts=retries)
+    async with HarkClient(target, token=token, backoff=backoff) as hark:
+        async for event in hark.watch(session_id, since_revision=since, on_retry=report.failed):
+            report.connected()
             line = json_format.MessageToJson(event, indent=None) if as_json else describe(event)
             print(line, flush=True)
     return 0
+
+
+async def listen(target: str, token: str | None, session_id: str, stop: bool, wait: float) -> int:
+    """Start (waiting up to ``wait`` seconds for READY; 0: no wait) or stop listening."""
+    async with HarkClient(target, token=token) as hark:
+        if stop:
+            session = await hark.stop_listening(session_id)
+        else:
+            try:
+                session = await hark.start_listening(
+                    session_id, wait_for_ready=wait > 0, timeout=wait or None
+                )
+            except TimeoutError:
+                print(f"hark listen: {session_id} was not READY within {wait:g} s", file=sys.stderr)
+                return 1
+    state = pb.SessionState.Name(session.state)
+    print(f"{session.id} listening {'on' if session.listening else 'off'} ({state})", flush=True)
+    return 0
+
+
+WHIP_PATH: Final = re.compile(r"/whip(/[^/]+)?/?$")
+EXAMPLE_WHIP_URL: Final = "http://127.0.0.1:8080/whip"
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a WHIP endpoint at all, or None."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return (
+            f"--url {url} is not an http:// or https:// URL; "
+            f"Hark's WHIP endpoint looks like {EXAMPLE_WHIP_URL}"
+        )
+    return None
+
+
+def unreadable(path: str, exc: Exception) -> str:
+    """One sentence on why PyAV could not open ``path``."""
+    import av
+
+    if isinstance(exc, FileNotFoundError):
+        return f"cannot read {path}: there is no such file"
+    if isinstance(exc, IsADirectoryError):
+        return f"cannot read {path}: it is a directory, not an audio file"
+    if isinstance(exc, av.FFmpegError) and not isinstance(exc, PermissionError):
+        return (
+            f"cannot read {path}: FFmpeg does not recognise it as audio "
+            f"({exc.strerror}); give an audio file such as .ogg, .wav, .mp3 or .flac"
+        )
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"cannot read {path}: {exc.strerror}"
+    return f"cannot read {path}: {exc}"
+
+
+def refusal(url: str, status: int, reason: str, body: str) -> str:
+    """One sentence on a WHIP POST answered with something other than 201."""
+    parts = urlsplit(url)
+    if status == 404 and not WHIP_PATH.search(parts.path):
+        return (
+            f"{url} is not a WHIP endpoint (404 Not Found): "
+            f"Hark's is {parts.scheme}://{parts.netloc}/whip"
+        )
+    text = f"{status} {reason}: {body.strip()}" if body.strip() else f"{status} {reason}"
+    if status == 401:
+        return f"{url} refused the offer ({text}); pass the server's token with --token"
+    return f"{url} refused the offer ({text})"
+
+
+def http_failure(url: str, exc: aiohttp.ClientError) -> str:
+    """One sentence on a WHIP POST that got no HTTP answer."""
+    netloc = urlsplit(url).netloc
+    if isinstance(exc, aiohttp.ClientResponseError):  # raise_for_status is off: not HTTP/1.x
+        return (
+            f"{netloc} does not speak HTTP/1.1 (is it Hark's gRPC port?); "
+            f"WHIP is on Hark's HTTP port, e.g. {EXAMPLE_WHIP_URL}"
+        )
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        why = exc.os_error.strerror or str(exc.os_error)
+        return f"cannot connect to {netloc} ({why}): is Hark running, and is this its HTTP port?"
+    return f"WHIP POST to {url} failed: {exc}"
 
 
 async def publish(
@@ -104,16 +216,22 @@ async def publish(
     ice_addresses: Sequence[str],
     out: TextIO = sys.stdout,
 ) -> int:
-    """Publish an audio file over WHIP in real time, then DELETE the session."""
+    """Publish an audio file over WHIP in real time, then DELETE the session.
+
+    Ctrl-C and SIGTERM both end it early, with the DELETE.
+    """
     from aiortc import RTCPeerConnection, RTCSessionDescription
     from aiortc.contrib.media import MediaPlayer
 
+    if problem := url_problem(url):
+        print(f"hark publish: {problem}", file=sys.stderr)
+        return 2
     if ice_addresses:
         restrict_host_candidates(ice_addresses)
     try:
         player = MediaPlayer(path)
     except Exception as exc:  # PyAV reports unreadable files with assorted exception types
-        print(f"hark publish: cannot read {path}: {exc}", file=sys.stderr)
+        print(f"hark publish: {unreadable(path, exc)}", file=sys.stderr)
         return 2
     if player.audio is None:
         print(f"hark publish: {path} has no audio stream", file=sys.stderr)
@@ -125,6 +243,8 @@ async def publish(
     pc.addTransceiver(player.audio, direction="sendonly")
     finished = asyncio.Event()
     player.audio.on("ended", finished.set)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, finished.set)
     resource = None
     async with aiohttp.ClientSession() as http:
         try:
@@ -132,7 +252,8 @@ async def publish(
             async with http.post(url, data=pc.localDescription.sdp, headers=headers) as response:
                 answer = await response.text()
                 if response.status != 201:
-                    print(f"hark publish: {response.status}: {answer.strip()}", file=sys.stderr)
+                    problem = refusal(url, response.status, response.reason or "", answer)
+                    print(f"hark publish: {problem}", file=sys.stderr)
                     return 1
                 resource = urljoin(url, response.headers["Location"])
             await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
@@ -144,10 +265,14 @@ async def publish(
                 elapsed = time.monotonic() - started
                 print(f"  {elapsed:5.1f} s sent ({pc.connectionState})", file=out, flush=True)
             return 0
-        except (aiohttp.ClientError, HarkError) as exc:
+        except aiohttp.ClientError as exc:
+            print(f"hark publish: {http_failure(url, exc)}", file=sys.stderr)
+            return 1
+        except HarkError as exc:
             print(f"hark publish: {exc}", file=sys.stderr)
             return 1
         finally:
+            loop.remove_signal_handler(signal.SIGTERM)
             if resource is not None:
                 async with http.delete(resource, headers=headers) as response:
                     print(f"session closed (DELETE {response.status})", file=out, flush=True)
@@ -189,7 +314,7 @@ async def play(
     try:
         chunks = await asyncio.to_thread(_pcm_chunks, path)
     except Exception as exc:  # PyAV reports unreadable files with assorted exception types
-        print(f"hark play: cannot read {path}: {exc}", file=sys.stderr)
+        print(f"hark play: {unreadable(path, exc)}", file=sys.stderr)
         return 2
     async with HarkClient(target, token=token) as hark:
         reply = await hark.play(session_id, chunks, PLAY_RATE, replace=replace)

@@ -15,17 +15,24 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Info,
+    disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from media.playback import InterruptReason, PlaybackFinished, PlaybackInterrupted
+from media import __version__
+from media.playback import InterruptReason, PlaybackFinished, PlaybackInterrupted, PlaybackQueue
 from media.session import CloseReason, Session, SessionEvent, SessionState, StateChanged
 from media.vad import SpeechEnded
+
+# A *_created series per counter and histogram doubles the exposition and says nothing
+# rate() and increase() need.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 LATENCY_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LOOP_LAG_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -71,6 +78,71 @@ class _SessionCollector(Collector):
         return []
 
 
+class _PlaybackQueueCollector(Collector):
+    """Agent audio waiting to be played, read from the live sessions' queues at scrape time."""
+
+    def __init__(self, queues: Callable[[], Iterable[PlaybackQueue]]) -> None:
+        self._queues = queues
+
+    def collect(self) -> Iterable[Metric]:
+        queued = [queue.queued_ms / 1000 for queue in self._queues()]
+        yield GaugeMetricFamily(
+            "hark_playback_queued_seconds",
+            "Agent audio received and not played yet, over every live session.",
+            value=sum(queued),
+        )
+        yield GaugeMetricFamily(
+            "hark_playback_queue_max_seconds",
+            "The longest queue of agent audio of any live session (see --max-playback-queue-s).",
+            value=max(queued, default=0.0),
+        )
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+
+class ReceivedTraffic(Collector):
+    """Packets and bytes received from publishers, as aiortc's own stats count them.
+
+    Read at scrape time (``update``) rather than counted per packet; a session's last reading is
+    kept once it is gone, so the totals never go down.
+    """
+
+    def __init__(self) -> None:
+        self._gone = (0, 0)
+        self._live: dict[str, tuple[int, int]] = {}
+
+    def update(self, readings: dict[str, tuple[int, int]]) -> None:
+        """``readings``: session id -> (RTP packets, bytes) for every session still readable."""
+        packets, octets = self._gone
+        for session_id, (gone_packets, gone_octets) in self._live.items():
+            if session_id not in readings:
+                packets, octets = packets + gone_packets, octets + gone_octets
+        self._gone = (packets, octets)
+        live: dict[str, tuple[int, int]] = {}
+        for session_id, (now_packets, now_octets) in readings.items():
+            before_packets, before_octets = self._live.get(session_id, (0, 0))
+            live[session_id] = (max(now_packets, before_packets), max(now_octets, before_octets))
+        self._live = live
+
+    def collect(self) -> Iterable[Metric]:
+        packets = self._gone[0] + sum(p for p, _ in self._live.values())
+        octets = self._gone[1] + sum(b for _, b in self._live.values())
+        yield CounterMetricFamily(
+            "hark_rtp_packets_received",
+            "RTP packets received from publishers (aiortc's receiver stats, read at scrape time).",
+            value=packets,
+        )
+        yield CounterMetricFamily(
+            "hark_received_bytes",
+            "Bytes received on publishers' transports: SRTP, SRTCP and DTLS (read at scrape time).",
+            value=octets,
+        )
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -78,6 +150,15 @@ class Metrics:
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         GCCollector(registry=r)
+        Info("hark_build", "The running Hark's version.", registry=r).info({"version": __version__})
+        self.received = ReceivedTraffic()
+        r.register(self.received)
+        self.whip_post_duration = Histogram(
+            "hark_whip_post_duration_seconds",
+            "From a WHIP POST arriving to its 201 answer (ICE gathering included).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.sessions_created = Counter(
             "hark_sessions_created", "Sessions created, by origin.", ["origin"], registry=r
         )
@@ -210,6 +291,9 @@ class Metrics:
 
     def watch_sessions(self, sessions: Callable[[], Iterable[Session]]) -> None:
         self.registry.register(_SessionCollector(sessions))
+
+    def watch_playback_queues(self, queues: Callable[[], Iterable[PlaybackQueue]]) -> None:
+        self.registry.register(_PlaybackQueueCollector(queues))
 
     def observe_event(self, event: SessionEvent, session: Session) -> None:
         payload = event.payload

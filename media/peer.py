@@ -241,6 +241,18 @@ class PublisherPeer:
     async def add_candidates(self, candidates: Sequence[TrickleCandidate], end: bool) -> None:
         await add_trickled(self._pc, candidates, end)
 
+    async def received(self) -> tuple[int, int]:
+        """RTP packets and transport bytes received so far (aiortc's stats; also once closed)."""
+        packets = 0
+        transports: dict[str, int] = {}
+        for transceiver in self._pc.getTransceivers():
+            for stats in (await transceiver.receiver.getStats()).values():
+                if stats.type == "inbound-rtp":
+                    packets += int(stats.packetsReceived)
+                elif stats.type == "transport":  # bundled transceivers share one transport
+                    transports[stats.id] = int(stats.bytesReceived)
+        return packets, sum(transports.values())
+
     async def close(self) -> None:
         """Stop the tasks and the peer connection. Safe to call more than once, concurrently."""
         if self._close_done is not None:

@@ -6,13 +6,14 @@ import asyncio
 import json
 import pathlib
 import signal
+import socket
 import sys
 import wave
 
-from media.session import SessionState
+from media.session import CloseReason, SessionState
 from media.v1 import media_pb2 as pb
 from tests.listening import listening, loud, tone
-from tests.support import SPEECH, grpc_stub, running_server
+from tests.support import FIXTURES, SPEECH, grpc_stub, publish, running_server
 
 HARK = [sys.executable, "-m", "media"]
 
@@ -118,3 +119,111 @@ async def test_play_a_file_to_a_player_and_watch_it_play(tmp_path: pathlib.Path)
     assert lines[1].strip().endswith("playback_finished: pb-1 after 500 ms")
     assert abs(len(loud(player.heard)) * 20 - 500) <= 40
     assert code_bad == 2 and "cannot read /no/such.wav" in err_bad
+
+
+async def test_a_busy_port_is_one_line_naming_the_address_and_exit_code_2() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        for flag, other in (("--http-port", "--grpc-port"), ("--grpc-port", "--http-port")):
+            code, _, err = await run("serve", flag, str(port), other, "0")
+            assert code == 2, err
+            assert len(err.splitlines()) == 1, err
+            assert f"127.0.0.1:{port}" in err and "already in use" in err
+
+
+async def test_a_serve_usage_error_shows_serve_s_usage() -> None:
+    code, _, err = await run("serve", "--token", "short")
+    assert code == 2
+    assert err.startswith("usage: hark serve ")
+    assert "--token must be at least 8 characters" in err
+
+
+async def test_watch_says_at_once_that_it_cannot_reach_the_target_then_gives_up_naming_it() -> None:
+    with socket.socket() as closed:  # bound, never listening: connections are refused
+        closed.bind(("127.0.0.1", 0))
+        target = f"127.0.0.1:{closed.getsockname()[1]}"
+        watcher = await asyncio.create_subprocess_exec(
+            *HARK, "watch", "--target", target, "--retries", "3", stderr=asyncio.subprocess.PIPE
+        )
+        assert watcher.stderr is not None
+        first = (await asyncio.wait_for(watcher.stderr.readline(), 20)).decode()
+        assert watcher.returncode is None, "it said so only when it gave up"
+        assert first.startswith(f"hark watch: cannot reach {target} (")
+        assert first.rstrip().endswith("; still trying")
+        rest = (await asyncio.wait_for(watcher.stderr.read(), 60)).decode()
+        assert await watcher.wait() == 1
+    last = rest.strip().splitlines()[-1]
+    assert last.startswith(f"hark watch: gave up reconnecting to {target} after 3 attempts")
+    assert "(last error: " in last
+
+
+async def test_publish_mistakes_each_get_one_sentence_saying_what_to_do() -> None:
+    async with running_server() as app:
+        host = app.base_url.removeprefix("http://")
+        mistakes = [
+            (host + "/whip", str(SPEECH), 2, "is not an http:// or https:// URL"),
+            (app.base_url + "/wrong", str(SPEECH), 1, f"Hark's is {app.base_url}/whip"),
+            ("http://" + app.grpc_target + "/whip", str(SPEECH), 1, "is it Hark's gRPC port?"),
+            (app.base_url + "/whip", str(FIXTURES / "speech.json"), 2, "does not recognise it"),
+        ]
+        for url, path, expected_code, sentence in mistakes:
+            code, _, err = await run("publish", path, "--url", url)
+            assert (code, len(err.splitlines())) == (expected_code, 1), err
+            assert sentence in err, err
+            assert "Errno" not in err and "\\x00" not in err, err
+
+
+async def test_sigterm_to_publish_deletes_the_session_as_ctrl_c_does() -> None:
+    async with running_server() as app:
+        publisher = await asyncio.create_subprocess_exec(
+            *HARK,
+            "publish",
+            str(SPEECH),
+            "--url",
+            app.base_url + "/whip",
+            "--ice-address",
+            "127.0.0.1",
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert publisher.stdout is not None
+        first = (await asyncio.wait_for(publisher.stdout.readline(), 20)).decode()
+        session_id = first.split()[1]
+        await app.registry.wait_ready(session_id)
+        publisher.terminate()
+        rest, _ = await asyncio.wait_for(publisher.communicate(), 20)
+        assert "session closed (DELETE 200)" in rest.decode()
+        session = app.registry.lookup(session_id).session
+        assert session.state is SessionState.CLOSED
+        assert session.close_reason is CloseReason.CLIENT_DELETE
+
+
+async def test_listen_from_the_cli_makes_watch_show_speech() -> None:
+    async with running_server() as app:
+        publisher = await publish(app.base_url)
+        try:
+            watcher = await asyncio.create_subprocess_exec(
+                *HARK, "watch", publisher.session_id, "--target", app.grpc_target,
+                stdout=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            assert watcher.stdout is not None
+            await asyncio.wait_for(watcher.stdout.readline(), 20)  # the snapshot
+            code, out, err = await run("listen", publisher.session_id, "--target", app.grpc_target)
+            assert (code, out) == (0, f"{publisher.session_id} listening on (READY)\n"), err
+            seen: list[str] = []
+            async with asyncio.timeout(30):
+                while not any("speech_ended" in line for line in seen):
+                    seen.append((await watcher.stdout.readline()).decode())
+            assert any(line.rstrip().endswith("listening_changed: on") for line in seen)
+            assert any("speech_started: segment" in line for line in seen)
+            code, out, _ = await run(
+                "listen", publisher.session_id, "--stop", "--target", app.grpc_target
+            )
+            assert (code, out) == (0, f"{publisher.session_id} listening off (READY)\n")
+            watcher.terminate()
+            await watcher.wait()
+        finally:
+            await publisher.vanish()
+        code, _, err = await run("listen", "nope", "--target", app.grpc_target)
+        assert code == 1 and "nope" in err
