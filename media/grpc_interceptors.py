@@ -54,8 +54,10 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
             "request_deserializer": handler.request_deserializer,
             "response_serializer": handler.response_serializer,
         }
-        if handler.unary_unary or handler.stream_unary:
-            inner: Any = handler.unary_unary or handler.stream_unary
+        # A response stream written with context.write (grpc's health Watch) is a coroutine.
+        written = handler.unary_stream and not inspect.isasyncgenfunction(handler.unary_stream)
+        if handler.unary_unary or handler.stream_unary or written:
+            inner: Any = handler.unary_unary or handler.stream_unary or handler.unary_stream
 
             async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 start = time.perf_counter()
@@ -72,6 +74,8 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
 
             if handler.stream_unary:
                 return grpc.stream_unary_rpc_method_handler(unary, **kwargs)
+            if written:
+                return grpc.unary_stream_rpc_method_handler(unary, **kwargs)
             return grpc.unary_unary_rpc_method_handler(unary, **kwargs)
         if handler.unary_stream:
             inner_stream: Any = handler.unary_stream

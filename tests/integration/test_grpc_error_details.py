@@ -192,6 +192,17 @@ async def test_undecodable_requests_are_malformed_request(app: HarkApp) -> None:
     expect(error, grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_REQUEST", method=method)
 
 
+async def test_garbage_after_a_valid_play_audio_start_is_malformed_request(app: HarkApp) -> None:
+    method = "/media.v1.MediaService/PlayAudio"
+    async with grpc_stub(app) as stub:
+        session = await stub.CreateSession(pb.CreateSessionRequest())
+    start = pb.PlayAudioStart(session_id=session.id, sample_rate=16000)
+    messages = [pb.PlayAudioRequest(start=start).SerializeToString(), b"\xff\xff\xff"]
+    async with grpc.aio.insecure_channel(app.grpc_target) as channel:
+        error = await failure(channel.stream_unary(method)(iter(messages)))
+    expect(error, grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_REQUEST", method=method)
+
+
 async def test_the_sdk_raises_the_errors_the_server_named(app: HarkApp) -> None:
     async with HarkClient(app.grpc_target) as hark:
         with pytest.raises(SessionNotFound) as unknown:

@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from media.app import HarkApp
 from media.v1 import media_pb2 as pb
@@ -150,3 +151,12 @@ async def test_unauthenticated_garbage_is_refused_before_it_is_decoded(records: 
         for path, _, _ in methods():
             assert counted(app, path, "UNAUTHENTICATED") == len(GARBAGE), path
         assert_quiet(records, len(results))
+
+
+async def test_the_health_watch_streams_through_the_interceptors() -> None:
+    async with running_server(token=TOKEN) as app:
+        async with grpc.aio.insecure_channel(app.grpc_target) as channel:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+            first = await watch.read()
+            watch.cancel()
+        assert first.status == health_pb2.HealthCheckResponse.SERVING
