@@ -28,7 +28,7 @@ from media.errors import (
     SubscriberTooSlow,
     Unauthorized,
 )
-from media.playback import RATE, InterruptReason, Playback, PlaybackMode
+from media.playback import RATE, InterruptReason, Playback, PlaybackMode, check_playback_id
 from media.playout import AgentVoice
 from media.protobuf import (
     chunk_pb,
@@ -410,6 +410,10 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
                 f"start.mode {start.mode} is not a PlaybackMode (ENQUEUE=1, REPLACE=2)",
                 "start.mode",
             )
+        try:
+            check_playback_id(start.playback_id)
+        except InvalidRequest as exc:
+            raise InvalidRequest(str(exc), "start.playback_id") from exc
         interrupt = start.interrupt_on_speech if start.HasField("interrupt_on_speech") else True
         converter = PcmConverter(start.sample_rate, channels, RATE)
         voice = self._registry.lookup_open(session_id).voice

@@ -124,6 +124,20 @@ BAD_ARGUMENTS: list[tuple[str, Callable[[Any, str], Any]]] = [
         "start",
         lambda stub, sid: stub.PlayAudio(iter([pb.PlayAudioRequest(pcm=b"\0\0")])),
     ),
+    (
+        "start.playback_id",
+        lambda stub, sid: stub.PlayAudio(
+            iter(
+                [
+                    pb.PlayAudioRequest(
+                        start=pb.PlayAudioStart(
+                            session_id=sid, sample_rate=16000, playback_id="\n" * 9
+                        )
+                    )
+                ]
+            )
+        ),
+    ),
 ]
 
 

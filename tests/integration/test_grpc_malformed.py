@@ -1,7 +1,8 @@
 """Requests that do not decode as their method's message: a precise status, a quiet log, counted.
 
-Raw bytes go over a real grpc.aio channel (no serializer), to every method of MediaService and to
-the health check, on servers with and without ``--token``; a normal client is served meanwhile.
+Raw bytes go over a real grpc.aio channel (no serializer), to every method of MediaService, to
+the health check and to reflection, on servers with and without ``--token``; a normal client is
+served meanwhile.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from tests.support import grpc_stub, running_server
 TOKEN = "s3cret-token-for-tests"
 SERVICE = pb.DESCRIPTOR.services_by_name["MediaService"]
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+EXEMPT = (HEALTH_CHECK, REFLECTION)  # answered without a token
 # Each fails to decode as any of Hark's request messages: a truncated varint tag, a length
 # running past the end, invalid UTF-8 in field 1 (a string in every message that has one).
 GARBAGE = (b"\xff\xff\xff", b"\x0a\x7fabc", b"\x0a\x02\xff\xfe\x12\x01")
@@ -79,7 +82,7 @@ async def garbage_everywhere(
 ) -> list[tuple[str, grpc.aio.AioRpcError]]:
     results: list[tuple[str, grpc.aio.AioRpcError]] = []
     async with grpc.aio.insecure_channel(app.grpc_target) as channel:
-        targets = [*methods(), (HEALTH_CHECK, False, False)]
+        targets = [*methods(), (HEALTH_CHECK, False, False), (REFLECTION, True, True)]
         for path, streaming_in, streaming_out in targets:
             for body in GARBAGE:
                 error = await call_with(channel, path, streaming_in, streaming_out, body, metadata)
@@ -97,7 +100,10 @@ async def call_with(
 ) -> grpc.aio.AioRpcError:
     kwargs: dict[str, Any] = {"metadata": metadata, "timeout": 30}
     try:
-        if streaming_in and not streaming_out:
+        if streaming_in and streaming_out:
+            async for _ in channel.stream_stream(path)(iter([body]), **kwargs):
+                pass
+        elif streaming_in:
             await channel.stream_unary(path)(iter([body]), **kwargs)
         elif streaming_out:
             async for _ in channel.unary_stream(path)(body, **kwargs):
@@ -144,7 +150,7 @@ async def test_unauthenticated_garbage_is_refused_before_it_is_decoded(records: 
         for path, error in results:
             expected = (
                 grpc.StatusCode.INVALID_ARGUMENT
-                if path == HEALTH_CHECK
+                if path in EXEMPT
                 else grpc.StatusCode.UNAUTHENTICATED
             )
             assert error.code() == expected, (path, error)
