@@ -24,7 +24,7 @@ from media.audio import DecodeErrorCounter
 from media.clock import Clock
 from media.config import Config
 from media.events_http import SessionEventsHandlers
-from media.grpc_interceptors import BearerAuth, RpcMetrics
+from media.grpc_interceptors import BearerAuth, MalformedRequests, RpcMetrics
 from media.grpc_service import SERVICE_NAME, MediaService
 from media.http import ClientProtocolErrors, make_middlewares
 from media.metrics import Metrics
@@ -251,6 +251,7 @@ class HarkApp:
         interceptors: list[grpc.aio.ServerInterceptor] = [RpcMetrics(self.metrics)]
         if self.config.token:
             interceptors.append(BearerAuth(self.config.token))
+        interceptors.append(MalformedRequests())  # innermost: after auth, before decoding
         server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
         service = MediaService(
             self.registry,

@@ -21,17 +21,10 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import grpc
+from google.rpc.error_details_pb2 import ErrorInfo
+from grpc_status import rpc_status
 
-from media.errors import (
-    CapacityExceeded,
-    HarkError,
-    InvalidRequest,
-    NotReady,
-    PlaybackExists,
-    SessionClosed,
-    SessionNotFound,
-    Unauthorized,
-)
+from media.errors import ERROR_DOMAIN, HarkError, SessionClosed, Unauthorized, by_reason
 from media.v1 import media_pb2 as pb
 from media.v1 import media_pb2_grpc
 
@@ -42,6 +35,8 @@ RETRYABLE: Final = frozenset(
 
 class ConnectionLost(HarkError):
     """``watch`` gave up reconnecting after ``Backoff.max_attempts``."""
+
+    REASON = "CONNECTION_LOST"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,25 +64,27 @@ async def _delays(backoff: Backoff) -> AsyncIterator[float]:
         delay = min(backoff.maximum, delay * backoff.multiplier)
 
 
-def _translate(error: grpc.aio.AioRpcError, session_id: str = "") -> HarkError:
-    code, details = error.code(), error.details() or ""
-    if code == grpc.StatusCode.NOT_FOUND:
-        return SessionNotFound(session_id or details)
-    if code == grpc.StatusCode.UNAUTHENTICATED:
+def _error_info(error: grpc.aio.AioRpcError) -> ErrorInfo | None:
+    """The ``ErrorInfo`` of Hark's domain in the error's status details, if there is one."""
+    status = rpc_status.from_call(error)
+    for detail in status.details if status is not None else ():
+        info = ErrorInfo()
+        if detail.Unpack(info) and info.domain == ERROR_DOMAIN:
+            return info
+    return None
+
+
+def _translate(error: grpc.aio.AioRpcError) -> HarkError:
+    """The ``media.errors`` exception the server named in its ``ErrorInfo``; a generic
+    ``HarkError`` (``Unauthorized`` for UNAUTHENTICATED) from a server that sent none."""
+    details = error.details() or ""
+    info = _error_info(error)
+    kind = by_reason(info.reason) if info is not None else None
+    if info is not None and kind is not None:
+        return kind.from_error_info(details, info.metadata)
+    if error.code() == grpc.StatusCode.UNAUTHENTICATED:
         return Unauthorized(details)
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return InvalidRequest(details)
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return CapacityExceeded(details)
-    if code == grpc.StatusCode.ALREADY_EXISTS:
-        return PlaybackExists(details)
-    if code == grpc.StatusCode.FAILED_PRECONDITION and "CLOSED (" in details:
-        reason = details.split("CLOSED (", 1)[1].split(")", 1)[0]
-        return SessionClosed(session_id, reason, details.partition("): ")[2])
-    if code == grpc.StatusCode.FAILED_PRECONDITION and "not READY" in details:
-        state = details.rsplit(" is ", 1)[-1].split(",", 1)[0].split(" ", 1)[0]
-        return NotReady(session_id, state)
-    return HarkError(f"{code.name}: {details}")
+    return HarkError(f"{error.code().name}: {details}")
 
 
 def _closed_event(event: pb.SessionEvent) -> bool:
@@ -125,13 +122,13 @@ class HarkClient:
     async def close(self) -> None:
         await self._channel.close()
 
-    async def _call(self, method: str, request: Any, session_id: str = "", **kwargs: Any) -> Any:
+    async def _call(self, method: str, request: Any, **kwargs: Any) -> Any:
         try:
             return await getattr(self._stub, method)(request, metadata=self._metadata, **kwargs)
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise TimeoutError(error.details()) from error
-            raise _translate(error, session_id) from error
+            raise _translate(error) from error
 
     # sessions
 
@@ -144,7 +141,7 @@ class HarkClient:
 
     async def get_session(self, session_id: str) -> pb.Session:
         request = pb.GetSessionRequest(session_id=session_id)
-        session: pb.Session = await self._call("GetSession", request, session_id)
+        session: pb.Session = await self._call("GetSession", request)
         return session
 
     async def list_sessions(self, include_closed: bool = False) -> list[pb.Session]:
@@ -154,7 +151,7 @@ class HarkClient:
 
     async def end_session(self, session_id: str, detail: str = "") -> pb.Session:
         request = pb.EndSessionRequest(session_id=session_id, detail=detail)
-        session: pb.Session = await self._call("EndSession", request, session_id)
+        session: pb.Session = await self._call("EndSession", request)
         return session
 
     # readiness and listening
@@ -192,14 +189,12 @@ class HarkClient:
         request = pb.StartListeningRequest(
             session_id=session_id, wait_for_ready=wait_for_ready, vad=vad
         )
-        session: pb.Session = await self._call(
-            "StartListening", request, session_id, timeout=timeout
-        )
+        session: pb.Session = await self._call("StartListening", request, timeout=timeout)
         return session
 
     async def stop_listening(self, session_id: str) -> pb.Session:
         request = pb.StopListeningRequest(session_id=session_id)
-        session: pb.Session = await self._call("StopListening", request, session_id)
+        session: pb.Session = await self._call("StopListening", request)
         return session
 
     # streams
@@ -248,7 +243,7 @@ class HarkClient:
                     return
             except grpc.aio.AioRpcError as error:
                 if error.code() not in RETRYABLE:
-                    raise _translate(error, session_id or "") from error
+                    raise _translate(error) from error
                 last_error = error.details() or error.code().name
                 if on_retry is not None:
                     on_retry(last_error)
@@ -276,7 +271,7 @@ class HarkClient:
             async for chunk in call:
                 yield chunk
         except grpc.aio.AioRpcError as error:
-            raise _translate(error, session_id) from error
+            raise _translate(error) from error
         finally:
             call.cancel()
 
@@ -316,11 +311,11 @@ class HarkClient:
                 for chunk in pcm:
                     yield pb.PlayAudioRequest(pcm=chunk)
 
-        response: pb.PlayAudioResponse = await self._call("PlayAudio", requests(), session_id)
+        response: pb.PlayAudioResponse = await self._call("PlayAudio", requests())
         return response
 
     async def stop_playback(self, session_id: str) -> list[str]:
         """Cut what is queued or playing for the session; the ids of the playbacks cut."""
         request = pb.StopPlaybackRequest(session_id=session_id)
-        response = await self._call("StopPlayback", request, session_id)
+        response = await self._call("StopPlayback", request)
         return list(response.playback_ids)

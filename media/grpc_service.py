@@ -7,9 +7,12 @@ import dataclasses
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, Final, TypeVar
+from typing import Any, Final, NoReturn, TypeVar
 
 import grpc
+from google.protobuf.any_pb2 import Any as AnyPb
+from google.rpc.status_pb2 import Status
+from grpc_status import rpc_status
 
 from media.audio import PcmConverter
 from media.errors import (
@@ -18,15 +21,23 @@ from media.errors import (
     HarkError,
     InvalidRequest,
     PlaybackExists,
+    ReadyDeadlineExceeded,
     RevisionOutOfRange,
     SessionConflict,
     SessionNotFound,
     SubscriberTooSlow,
     Unauthorized,
 )
-from media.playback import RATE, InterruptReason, Playback, PlaybackMode
+from media.playback import RATE, InterruptReason, Playback, PlaybackMode, check_playback_id
 from media.playout import AgentVoice
-from media.protobuf import chunk_pb, event_pb, is_closed_event, session_pb, timestamp
+from media.protobuf import (
+    chunk_pb,
+    error_info_pb,
+    event_pb,
+    is_closed_event,
+    session_pb,
+    timestamp,
+)
 from media.registry import END, Registry, SnapshotItem
 from media.session import (
     CloseReason,
@@ -65,6 +76,7 @@ VAD_OVERRIDES: Final = (
 _CODES: Final[list[tuple[type[HarkError], grpc.StatusCode]]] = [
     (SessionNotFound, grpc.StatusCode.NOT_FOUND),
     (PlaybackExists, grpc.StatusCode.ALREADY_EXISTS),
+    (ReadyDeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (SessionConflict, grpc.StatusCode.FAILED_PRECONDITION),
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (RevisionOutOfRange, grpc.StatusCode.OUT_OF_RANGE),
@@ -82,6 +94,16 @@ def code_for(exc: HarkError) -> grpc.StatusCode:
     return grpc.StatusCode.FAILED_PRECONDITION
 
 
+async def abort_with(context: grpc.aio.ServicerContext[Any, Any], error: HarkError) -> NoReturn:
+    """End the call with ``error``'s status code, its message and its ``ErrorInfo``."""
+    code = code_for(error)
+    details = AnyPb()
+    details.Pack(error_info_pb(error))
+    status = rpc_status.to_status(Status(code=code.value[0], message=str(error), details=[details]))
+    await context.abort(status.code, status.details, status.trailing_metadata)
+    raise AssertionError("abort returned") from error
+
+
 R = TypeVar("R")
 
 
@@ -93,8 +115,7 @@ def unary(
         try:
             return await fn(self, request, context)
         except HarkError as exc:
-            await context.abort(code_for(exc), str(exc))
-            raise AssertionError("abort returned") from exc
+            await abort_with(context, exc)
 
     return wrapper
 
@@ -110,7 +131,7 @@ def streaming(
             async for item in fn(self, request, context):
                 yield item
         except HarkError as exc:
-            await context.abort(code_for(exc), str(exc))
+            await abort_with(context, exc)
 
     return wrapper
 
@@ -124,7 +145,8 @@ def vad_overrides(
         aggressiveness = options.aggressiveness
         if aggressiveness > 3:
             raise InvalidRequest(
-                f"vad.aggressiveness must be between 0 and 3, got {aggressiveness}"
+                f"vad.aggressiveness must be between 0 and 3, got {aggressiveness}",
+                "vad.aggressiveness",
             )
     changes = {name: getattr(options, name) for name in VAD_OVERRIDES if options.HasField(name)}
     if not changes:
@@ -132,7 +154,7 @@ def vad_overrides(
     try:
         return dataclasses.replace(defaults, **changes), aggressiveness
     except InvalidRequest as exc:
-        raise InvalidRequest(f"vad.{exc}") from exc
+        raise InvalidRequest(f"vad.{exc}", "vad") from exc
 
 
 async def _feed(
@@ -147,13 +169,15 @@ async def _feed(
         index += 1
         if message.WhichOneof("payload") != "pcm":
             raise InvalidRequest(
-                f"PlayAudio message {index} is not pcm: only the first message is a start"
+                f"PlayAudio message {index} is not pcm: only the first message is a start",
+                "start",
             )
         if len(message.pcm) % converter.frame_bytes:
             raise InvalidRequest(
                 f"PlayAudio message {index} has {len(message.pcm)} bytes, not a whole number "
                 f"of 16-bit {'stereo ' if converter.frame_bytes == 4 else ''}samples "
-                f"({converter.frame_bytes} bytes each)"
+                f"({converter.frame_bytes} bytes each)",
+                "pcm",
             )
         # A message may hold tens of seconds of audio: converted a slice at a time, so the event
         # loop (every session's 20 ms playout) never waits on one big resample.
@@ -165,25 +189,29 @@ async def _feed(
     voice.feed(playback, converter.flush())
 
 
-def _session_id(request: Any) -> str:
+def _session_id(request: Any, field: str = "session_id") -> str:
     session_id = str(request.session_id)
     if not session_id:
-        raise InvalidRequest("session_id is required")
+        raise InvalidRequest(f"{field} is required", field)
     if len(session_id) > 128:
-        raise InvalidRequest("session_id is longer than 128 characters")
+        raise InvalidRequest(f"{field} is longer than 128 characters", field)
     return session_id
 
 
 def _check_metadata(metadata: Mapping[str, str]) -> None:
     if len(metadata) > MAX_METADATA_ENTRIES:
         raise InvalidRequest(
-            f"metadata has {len(metadata)} entries; at most {MAX_METADATA_ENTRIES}"
+            f"metadata has {len(metadata)} entries; at most {MAX_METADATA_ENTRIES}", "metadata"
         )
     for key, value in metadata.items():
         if not key or len(key) > MAX_METADATA_KEY:
-            raise InvalidRequest(f"metadata key {key[:40]!r} must be 1..{MAX_METADATA_KEY} chars")
+            raise InvalidRequest(
+                f"metadata key {key[:40]!r} must be 1..{MAX_METADATA_KEY} chars", "metadata"
+            )
         if len(value) > MAX_METADATA_VALUE:
-            raise InvalidRequest(f"metadata[{key!r}] is longer than {MAX_METADATA_VALUE} chars")
+            raise InvalidRequest(
+                f"metadata[{key[:40]!r}] is longer than {MAX_METADATA_VALUE} chars", "metadata"
+            )
 
 
 class MediaService(media_pb2_grpc.MediaServiceServicer):
@@ -206,7 +234,9 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
     ) -> pb.Session:
         _check_metadata(request.metadata)
         if not 0 <= request.ttl_seconds <= MAX_TTL_S:
-            raise InvalidRequest(f"ttl_seconds must be 0..{MAX_TTL_S:g}, got {request.ttl_seconds}")
+            raise InvalidRequest(
+                f"ttl_seconds must be 0..{MAX_TTL_S:g}, got {request.ttl_seconds}", "ttl_seconds"
+            )
         entry = self._registry.create(
             Origin.API,
             metadata=dict(request.metadata),
@@ -252,12 +282,8 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
             timeout = None if remaining is None else max(0.0, remaining - 0.05)
             try:
                 await asyncio.wait_for(self._registry.wait_ready(session_id), timeout)
-            except TimeoutError:
-                await context.abort(
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    f"session {session_id!r} is still {session.state.name}, not READY, "
-                    "at the call's deadline",
-                )
+            except TimeoutError as exc:
+                raise ReadyDeadlineExceeded(session_id, session.state.name) from exc
         return self._pb(self._registry.start_listening(session_id, segmenter, aggressiveness))
 
     @unary
@@ -326,11 +352,14 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
     ) -> AsyncIterator[pb.AudioChunk]:
         session_id = _session_id(request)
         if request.mode not in (0, AudioMode.SPEECH, AudioMode.ALL):
-            raise InvalidRequest(f"mode {request.mode} is not an AudioMode (SPEECH=1, ALL=2)")
+            raise InvalidRequest(
+                f"mode {request.mode} is not an AudioMode (SPEECH=1, ALL=2)", "mode"
+            )
         if request.sample_rate and request.sample_rate not in STREAM_SAMPLE_RATES:
             rates = ", ".join(map(str, STREAM_SAMPLE_RATES))
             raise InvalidRequest(
-                f"sample_rate must be 0 or one of {rates}, got {request.sample_rate}"
+                f"sample_rate must be 0 or one of {rates}, got {request.sample_rate}",
+                "sample_rate",
             )
         pipeline = self._registry.lookup_open(session_id).audio
         subscriber = pipeline.subscribe(
@@ -360,22 +389,31 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
                 "nothing" if first is None else (first.WhichOneof("payload") or "an empty message")
             )
             raise InvalidRequest(
-                f"the first PlayAudio message must be a start (session_id, sample_rate), got {got}"
+                f"the first PlayAudio message must be a start (session_id, sample_rate), got {got}",
+                "start",
             )
         start = first.start
-        session_id = _session_id(start)
+        session_id = _session_id(start, "start.session_id")
         low, high = PLAY_RATE_RANGE
         if not low <= start.sample_rate <= high:
             raise InvalidRequest(
-                f"start.sample_rate must be {low}..{high} Hz, got {start.sample_rate}"
+                f"start.sample_rate must be {low}..{high} Hz, got {start.sample_rate}",
+                "start.sample_rate",
             )
         channels = start.channels or 1
         if channels not in (1, 2):
-            raise InvalidRequest(f"start.channels must be 1 or 2, got {start.channels}")
+            raise InvalidRequest(
+                f"start.channels must be 1 or 2, got {start.channels}", "start.channels"
+            )
         if start.mode not in (0, *PlaybackMode):
             raise InvalidRequest(
-                f"start.mode {start.mode} is not a PlaybackMode (ENQUEUE=1, REPLACE=2)"
+                f"start.mode {start.mode} is not a PlaybackMode (ENQUEUE=1, REPLACE=2)",
+                "start.mode",
             )
+        try:
+            check_playback_id(start.playback_id)
+        except InvalidRequest as exc:
+            raise InvalidRequest(str(exc), "start.playback_id") from exc
         interrupt = start.interrupt_on_speech if start.HasField("interrupt_on_speech") else True
         converter = PcmConverter(start.sample_rate, channels, RATE)
         voice = self._registry.lookup_open(session_id).voice

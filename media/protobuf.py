@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc.error_details_pb2 import ErrorInfo
 
+from media.errors import ERROR_DOMAIN, HarkError
 from media.playback import PlaybackFinished, PlaybackInterrupted, PlaybackStarted
 from media.registry import SnapshotItem, WatchItem
 from media.session import (
@@ -16,6 +18,11 @@ from media.session import (
 from media.speech import Audio, SegmentEnd, SegmentStart, StreamItem
 from media.v1 import media_pb2 as pb
 from media.vad import SpeechEnded, SpeechStarted
+
+
+def error_info_pb(error: HarkError) -> ErrorInfo:
+    """The ``google.rpc.ErrorInfo`` a gRPC status carries for ``error``."""
+    return ErrorInfo(reason=error.REASON, domain=ERROR_DOMAIN, metadata=error.error_metadata())
 
 
 def timestamp(seconds: float | None) -> Timestamp | None:

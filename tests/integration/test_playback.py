@@ -62,6 +62,14 @@ async def events_until(watch: Any, kind: str, timeout: float = 10.0) -> list[pb.
     return seen
 
 
+async def until_started(watch: Any, playback_id: str) -> list[pb.SessionEvent]:
+    """Events up to the playback_started of ``playback_id`` (not an earlier playback's)."""
+    seen: list[pb.SessionEvent] = []
+    while not seen or seen[-1].playback_started.playback_id != playback_id:
+        seen += await events_until(watch, "playback_started")
+    return seen
+
+
 def playback_events(events: list[pb.SessionEvent]) -> list[str]:
     return [
         e.WhichOneof("payload") for e in events if e.WhichOneof("payload").startswith("playback")
@@ -213,12 +221,12 @@ async def test_enqueue_replace_and_stop_playback_end_playbacks_as_asked() -> Non
         second = play(550, 0.2, playback_id="second")
         assert (await first).played_ms == 400 and (await second).played_ms == 200
         replaced = play(440, 5.0, playback_id="long")
-        await events_until(watch, "playback_started")
+        await until_started(watch, "long")
         replacing = play(660, 0.2, mode=pb.REPLACE, playback_id="instead")
         assert (await replaced).interrupt_reason == pb.REPLACED
         assert (await replacing).played_ms == 200
         stopped = play(440, 5.0, playback_id="stopped")
-        await events_until(watch, "playback_started")
+        await until_started(watch, "stopped")
         stop = await stub.StopPlayback(pb.StopPlaybackRequest(session_id=sid))
         assert list(stop.playback_ids) == ["stopped"]
         reply = await stopped
