@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import re
-import traceback
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -40,26 +38,6 @@ SDP = "application/sdp"
 TRICKLE = "application/trickle-ice-sdpfrag"
 TOKEN = "server-token-for-whep-tests"
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
-
-
-@pytest.fixture(autouse=True)
-def no_server_errors() -> Iterator[None]:
-    """No ERROR record (a traceback from a handler, a servicer or a task) while a test runs."""
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler(level=logging.ERROR)
-    handler.emit = records.append  # type: ignore[method-assign]
-    logging.getLogger().addHandler(handler)
-    try:
-        yield
-    finally:
-        logging.getLogger().removeHandler(handler)
-    reports = []
-    for record in records:
-        text = f"{record.name}: {record.getMessage()}"
-        if record.exc_info and record.exc_info[1] is not None:
-            text += "\n" + "".join(traceback.format_exception(record.exc_info[1]))
-        reports.append(text)
-    assert not reports, "the server logged errors:\n" + "\n".join(reports)
 
 
 # HTTP helpers
