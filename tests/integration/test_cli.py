@@ -11,8 +11,8 @@ import wave
 
 from media.session import SessionState
 from media.v1 import media_pb2 as pb
-from tests.listening import listening, loud, tone
-from tests.support import SPEECH, grpc_stub, running_server
+from tests.listening import fell_silent, listening, loud, tone
+from tests.support import SPEECH, eventually, grpc_stub, running_server
 
 HARK = [sys.executable, "-m", "media"]
 
@@ -109,7 +109,7 @@ async def test_play_a_file_to_a_player_and_watch_it_play(tmp_path: pathlib.Path)
             code, out, err = await run("play", session.id, str(wav), "--target", app.grpc_target)
             lines = [(await asyncio.wait_for(watcher.stdout.readline(), 5)).decode()]
             lines.append((await asyncio.wait_for(watcher.stdout.readline(), 5)).decode())
-            await asyncio.sleep(0.2)
+            await eventually(lambda: fell_silent(player.heard), "the player heard the tone end")
         watcher.terminate()
         await watcher.wait()
         code_bad, _, err_bad = await run("play", session.id, "/no/such.wav")
