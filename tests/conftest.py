@@ -1,10 +1,18 @@
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import Iterator
 
 import aioice.ice
 import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "allow_error_logs(reason): the test expects ERROR records (the reason says which, and why)",
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -14,3 +22,38 @@ def _loopback_only_ice(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in ("aiortc", "aioice"):
         logging.getLogger(name).setLevel(logging.WARNING)
     yield
+
+
+class _ErrorRecords(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture(autouse=True)
+def _no_error_logs(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test that logged at ERROR or above (a traceback from a handler, a servicer, a task),
+    unless it is marked ``allow_error_logs("why")``."""
+    handler = _ErrorRecords()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+    if handler.records and request.node.get_closest_marker("allow_error_logs") is None:
+        pytest.fail(
+            "logged at ERROR (mark the test allow_error_logs if it should):\n"
+            + "\n".join(_described(record) for record in handler.records),
+            pytrace=False,
+        )
+
+
+def _described(record: logging.LogRecord) -> str:
+    text = f"{record.levelname} {record.name}: {record.getMessage()}"
+    if record.exc_info and record.exc_info[1] is not None:
+        text += "\n" + "".join(traceback.format_exception(record.exc_info[1]))
+    return text

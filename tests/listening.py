@@ -7,6 +7,7 @@ import array
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import math
 import re
 import time
@@ -33,7 +34,7 @@ class Heard:
     time: float
     samples: array.array[int]
 
-    @property
+    @functools.cached_property
     def dbfs(self) -> float:
         return dbfs(self.samples)
 
@@ -170,6 +171,13 @@ def frequency(samples: array.array[int], rate: int = RATE) -> float:
 
 def loud(heard: Iterable[Heard]) -> list[Heard]:
     return [frame for frame in heard if frame.dbfs > SILENCE_DBFS]
+
+
+def fell_silent(heard: list[Heard]) -> bool:
+    """The player heard sound, and has decoded silence since: it heard all of it."""
+    if not heard or heard[-1].dbfs > SILENCE_DBFS:
+        return False
+    return any(frame.dbfs > SILENCE_DBFS for frame in reversed(heard))
 
 
 # PlayAudio

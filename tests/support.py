@@ -10,7 +10,7 @@ import os
 import pathlib
 import re
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -141,6 +141,26 @@ async def publish(
         base_url=base_url,
         token=token,
     )
+
+
+async def eventually(
+    condition: Callable[[], bool | Awaitable[bool]], what: str, timeout: float = 10.0
+) -> None:
+    """Poll ``condition`` until it holds, for what only polling can observe (a metric, a count).
+
+    Fails naming ``what`` once ``timeout`` passes; the deadline is a bound, never a measurement.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            while not await _holds(condition):
+                await asyncio.sleep(0.02)  # the polling interval, not a wait for anything
+    except TimeoutError:
+        raise AssertionError(f"never true within {timeout} s: {what}") from None
+
+
+async def _holds(condition: Callable[[], bool | Awaitable[bool]]) -> bool:
+    outcome = condition()
+    return await outcome if isinstance(outcome, Awaitable) else outcome
 
 
 async def next_event(stream: Any, timeout: float = 10.0) -> pb.SessionEvent:

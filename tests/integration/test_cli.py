@@ -12,8 +12,8 @@ import wave
 
 from media.session import CloseReason, SessionState
 from media.v1 import media_pb2 as pb
-from tests.listening import listening, loud, tone
-from tests.support import FIXTURES, SPEECH, grpc_stub, publish, running_server
+from tests.listening import fell_silent, listening, loud, tone
+from tests.support import FIXTURES, SPEECH, eventually, grpc_stub, publish, running_server
 
 HARK = [sys.executable, "-m", "media"]
 
@@ -110,7 +110,7 @@ async def test_play_a_file_to_a_player_and_watch_it_play(tmp_path: pathlib.Path)
             code, out, err = await run("play", session.id, str(wav), "--target", app.grpc_target)
             lines = [(await asyncio.wait_for(watcher.stdout.readline(), 5)).decode()]
             lines.append((await asyncio.wait_for(watcher.stdout.readline(), 5)).decode())
-            await asyncio.sleep(0.2)
+            await eventually(lambda: fell_silent(player.heard), "the player heard the tone end")
         watcher.terminate()
         await watcher.wait()
         code_bad, _, err_bad = await run("play", session.id, "/no/such.wav")

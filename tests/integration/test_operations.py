@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from media.v1 import media_pb2 as pb
-from tests.support import grpc_stub, publish, running_server, truth
+from tests.support import eventually, grpc_stub, publish, running_server, truth
 
 SDP = {"Content-Type": "application/sdp"}
 
@@ -59,7 +59,12 @@ async def test_metrics_move_through_a_publish_listen_speak_delete_cycle() -> Non
         await publisher.vanish()
         watch.cancel()
         audio.cancel()
-        await asyncio.sleep(0.2)
+
+        async def streams_closed() -> bool:
+            now = await scrape(metrics_url)
+            return value(now, "hark_watch_streams") == value(now, "hark_audio_subscribers") == 0
+
+        await eventually(streams_closed, "the server sees both streams end")
         after = await scrape(metrics_url)
 
     assert value(during, "hark_sessions", state="READY") == 1
@@ -124,7 +129,15 @@ async def test_undecodable_packets_are_counted_and_skipped_and_the_session_survi
             await stub.StartListening(
                 pb.StartListeningRequest(session_id=sid, wait_for_ready=True), timeout=10
             )
-            await asyncio.sleep(2.0)
+
+            async def through_garbage() -> bool:
+                now = await scrape(app.base_url + "/metrics")
+                return (
+                    value(now, "hark_audio_decode_errors_total") >= 10
+                    and value(now, "hark_audio_frames_decoded_total") >= 40
+                )
+
+            await eventually(through_garbage, "10 undecodable packets among 40 good ones")
             session = await stub.GetSession(pb.GetSessionRequest(session_id=sid))
             samples = await scrape(app.base_url + "/metrics")
         finally:
@@ -148,14 +161,20 @@ async def test_probes_follow_capacity_and_grpc_health_agrees() -> None:
 
             async with http.get(app.base_url + "/readyz") as response:
                 assert response.status == 200
+
+            async def serving() -> bool:
+                return await status() == health_pb2.HealthCheckResponse.SERVING
+
+            async def not_serving() -> bool:
+                return await status() == health_pb2.HealthCheckResponse.NOT_SERVING
+
             created = await stub.CreateSession(pb.CreateSessionRequest())
-            await asyncio.sleep(0.1)
+            await eventually(not_serving, "gRPC health turns NOT_SERVING at capacity")
             async with http.get(app.base_url + "/readyz") as response:
                 assert response.status == 503
                 assert "at capacity" in await response.text()
             async with http.get(app.base_url + "/healthz") as response:
                 assert response.status == 200
-            assert await status() == health_pb2.HealthCheckResponse.NOT_SERVING
 
             async with http.post(app.base_url + "/whip", headers=SDP, data="v=0") as response:
                 assert response.status == 503
@@ -166,8 +185,7 @@ async def test_probes_follow_capacity_and_grpc_health_agrees() -> None:
             assert "--max-sessions 1" in (full.value.details() or "")
 
             await stub.EndSession(pb.EndSessionRequest(session_id=created.id))
-            await asyncio.sleep(0.1)
-            assert await status() == health_pb2.HealthCheckResponse.SERVING
+            await eventually(serving, "gRPC health turns SERVING again")
             async with http.get(app.base_url + "/readyz") as response:
                 assert response.status == 200
 

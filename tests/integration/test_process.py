@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-import time
 
 import aiohttp
 import grpc
 
 from media.v1 import media_pb2 as pb
 from media.v1 import media_pb2_grpc
-from tests.support import HarkProcess, collect_until_closed, next_event, publish
+from tests.support import HarkProcess, collect_until_closed, eventually, next_event, publish
 
 
 async def test_sigterm_drains_then_closes_everyone_with_shutdown_and_exits_0() -> None:
@@ -36,13 +35,18 @@ async def test_sigterm_drains_then_closes_everyone_with_shutdown_and_exits_0() -
             await next_event(everyone)
 
             assert hark.proc is not None
-            signalled = time.monotonic()
-            hark.proc.send_signal(signal.SIGTERM)
-            await asyncio.sleep(0.3)
+            hark.proc.send_signal(signal.SIGTERM)  # how soon it exits: benchmarks/timings.py
             async with aiohttp.ClientSession() as http:
-                async with http.get(base + "/readyz") as response:
-                    assert response.status == 503
-                    assert "draining" in await response.text()
+
+                async def readiness() -> tuple[int, str]:
+                    async with http.get(base + "/readyz") as response:
+                        return response.status, await response.text()
+
+                async def draining() -> bool:
+                    return (await readiness())[0] == 503
+
+                await eventually(draining, "/readyz turns 503 once the signal arrives")
+                assert "draining" in (await readiness())[1]
                 async with http.post(
                     base + "/whip", headers={"Content-Type": "application/sdp"}, data="v=0"
                 ) as response:
@@ -58,10 +62,8 @@ async def test_sigterm_drains_then_closes_everyone_with_shutdown_and_exits_0() -
                 assert closed.state_changed.state == pb.CLOSED
                 assert closed.state_changed.close_reason == pb.SHUTDOWN
             code = await hark.wait(timeout=10)
-            elapsed = time.monotonic() - signalled
             await publisher.vanish()
     assert code == 0, "".join(hark.log)
-    assert elapsed < 2 + 3, f"exited {elapsed:.1f} s after SIGTERM with a 2 s drain timeout"
     assert "Traceback" not in "".join(hark.log)
 
 

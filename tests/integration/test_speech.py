@@ -9,11 +9,21 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import av
 import grpc
 import pytest
 
 from media.v1 import media_pb2 as pb
-from tests.support import FIXTURES, SPEECH, grpc_stub, publish, running_server, truth
+from tests.listening import listening, loud
+from tests.support import (
+    FIXTURES,
+    SPEECH,
+    eventually,
+    grpc_stub,
+    publish,
+    running_server,
+    truth,
+)
 
 TRUTH = truth()
 UTTERANCES = [(u["start_ms"], u["end_ms"]) for u in TRUTH["utterances"]]
@@ -70,14 +80,32 @@ async def observed(
 
 
 async def listen_to(stub: Any, app: Any, fixture: pathlib.Path, **listen: Any) -> Heard:
-    """Listen from READY until the fixture has played out."""
+    """Listen from READY until the server has analysed the whole fixture."""
     async with observed(stub, app, fixture) as (session_id, heard):
+        everything = stub.StreamAudio(pb.StreamAudioRequest(session_id=session_id, mode=pb.ALL))
         await stub.StartListening(
             pb.StartListeningRequest(session_id=session_id, wait_for_ready=True, **listen),
             timeout=10,
         )
-        await asyncio.sleep(TRUTH["duration_ms"] / 1000 + 1.0)
+        # the jitter buffer may hold the last frames back until a packet that never comes
+        await analysed_up_to(everything, fixture_ms(fixture) - 60)
+        everything.cancel()
     return heard
+
+
+def fixture_ms(fixture: pathlib.Path) -> int:
+    with av.open(str(fixture)) as container:
+        return 20 * sum(1 for packet in container.demux(audio=0) if packet.size)
+
+
+async def analysed_up_to(stream: Any, end_ms: int) -> None:
+    """Read a StreamAudio ALL stream until its audio reaches ``end_ms`` of the session's media."""
+    async with asyncio.timeout(30):
+        async for chunk in stream:
+            audio = chunk.audio
+            if chunk.HasField("audio") and audio.offset_ms + audio.duration_ms >= end_ms:
+                return
+    raise AssertionError(f"StreamAudio ended before {end_ms} ms of media")
 
 
 def assert_matches_truth(heard: Heard, start_tolerance: int, end_tolerance: int) -> None:
@@ -143,13 +171,12 @@ async def test_listening_started_after_the_onset_still_delivers_the_first_syllab
     first_start, _ = UTTERANCES[0]
     async with running_server() as app, grpc_stub(app) as stub:
         async with observed(stub, app) as (session_id, heard):
-            ready = await app.registry.wait_ready(session_id)
-            assert ready.ready_time is not None
-            delay = (first_start + 200) / 1000 - (app.clock.now() - ready.ready_time)
-            await asyncio.sleep(delay)
+            token = app.registry.lookup(session_id).token
+            async with listening(app.base_url, session_id, token=token, source="publisher") as user:
+                # the server has the user's first 200 ms of speech when this player has heard it
+                await eventually(lambda: len(loud(user.heard)) >= 10, "the user starts talking")
             await stub.StartListening(pb.StartListeningRequest(session_id=session_id))
-            while not heard.ended:
-                await asyncio.sleep(0.1)
+            await eventually(lambda: bool(heard.ended), "the first utterance ends")
     assert abs(heard.started[0].start_ms - first_start) <= 150
     first_audio = next(c.audio for c in heard.chunks if c.WhichOneof("payload") == "audio")
     assert first_audio.offset_ms <= first_start
@@ -177,7 +204,9 @@ async def test_a_slow_reader_is_told_what_it_lost_and_a_fast_one_loses_nothing()
             await stub.StartListening(
                 pb.StartListeningRequest(session_id=sid, wait_for_ready=True), timeout=10
             )
-            await asyncio.sleep(4.0)
+            fast_ms = lambda: sum(c.audio.duration_ms for c in fast_heard.chunks)  # noqa: E731
+            # the slow reader, reading nothing, falls more than 300 ms behind meanwhile
+            await eventually(lambda: fast_ms() >= 3500, "3.5 s of audio streamed")
             slow_chunks = []
             async with asyncio.timeout(5):
                 while sum(c.audio.dropped_ms for c in slow_chunks) == 0:
@@ -238,14 +267,12 @@ async def test_stop_listening_cuts_a_segment_with_a_reason_and_the_stream_stays_
             await stub.StartListening(
                 pb.StartListeningRequest(session_id=session_id, wait_for_ready=True), timeout=10
             )
-            while not heard.started:
-                await asyncio.sleep(0.05)
+            await eventually(lambda: bool(heard.started), "the user starts talking")
             await stub.StopListening(pb.StopListeningRequest(session_id=session_id))
-            await asyncio.sleep(0.1)
+            await eventually(lambda: bool(heard.ended), "the segment ends")
             assert heard.ended[0].reason == pb.STOPPED
             await stub.StartListening(pb.StartListeningRequest(session_id=session_id))
-            while len(heard.ended) < 2:
-                await asyncio.sleep(0.05)
+            await eventually(lambda: len(heard.ended) >= 2, "the next segment ends", timeout=20)
     assert heard.ended[1].reason == pb.SILENCE
     ends = [c.segment_end for c in heard.chunks if c.WhichOneof("payload") == "segment_end"]
     assert [e.reason for e in ends[:2]] == [pb.STOPPED, pb.SILENCE]

