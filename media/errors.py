@@ -130,3 +130,12 @@ class RateLimited(HarkError):
     def __init__(self, message: str, retry_after_s: int) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class UnsupportedContentEncoding(UnsupportedContentType):
+    """The body has a ``Content-Encoding`` Hark does not take: it takes bodies uncompressed
+    (HTTP 415 with ``Accept-Encoding: identity``)."""
+
+
+class BodyTimeout(HarkError):
+    """The request body did not arrive in full within ``--http-body-timeout`` (HTTP 408)."""
