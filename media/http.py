@@ -97,7 +97,9 @@ def status_for(exc: HarkError) -> int:
 
 def error_response(exc: HarkError) -> web.Response:
     status = status_for(exc)
-    response = web.Response(status=status, text=f"{exc}\n", content_type="text/plain")
+    # A message may quote client input that is not valid Unicode (surrogate-escaped bytes).
+    text = f"{exc}\n".encode(errors="backslashreplace")
+    response = web.Response(status=status, body=text, content_type="text/plain", charset="utf-8")
     if status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="hark"'
     if isinstance(exc, UnsupportedContentEncoding):
@@ -198,7 +200,7 @@ def bearer_token(request: web.Request) -> str | None:
 
 def require_content_type(request: web.Request, expected: str) -> None:
     if request.content_type != expected:
-        given = request.headers.get("Content-Type") or "none"
+        given = (request.headers.get("Content-Type") or "none")[:100]
         raise UnsupportedContentType(f"Content-Type must be {expected}, got {given}")
 
 

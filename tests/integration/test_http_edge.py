@@ -319,3 +319,42 @@ async def served_from_first_address(port: int) -> bool:
         return (await send_in_pieces(port, "GET", "/healthz")).status == 200
     except (ConnectionError, asyncio.IncompleteReadError):
         return False
+
+
+async def test_compressed_bodies_get_415_before_and_after_auth_never_500() -> None:
+    garbage = b"\x1f\x8b\x08 not really gzip" * 8
+    async with running_server(token=TOKEN) as app:
+        for coding in ("gzip", "deflate"):
+            for auth, status in (({}, 401), (AUTH, 415)):
+                headers = {**SDP, **auth, "Content-Encoding": coding}
+                response = await send_in_pieces(app.http_port, "POST", "/whip", garbage, headers)
+                assert response.status == status, (coding, response.status, response.text)
+                if status == 415:
+                    assert "Content-Encoding" in response.text, response.text
+                    assert response.headers["accept-encoding"] == "identity"
+
+
+async def test_bad_revisions_and_deep_json_get_400_naming_the_problem() -> None:
+    async with running_server() as app:
+        publisher = await publish(app.base_url)
+        events = f"{publisher.location}/events"
+        try:
+            for bad in ("²", "9" * 4301, "-1", "1e3"):
+                by_header = await send_in_pieces(
+                    app.http_port, "GET", events, headers={"Last-Event-ID": bad}
+                )
+                assert by_header.status == 400, by_header.text
+                assert "Last-Event-ID must be a revision number" in by_header.text
+                query = "%C2%B2" if bad == "²" else bad
+                by_query = await send_in_pieces(
+                    app.http_port, "GET", f"{events}?since_revision={query}"
+                )
+                assert by_query.status == 400, by_query.text
+                assert "since_revision must be a revision number" in by_query.text
+            deep = await send_in_pieces(
+                app.http_port, "POST", f"{publisher.location}/listening", b"[" * 60000, JSON
+            )
+            assert deep.status == 400, deep.text
+            assert "nested too deeply" in deep.text
+        finally:
+            await publisher.vanish()
