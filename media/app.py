@@ -176,11 +176,13 @@ class HarkApp:
         await runner.setup()
         self._runners.append(runner)
         assert runner.server is not None
+        tls = self._http_tls()
         listener = await asyncio.get_running_loop().create_server(
             self._connections.guard(runner.server),
             self.config.http_host,
             port,
-            ssl=self._http_tls(),
+            ssl=tls,
+            ssl_handshake_timeout=self.config.http_header_timeout if tls else None,
             reuse_address=True,
         )
         self._listeners.append(listener)

@@ -36,12 +36,26 @@ def pieces(body: bytes, first: int = SEGMENT) -> list[bytes]:
     return [part for part in parts if part]
 
 
+def chunked(parts: Sequence[bytes]) -> list[bytes]:
+    """``parts`` in HTTP/1.1 chunked framing, one chunk each, the last piece ending the body."""
+    framed = [f"{len(part):x}\r\n".encode() + part + b"\r\n" for part in parts]
+    return [*framed[:-1], framed[-1] + b"0\r\n\r\n"]
+
+
 def request_head(
-    method: str, path: str, headers: Mapping[str, str], body: bytes, *, close: bool = True
+    method: str,
+    path: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    close: bool = True,
+    chunked: bool = False,
 ) -> bytes:
     lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1"]
     lines += [f"{name}: {value}" for name, value in headers.items()]
-    if body:
+    if chunked:
+        lines.append("Transfer-Encoding: chunked")
+    elif body:
         lines.append(f"Content-Length: {len(body)}")
     if close:
         lines.append("Connection: close")
@@ -78,13 +92,17 @@ async def send_in_pieces(
     *,
     parts: Sequence[bytes] | None = None,
     pause: float = PAUSE_S,
+    chunks: bool = False,
 ) -> RawResponse:
-    """Send one request (headers, then ``parts`` of the body, by default ``pieces(body)``)
-    and read the whole response."""
+    """Send one request (headers, then ``parts`` of the body, by default ``pieces(body)``,
+    each its own chunk with ``chunks``) and read the whole response."""
     reader, writer = await connect(port)
     try:
-        head = request_head(method, path, headers or {}, body)
-        await write_in_pieces(writer, [head, *(pieces(body) if parts is None else parts)], pause)
+        head = request_head(method, path, headers or {}, body, chunked=chunks)
+        body_parts = list(pieces(body) if parts is None else parts)
+        if chunks:
+            body_parts = chunked(body_parts)
+        await write_in_pieces(writer, [head, *body_parts], pause)
         return await read_response(reader)
     finally:
         writer.close()

@@ -104,7 +104,11 @@ class ServerThread:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerThread]:
-    with ServerThread(ready_timeout=60.0, max_sessions=10_000, heartbeat_interval=0.05) as running:
+    # A Content-Length longer than the body sent is a body that never completes: 408 after
+    # --http-body-timeout, kept short so that such examples stay quick.
+    with ServerThread(
+        ready_timeout=60.0, max_sessions=10_000, heartbeat_interval=0.05, http_body_timeout=0.25
+    ) as running:
         yield running
 
 

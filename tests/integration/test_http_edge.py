@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import pathlib
 from collections.abc import Iterator
 
 import pytest
@@ -15,6 +16,7 @@ from aiortc.contrib.media import MediaPlayer
 from media.app import HarkApp
 from media.peer import close_peer_connection
 from media.v1 import media_pb2 as pb
+from tests.integration.test_tls import issue, write
 from tests.listening import recvonly_offer
 from tests.slow_http import (
     closed_by_server,
@@ -59,9 +61,13 @@ async def sendonly_offer() -> tuple[RTCPeerConnection, MediaPlayer]:
     return pc, player
 
 
-@pytest.mark.parametrize("precreated", [False, True], ids=["POST /whip", "POST /whip/{id}"])
+@pytest.mark.parametrize(
+    ("precreated", "chunks"),
+    [(False, False), (True, False), (False, True)],
+    ids=["POST /whip", "POST /whip/{id}", "POST /whip chunked"],
+)
 async def test_an_offer_in_several_segments_gets_201_and_a_session_that_becomes_ready(
-    precreated: bool,
+    precreated: bool, chunks: bool
 ) -> None:
     async with running_server() as app:
         path, headers = "/whip", SDP
@@ -73,7 +79,9 @@ async def test_an_offer_in_several_segments_gets_201_and_a_session_that_becomes_
         pc, player = await sendonly_offer()
         try:
             offer = pc.localDescription.sdp.encode()
-            response = await send_in_pieces(app.http_port, "POST", path, offer, headers)
+            response = await send_in_pieces(
+                app.http_port, "POST", path, offer, headers, chunks=chunks
+            )
             assert response.status == 201, response.text
             await pc.setRemoteDescription(RTCSessionDescription(response.text, "answer"))
             await until_ready(app, response.headers["location"].rsplit("/", 1)[1])
@@ -358,3 +366,19 @@ async def test_bad_revisions_and_deep_json_get_400_naming_the_problem() -> None:
             assert "nested too deeply" in deep.text
         finally:
             await publisher.vanish()
+
+
+async def test_a_tls_client_that_never_handshakes_is_disconnected(tmp_path: pathlib.Path) -> None:
+    write(tmp_path, "server", *issue("localhost", issue("hark test CA")))
+    async with running_server(
+        http_tls_cert=str(tmp_path / "server.pem"),
+        http_tls_key=str(tmp_path / "server.key"),
+        http_header_timeout=1.0,
+    ) as app:
+        reader, writer = await connect(app.http_port)
+        try:
+            writer.write(b"\x16\x03\x01")  # the start of a ClientHello, and no more
+            async with asyncio.timeout(30):
+                await closed_by_server(reader)
+        finally:
+            writer.close()
