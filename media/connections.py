@@ -33,9 +33,6 @@ class ConnectionLimit:
         self._on_refused = on_refused
         self._open: Counter[str] = Counter()
 
-    def open_from(self, address: str) -> int:
-        return self._open[address]
-
     def admit(self, address: str) -> bool:
         if self.limit and self._open[address] >= self.limit:
             self._on_refused()
@@ -56,7 +53,9 @@ class ConnectionLimit:
 class Guarded(asyncio.Protocol):
     """Admits a connection through ``ConnectionLimit`` and then delegates every call."""
 
-    def __init__(self, limit: ConnectionLimit, make_protocol: Callable[[], asyncio.Protocol]):
+    def __init__(
+        self, limit: ConnectionLimit, make_protocol: Callable[[], asyncio.Protocol]
+    ) -> None:
         self._limit = limit
         self._make_protocol = make_protocol
         self._inner: asyncio.Protocol | None = None
