@@ -53,21 +53,25 @@ async def until_ready(app: HarkApp, session_id: str) -> None:
         watch.cancel()
 
 
-async def sendonly_offer() -> tuple[RTCPeerConnection, MediaPlayer]:
+async def sendonly_offer(video: bool = False) -> tuple[RTCPeerConnection, MediaPlayer]:
+    """aiortc's offer: 1.3 KB of audio alone, 3.2 KB with a video m-line (so over one
+    1,448-byte segment, like Firefox's 2.6 KB audio offer)."""
     player = MediaPlayer(str(SPEECH), decode=False)
     pc = RTCPeerConnection()
     pc.addTransceiver(player.audio, direction="sendonly")
+    if video:
+        pc.addTransceiver("video", direction="sendonly")
     await pc.setLocalDescription(await pc.createOffer())
     return pc, player
 
 
 @pytest.mark.parametrize(
-    ("precreated", "chunks"),
-    [(False, False), (True, False), (False, True)],
-    ids=["POST /whip", "POST /whip/{id}", "POST /whip chunked"],
+    ("precreated", "chunks", "video"),
+    [(False, False, False), (True, False, False), (False, True, False), (False, False, True)],
+    ids=["POST /whip", "POST /whip/{id}", "POST /whip chunked", "POST /whip 1448 + rest"],
 )
 async def test_an_offer_in_several_segments_gets_201_and_a_session_that_becomes_ready(
-    precreated: bool, chunks: bool
+    precreated: bool, chunks: bool, video: bool
 ) -> None:
     async with running_server() as app:
         path, headers = "/whip", SDP
@@ -76,7 +80,7 @@ async def test_an_offer_in_several_segments_gets_201_and_a_session_that_becomes_
                 session = await stub.CreateSession(pb.CreateSessionRequest())
             path = f"/whip/{session.id}"
             headers = {**SDP, "Authorization": f"Bearer {session.token}"}
-        pc, player = await sendonly_offer()
+        pc, player = await sendonly_offer(video)
         try:
             offer = pc.localDescription.sdp.encode()
             response = await send_in_pieces(
