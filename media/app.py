@@ -23,10 +23,11 @@ from grpc_reflection.v1alpha import reflection
 from media.audio import DecodeErrorCounter
 from media.clock import Clock
 from media.config import Config
+from media.connections import ConnectionLimit
 from media.events_http import SessionEventsHandlers
 from media.grpc_interceptors import BearerAuth, MalformedRequests, RpcMetrics
 from media.grpc_service import SERVICE_NAME, MediaService
-from media.http import ClientProtocolErrors, make_middlewares
+from media.http import BODY_TIMEOUT, ClientProtocolErrors, make_middlewares
 from media.metrics import Metrics
 from media.peer import PublisherPeer, restrict_host_candidates
 from media.ratelimit import RateLimiter
@@ -110,6 +111,10 @@ class HarkApp:
         self.grpc_port = 0
         self.metrics_port: int | None = None
         self._runners: list[web.AppRunner] = []
+        self._listeners: list[asyncio.Server] = []
+        self._connections = ConnectionLimit(
+            config.max_connections_per_ip, self.metrics.http_connections_refused.inc
+        )
         self._grpc: grpc.aio.Server | None = None
         self._health = HealthServicer()
         self._health_dirty = asyncio.Event()
@@ -145,6 +150,7 @@ class HarkApp:
             middlewares=[*middlewares, self._time_whip_post],
             client_max_size=1024 * 1024,
         )
+        app[BODY_TIMEOUT] = self.config.http_body_timeout
         whip = WhipHandlers(
             self.registry,
             server_token=self.config.token,
@@ -224,19 +230,38 @@ class HarkApp:
         return response
 
     async def _serve_http(self, app: web.Application, port: int, what: str = "HTTP") -> int:
-        runner = web.AppRunner(app, access_log=None)
+        """Serve ``app`` through aiohttp's protocol behind the per-address connection bound.
+
+        aiohttp closes a connection that has not delivered a request's headers within its
+        keep-alive timeout, counted from the connection's start or the previous response, which
+        makes that timeout --http-header-timeout. What a handler leaves of a body is read and
+        dropped for at most --http-body-timeout. Bodies are never decoded (see read_text_body).
+        """
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            keepalive_timeout=self.config.http_header_timeout,
+            lingering_time=self.config.http_body_timeout,
+            auto_decompress=False,
+        )
         await runner.setup()
         self._runners.append(runner)
+        assert runner.server is not None
+        tls = self._http_tls()
         host = self.config.http_host
-        site = web.TCPSite(runner, host, port, ssl_context=self._http_tls())
         try:
-            await site.start()
+            listener = await asyncio.get_running_loop().create_server(
+                self._connections.guard(runner.server),
+                host,
+                port,
+                ssl=tls,
+                ssl_handshake_timeout=self.config.http_header_timeout if tls else None,
+                reuse_address=True,
+            )
         except OSError as exc:
             raise CannotListen(what, _host_port(host, port), _bind_failure(exc)) from exc
-        server = site._server
-        assert server is not None
-        sockets: list[socket.socket] = list(server.sockets)  # type: ignore[attr-defined]
-        return int(sockets[0].getsockname()[1])
+        self._listeners.append(listener)
+        return int(listener.sockets[0].getsockname()[1])
 
     def _http_tls(self) -> ssl.SSLContext | None:
         if self.config.http_tls_cert is None or self.config.http_tls_key is None:
@@ -384,9 +409,14 @@ class HarkApp:
         if self._grpc is not None:
             await self._grpc.stop(grace=2.0)
             self._grpc = None
+        for listener in self._listeners:
+            listener.close()
         for runner in self._runners:
             await runner.cleanup()
         self._runners = []
+        for listener in self._listeners:
+            await listener.wait_closed()
+        self._listeners = []
         logging.getLogger("aiortc.rtcrtpreceiver").removeFilter(self._decode_errors)
         logging.getLogger("aiohttp.server").removeFilter(self._protocol_errors)
         if self._started:

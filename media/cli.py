@@ -64,6 +64,17 @@ SERVE_OPTIONS: list[tuple[str, Parse, str]] = [
     ("rate-limit", float, "POST/PATCH/DELETE per second per client IP (0: off)"),
     ("rate-burst", int, "burst allowed above --rate-limit"),
     ("drain-timeout", float, "seconds SIGTERM waits for live sessions before SHUTDOWN"),
+    (
+        "http-header-timeout",
+        float,
+        "seconds a connection has to send a request's headers (also the idle keep-alive time)",
+    ),
+    ("http-body-timeout", float, "seconds a request has to send its whole body (408 after)"),
+    (
+        "max-connections-per-ip",
+        int,
+        "open HTTP connections per client address at most (0: off); more are refused",
+    ),
     ("http-tls-cert", str, "PEM certificate: serve HTTPS"),
     ("http-tls-key", str, "PEM private key for --http-tls-cert"),
     ("grpc-tls-cert", str, "PEM certificate: serve gRPC over TLS"),

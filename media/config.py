@@ -100,6 +100,9 @@ class Config:
     rate_limit: float = 20.0
     rate_burst: int = 40
     drain_timeout: float = 10.0
+    http_header_timeout: float = 10.0
+    http_body_timeout: float = 10.0
+    max_connections_per_ip: int = 64
     http_tls_cert: str | None = None
     http_tls_key: str | None = None
     grpc_tls_cert: str | None = None
@@ -156,6 +159,15 @@ class Config:
             raise ConfigError(f"--rate-limit must be >= 0 (0 turns it off), got {self.rate_limit}")
         if self.rate_burst < 1:
             raise ConfigError(f"--rate-burst must be >= 1, got {self.rate_burst}")
+        for name in ("http_header_timeout", "http_body_timeout"):
+            value = getattr(self, name)
+            if not 0 < value <= 3600:
+                raise ConfigError(f"--{_flag(name)} must be > 0 and <= 3600 s, got {value}")
+        if self.max_connections_per_ip < 0:
+            raise ConfigError(
+                f"--max-connections-per-ip must be >= 0 (0 turns it off), "
+                f"got {self.max_connections_per_ip}"
+            )
         if not 0 <= self.drain_timeout <= 3600:
             raise ConfigError(f"--drain-timeout must be 0..3600 s, got {self.drain_timeout}")
         if not 0 <= self.jitter_frames <= 8:

@@ -309,3 +309,16 @@ class RateLimited(HarkError):
 def _retry_after(metadata: Mapping[str, str]) -> int:
     value = metadata.get("retry_after_s", "")
     return int(value) if value.isascii() and value.isdigit() and len(value) < 6 else 1
+
+
+class UnsupportedContentEncoding(UnsupportedContentType):
+    """The body has a ``Content-Encoding`` Hark does not take: it takes bodies uncompressed
+    (HTTP 415 with ``Accept-Encoding: identity``)."""
+
+    REASON = "UNSUPPORTED_CONTENT_ENCODING"
+
+
+class BodyTimeout(HarkError):
+    """The request body did not arrive in full within ``--http-body-timeout`` (HTTP 408)."""
+
+    REASON = "BODY_TIMEOUT"

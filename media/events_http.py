@@ -132,9 +132,13 @@ class SessionEventsHandlers:
 
 
 def _since_revision(request: web.Request) -> int:
-    raw = request.headers.get("Last-Event-ID") or request.query.get("since_revision") or "0"
-    if not raw.isdigit() or int(raw) >= MAX_LAST_EVENT_ID:
-        raise InvalidRequest(f"Last-Event-ID must be a revision number, got {raw[:40]!r}")
+    """``Last-Event-ID`` (EventSource's resume) or ``?since_revision=``: ASCII digits only."""
+    header = request.headers.get("Last-Event-ID")
+    name, raw = ("Last-Event-ID", header) if header else ("since_revision", None)
+    if raw is None:
+        raw = request.query.get("since_revision") or "0"
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 19) or int(raw) >= MAX_LAST_EVENT_ID:
+        raise InvalidRequest(f"{name} must be a revision number from 0 to {MAX_LAST_EVENT_ID - 1}")
     return int(raw)
 
 
@@ -143,6 +147,8 @@ def _listening_request(text: str) -> tuple[bool, bool]:
         body = json.loads(text)
     except ValueError as exc:
         raise InvalidRequest(f"body is not JSON: {exc}") from exc
+    except RecursionError:
+        raise InvalidRequest("body is not a listening request: it is nested too deeply") from None
     if not isinstance(body, dict) or not isinstance(body.get("listening"), bool):
         raise InvalidRequest('body must be {"listening": true|false, "wait_for_ready": bool}')
     wait = body.get("wait_for_ready", False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -11,6 +12,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from media.errors import (
+    BodyTimeout,
     CapacityExceeded,
     Draining,
     HarkError,
@@ -26,6 +28,7 @@ from media.errors import (
     SessionOver,
     StaleEtag,
     Unauthorized,
+    UnsupportedContentEncoding,
     UnsupportedContentType,
     UnsupportedOffer,
 )
@@ -35,6 +38,9 @@ from media.ratelimit import RateLimiter
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES: Final = 64 * 1024
+DEFAULT_BODY_TIMEOUT: Final = 10.0
+BODY_TIMEOUT: Final = web.AppKey("hark_http_body_timeout", float)
+IDENTITY: Final = frozenset({"", "identity"})
 EXPOSED_HEADERS: Final = (
     "Location, ETag, Link, Accept-Post, Accept-Patch, Retry-After, WWW-Authenticate"
 )
@@ -51,6 +57,7 @@ _STATUS: Final[list[tuple[type[HarkError], int]]] = [
     (SessionConflict, 409),
     (StaleEtag, 412),
     (RateLimited, 429),
+    (BodyTimeout, 408),
     (OfferTooLarge, 413),
     (UnsupportedContentType, 415),
     (UnsupportedOffer, 422),
@@ -63,20 +70,20 @@ _STATUS: Final[list[tuple[type[HarkError], int]]] = [
 
 
 class ClientProtocolErrors(logging.Filter):
-    """aiohttp answers a malformed HTTP request with 400 but logs it at ERROR with a traceback;
-    attached to ``aiohttp.server``, this logs it as the client mistake it is, in one INFO line."""
+    """aiohttp answers a malformed HTTP request with 400 but logs it at ERROR with a traceback
+    and the parser's message, which quotes the offending header or request line (a token, say);
+    attached to ``aiohttp.server``, this logs it as the client mistake it is, in one line that
+    names only the status and the kind of mistake, never the request's content."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
         if isinstance(error, HttpProcessingError):
             record.msg, record.args = (
-                "malformed HTTP request answered %s: %s",
-                (
-                    error.code,
-                    str(error.message).splitlines()[0] if error.message else type(error).__name__,
-                ),
+                "malformed HTTP request answered %s (%s)",
+                (error.code, type(error).__name__),
             )
-            record.levelno, record.levelname = logging.INFO, "INFO"
+            level = min(record.levelno, logging.INFO)
+            record.levelno, record.levelname = level, logging.getLevelName(level)
             record.exc_info = record.exc_text = None
         return True
 
@@ -90,9 +97,15 @@ def status_for(exc: HarkError) -> int:
 
 def error_response(exc: HarkError) -> web.Response:
     status = status_for(exc)
-    response = web.Response(status=status, text=f"{exc}\n", content_type="text/plain")
+    # A message may quote client input that is not valid Unicode (surrogate-escaped bytes).
+    text = f"{exc}\n".encode(errors="backslashreplace")
+    response = web.Response(status=status, body=text, content_type="text/plain", charset="utf-8")
     if status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="hark"'
+    if isinstance(exc, UnsupportedContentEncoding):
+        response.headers["Accept-Encoding"] = "identity"
+    if isinstance(exc, BodyTimeout):
+        response.force_close()
     if isinstance(exc, CapacityExceeded | RateLimited | SessionOver):
         response.headers["Retry-After"] = str(exc.retry_after_s)
     elif isinstance(exc, Draining):
@@ -159,7 +172,9 @@ def make_middlewares(
                     )
             return await handler(request)
         except HarkError as exc:
-            logger.info("%s %s -> %d: %s", request.method, route_of(request), status_for(exc), exc)
+            logger.info(
+                "%s %s -> %d: %s", request.method, route_of(request), status_for(exc), loggable(exc)
+            )
             return error_response(exc)
 
     return [count, cors, errors]
@@ -185,15 +200,46 @@ def bearer_token(request: web.Request) -> str | None:
 
 def require_content_type(request: web.Request, expected: str) -> None:
     if request.content_type != expected:
-        given = request.headers.get("Content-Type") or "none"
+        given = (request.headers.get("Content-Type") or "none")[:100]
         raise UnsupportedContentType(f"Content-Type must be {expected}, got {given}")
 
 
+def loggable(exc: HarkError) -> str:
+    """What a log line may say about a client mistake: a 415's message quotes the request's
+    Content-Type, and no header value ever reaches a log."""
+    if isinstance(exc, UnsupportedContentType):
+        return type(exc).__name__
+    return str(exc)
+
+
+def refuse_content_coding(request: web.Request, what: str) -> None:
+    """Bodies are taken uncompressed: an SDP offer is a few KiB, and decoding would let a small
+    request expand past the size limit. aiohttp is told not to decode (``auto_decompress``)."""
+    coding = request.headers.get("Content-Encoding", "").strip().lower()
+    if coding not in IDENTITY:
+        raise UnsupportedContentEncoding(
+            f"{what} must be sent without Content-Encoding (Hark takes identity only)"
+        )
+
+
 async def read_text_body(request: web.Request, what: str, limit: int = MAX_BODY_BYTES) -> str:
-    """The body as UTF-8 text, refusing more than 64 KiB before reading it all."""
+    """The whole body as UTF-8 text, however many TCP segments it arrives in: refused over
+    ``limit`` bytes (413) and when it is not complete within ``--http-body-timeout`` (408)."""
+    refuse_content_coding(request, what)
     if request.content_length is not None and request.content_length > limit:
         raise OfferTooLarge(f"{what} is {request.content_length} bytes; the limit is {limit}")
-    body = await request.content.read(limit + 1)
+    timeout = request.config_dict.get(BODY_TIMEOUT, DEFAULT_BODY_TIMEOUT)
+    try:
+        async with asyncio.timeout(timeout):
+            body = await _read_at_most(request, limit + 1)
+    except TimeoutError:
+        raise BodyTimeout(
+            f"{what} was not received in full within {timeout:g} s (--http-body-timeout)"
+        ) from None
+    except ConnectionResetError:
+        raise InvalidRequest(f"the client went away before its {what} was complete") from None
+    except (HttpProcessingError, web.RequestPayloadError) as exc:
+        raise InvalidRequest(f"{what} could not be read: {type(exc).__name__}") from None
     if len(body) > limit:
         raise OfferTooLarge(f"{what} is over the limit of {limit} bytes")
     if not body.strip():
@@ -202,3 +248,16 @@ async def read_text_body(request: web.Request, what: str, limit: int = MAX_BODY_
         return body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidRequest(f"{what} is not UTF-8 text (byte {exc.start})") from exc
+
+
+async def _read_at_most(request: web.Request, size: int) -> bytes:
+    """Up to ``size`` bytes of the body: reads until its end, not just what has arrived."""
+    chunks: list[bytes] = []
+    received = 0
+    while received < size:
+        chunk = await request.content.read(size - received)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        received += len(chunk)
+    return b"".join(chunks)

@@ -177,6 +177,11 @@ class Metrics:
             ["route", "method", "code"],
             registry=r,
         )
+        self.http_connections_refused = Counter(
+            "hark_http_connections_refused",
+            "HTTP connections refused because their address had --max-connections-per-ip open.",
+            registry=r,
+        )
         self.grpc_requests = Counter(
             "hark_grpc_requests",
             "gRPC calls by method and status code.",

@@ -66,9 +66,7 @@ async def read_trickle(
     require_content_type(request, TRICKLE)
     if_match = request.headers.get("If-Match")
     if if_match is not None and if_match.strip() not in ("*", etag):
-        raise StaleEtag(
-            f"If-Match {if_match} does not name the current ICE session of {resource} ({etag})"
-        )
+        raise StaleEtag(f"If-Match does not name the current ICE session of {resource} ({etag})")
     body = await read_text_body(request, "trickle fragment", max_bytes)
     return parse_trickle_fragment(body)
 

@@ -7,10 +7,13 @@ plain blocking HTTP and gRPC clients at it.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import http.client
 import logging
+import socket
 import threading
 import traceback
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -101,7 +104,11 @@ class ServerThread:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerThread]:
-    with ServerThread(ready_timeout=60.0, max_sessions=10_000, heartbeat_interval=0.05) as running:
+    # A Content-Length longer than the body sent is a body that never completes: 408 after
+    # --http-body-timeout, kept short so that such examples stay quick.
+    with ServerThread(
+        ready_timeout=60.0, max_sessions=10_000, heartbeat_interval=0.05, http_body_timeout=0.25
+    ) as running:
         yield running
 
 
@@ -276,6 +283,112 @@ def test_bad_headers(
     finally:
         connection.close()
     check(status, text, headers)
+
+
+def raw_request(
+    port: int, method: str, path: str, headers: list[tuple[str, bytes]], body: bytes = b""
+) -> tuple[int, str]:
+    """One request on a raw socket, header values sent as given bytes (non-ASCII included).
+
+    A 2xx answer's body is not read: it may be an endless event stream."""
+    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n".encode()
+    head += b"".join(name.encode() + b": " + value + b"\r\n" for name, value in headers)
+    head += f"Content-Length: {len(body)}\r\n\r\n".encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head + body)
+        received = b""
+        while b"\r\n\r\n" not in received and (chunk := sock.recv(65536)):
+            received += chunk
+        status = int(received.split(b" ", 2)[1])
+        if status >= 300:
+            while chunk := sock.recv(65536):
+                received += chunk
+    return status, received.partition(b"\r\n\r\n")[2].decode(errors="replace")
+
+
+HOSTILE_VALUES: list[bytes] = [
+    "²".encode(),
+    "é ü ☃ 😀".encode(),
+    b"\xff\xfe\x80",
+    b"9" * 4301,
+    b"x" * 8000,
+    b"x" * 9000,
+    "Bearer ²".encode(),
+    b"gzip",
+]
+HOSTILE_QUERY_VALUES = ["%C2%B2", "%FF%FE", "9" * 4301, "x" * 8000, "x" * 9000, "-1", ""]
+HEADERS_HARK_READS = [
+    "Authorization",
+    "Content-Type",
+    "Content-Encoding",
+    "If-Match",
+    "Last-Event-ID",
+    "Origin",
+]
+QUERY_HARK_READS = ["token", "since_revision", "source"]
+
+
+def every_route(session: str) -> list[tuple[str, str, list[tuple[str, bytes]], bytes]]:
+    """A request for each route Hark serves, valid but for what the test adds to it."""
+    sdp = [("Content-Type", b"application/sdp")]
+    trickle = [("Content-Type", b"application/trickle-ice-sdpfrag")]
+    json_type = [("Content-Type", b"application/json")]
+    return [
+        ("POST", "/whip", sdp, b"v=0\r\n"),
+        ("POST", session, sdp, b"v=0\r\n"),
+        ("PATCH", session, trickle, b"a=end-of-candidates\r\n"),
+        ("GET", session, [], b""),
+        ("DELETE", "/whip/nope", [], b""),
+        ("OPTIONS", session, [], b""),
+        ("GET", f"{session}/events", [], b""),
+        ("POST", f"{session}/listening", json_type, b'{"listening": false}'),
+        ("POST", session.replace("/whip/", "/whep/"), sdp, b"v=0\r\n"),
+        ("GET", session.replace("/whip/", "/whep/"), [], b""),
+        ("PATCH", session.replace("/whip/", "/whep/") + "/nope", trickle, b"a=mid:0\r\n"),
+        ("DELETE", session.replace("/whip/", "/whep/") + "/nope", [], b""),
+    ]
+
+
+def test_non_ascii_and_huge_values_in_every_header_hark_reads_on_every_route(
+    server: ServerThread,
+) -> None:
+    location, _ = _session(server)
+    for method, path, base, body in every_route(location):
+        for header in HEADERS_HARK_READS:
+            for value in HOSTILE_VALUES:
+                headers = [h for h in base if h[0] != header] + [(header, value)]
+                status, text = raw_request(server.port, method, path, headers, body)
+                check(status, text, (method, path, header, value[:20]))
+
+
+def test_non_ascii_and_huge_values_in_every_query_parameter_on_every_route(
+    server: ServerThread,
+) -> None:
+    location, _ = _session(server)
+    for method, path, headers, body in every_route(location):
+        for name in QUERY_HARK_READS:
+            for value in HOSTILE_QUERY_VALUES:
+                query = f"{path}?{name}={value}"
+                status, text = raw_request(server.port, method, query, headers, body)
+                check(status, text, (method, path, name, value[:20]))
+
+
+CONTENT_CODINGS = [b"gzip", b"deflate", b"br", b"x-gzip", b"gzip, deflate", b"GZIP", "²".encode()]
+
+
+def test_content_codings_on_every_route_that_reads_a_body(server: ServerThread) -> None:
+    location, _ = _session(server)
+    garbage = b"\x1f\x8b garbage that inflates to nothing" * 4
+    for method, path, headers, body in every_route(location):
+        if not body:
+            continue
+        for coding in CONTENT_CODINGS:
+            for payload in (garbage, gzip.compress(body), zlib.compress(body)):
+                sent = [*headers, ("Content-Encoding", coding)]
+                status, text = raw_request(server.port, method, path, sent, payload)
+                check(status, text, (method, path, coding))
+                if status not in (404, 409):
+                    assert status == 415 and "Content-Encoding" in text, (path, status, text)
 
 
 vad_numbers = st.one_of(

@@ -134,3 +134,28 @@ def test_every_option_is_a_flag_and_is_in_the_readme() -> None:
     readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
     missing = sorted(flag for flag in flags if f"--{flag}" not in readme)
     assert not missing, f"options missing from README.md: {missing}"
+
+
+def test_http_edge_options_come_from_flags_and_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    defaults = parse([])
+    assert (defaults.http_header_timeout, defaults.http_body_timeout) == (10.0, 10.0)
+    assert defaults.max_connections_per_ip == 64
+    monkeypatch.setenv("HARK_HTTP_BODY_TIMEOUT", "2.5")
+    config = parse(["--http-header-timeout", "3", "--max-connections-per-ip", "0"])
+    assert (config.http_header_timeout, config.http_body_timeout) == (3.0, 2.5)
+    assert config.max_connections_per_ip == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--http-header-timeout", "0"], "--http-header-timeout must be > 0"),
+        (["--http-body-timeout", "-1"], "--http-body-timeout must be > 0"),
+        (["--max-connections-per-ip", "-1"], "--max-connections-per-ip must be >= 0"),
+    ],
+)
+def test_http_edge_options_are_validated(argv: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse(argv)
