@@ -141,6 +141,8 @@ class AudioSubscriber:
                 self._drop_oldest_audio()
         else:
             self._queue.append(item)
+            if item is STREAM_ENDED:
+                self._resampler = None
         self._wake.set()
 
     def _merge(self, item: Audio) -> bool:
@@ -198,7 +200,7 @@ class SpeechPipeline:
         self._metrics = metrics
         self._on_event = on_event
         self._rate = settings.sample_rate
-        self._downmixer = Downmixer(self._rate)
+        self._downmixer: Downmixer | None = Downmixer(self._rate)
         self._framer = Framer(self._rate, settings.frame_ms)
         self._vad = webrtcvad.Vad(settings.aggressiveness)
         self._pre_listen: deque[tuple[int, bytes]] = deque(
@@ -215,6 +217,8 @@ class SpeechPipeline:
     # input
 
     def push(self, frame: AudioFrame) -> None:
+        if self._downmixer is None:
+            return
         pcm = self._downmixer.convert(frame)
         start = None
         if frame.pts is not None and frame.time_base is not None:
@@ -258,10 +262,12 @@ class SpeechPipeline:
         self._handle(events)
 
     def close(self) -> None:
+        """End analysis and every subscriber, and free the resampler (and its FFmpeg threads)."""
         self.stop(EndReason.CLOSED)
         for subscriber in self._subscribers:
             subscriber.push(STREAM_ENDED)
         self._subscribers.clear()
+        self._downmixer = None
 
     # subscribers
 
