@@ -21,6 +21,7 @@ from av import AudioFrame
 from media.audio import VAD_SAMPLE_RATES, Downmixer, Framer, PcmConverter
 from media.errors import InvalidRequest
 from media.metrics import Metrics
+from media.rtpclock import RTP_WRAP, TimestampUnwrapper
 from media.vad import EndReason, Segmenter, SegmenterConfig, SpeechEnded, SpeechStarted
 
 logger = logging.getLogger(__name__)
@@ -202,6 +203,7 @@ class SpeechPipeline:
         self._rate = settings.sample_rate
         self._downmixer: Downmixer | None = Downmixer(self._rate)
         self._framer = Framer(self._rate, settings.frame_ms)
+        self._media_clock = TimestampUnwrapper()
         self._vad = webrtcvad.Vad(settings.aggressiveness)
         self._pre_listen: deque[tuple[int, bytes]] = deque(
             maxlen=max(1, settings.pre_listen_ms // settings.frame_ms)
@@ -222,7 +224,10 @@ class SpeechPipeline:
         pcm = self._downmixer.convert(frame)
         start = None
         if frame.pts is not None and frame.time_base is not None:
-            start = int(frame.pts * frame.time_base * self._rate)
+            # aiortc takes any step back in RTP time for a wrap (+2**32); unwrap the 32-bit value
+            # again, so a sender restarting its clock is a discontinuity, not a 24.85 h jump.
+            ticks = self._media_clock.unwrap(frame.pts % RTP_WRAP)
+            start = int(ticks * frame.time_base * self._rate)
         for offset_ms, vad_frame in self._framer.push(pcm, start):
             self._last_offset_ms = offset_ms
             if self._segmenter is None:
