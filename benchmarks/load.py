@@ -1,6 +1,7 @@
 """Load benchmark: Hark against a bare aiortc receiver, N concurrent publishers at a time.
 
     .venv/bin/python benchmarks/load.py [--sweep 10,25,50,100] [--seconds 10]
+    .venv/bin/python benchmarks/load.py --overload 100 [--ramp 0.2] [--max-loop-lag-ms 100]
 
 The server under test is pinned to CPU 0 (taskset). The publishers run in a separate process
 pinned to CPU 1, sending the speech fixture's Opus packets without re-encoding, in a loop. This
@@ -87,7 +88,9 @@ def repeated_fixture(times: int) -> pathlib.Path:
     return path
 
 
-async def run_publishers(url: str, count: int) -> None:
+async def run_publishers(url: str, count: int, ramp_s: float = 0.0) -> None:
+    """``count`` publishers, all at once (8 at a time), or one every ``ramp_s`` seconds, in which
+    case a refusal (503) is counted instead of ending the run."""
     import aioice.ice
     from aiortc import RTCPeerConnection, RTCSessionDescription
     from aiortc.contrib.media import MediaPlayer
@@ -97,25 +100,39 @@ async def run_publishers(url: str, count: int) -> None:
     players: list[Any] = []
     gate = asyncio.Semaphore(8)
     source = repeated_fixture(REPEATS)
+    refused = 0
 
     async def one(http: aiohttp.ClientSession) -> None:
+        nonlocal refused
         async with gate:
             player = MediaPlayer(str(source), decode=False)
-            players.append(player)
             pc = RTCPeerConnection()
             pc.addTransceiver(player.audio, direction="sendonly")
             await pc.setLocalDescription(await pc.createOffer())
             headers = {"Content-Type": "application/sdp"}
             async with http.post(url, data=pc.localDescription.sdp, headers=headers) as response:
                 answer = await response.text()
+                if response.status == 503 and ramp_s:
+                    refused += 1
+                    await pc.close()
+                    player.audio.stop()
+                    return
                 if response.status != 201:
                     raise SystemExit(f"publisher: {response.status} {answer}")
             await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+            players.append(player)
             peers.append(pc)
 
     async with aiohttp.ClientSession() as http:
-        await asyncio.gather(*(one(http) for _ in range(count)))
-    print("published", flush=True)
+        if ramp_s:
+            starts = []
+            for _ in range(count):
+                starts.append(asyncio.ensure_future(one(http)))
+                await asyncio.sleep(ramp_s)
+            await asyncio.gather(*starts)
+        else:
+            await asyncio.gather(*(one(http) for _ in range(count)))
+    print(f"published admitted={len(peers)} refused={refused}", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     await asyncio.gather(*(pc.close() for pc in peers), return_exceptions=True)
     for player in players:
@@ -355,6 +372,103 @@ async def counters(http: aiohttp.ClientSession, base: str, kind: str) -> dict[st
     return values
 
 
+async def scrape_by_label(http: aiohttp.ClientSession, base: str, name: str) -> dict[str, float]:
+    """One labelled metric's samples, by the value of its only label."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with http.get(base + "/metrics") as response:
+        text = await response.text()
+    return {
+        next(iter(sample.labels.values())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and sample.labels
+    }
+
+
+async def overload(attempts: int, seconds: float, ramp_s: float, max_lag_ms: int) -> None:
+    """Publishers arrive one every ``ramp_s`` s, past capacity: some are admitted, the rest get
+    503; then the admitted sessions' frames are measured for ``seconds``.
+
+    A busy loop shares CPU 0 with the server, which halves its capacity, so that the publishers
+    and the backend on CPU 1 (which saturate near 80 sessions) are not what runs out first.
+    """
+    os.sched_setaffinity(0, {1})
+    ballast = await asyncio.create_subprocess_exec(
+        "taskset", "-c", "0", sys.executable, "-c", "while True: pass"
+    )
+    try:
+        await _overload(attempts, seconds, ramp_s, max_lag_ms)
+    finally:
+        await stop(ballast)
+
+
+async def _overload(attempts: int, seconds: float, ramp_s: float, max_lag_ms: int) -> None:
+    server, found = await spawn(
+        0,
+        sys.executable,
+        *("-m", "media", "serve", "--http-port", "0", "--grpc-port", "0"),
+        *("--ice-address", "127.0.0.1", "--rate-limit", "0", "--max-sessions", "100000"),
+        *("--max-watchers", "100000", "--max-loop-lag-ms", str(max_lag_ms)),
+        pattern=r"HTTP on [\d.]+:(\d+), gRPC on [\d.]+:(\d+)",
+        stream="stderr",
+    )
+    base, grpc_target = f"http://127.0.0.1:{found[1]}", f"127.0.0.1:{found[2]}"
+    backend = Backend(grpc_target)
+    watching = asyncio.ensure_future(backend.run())
+    publishers = None
+    try:
+        publishers, published = await spawn(
+            1,
+            sys.executable,
+            __file__,
+            "publishers",
+            *("--url", base + "/whip", "--n", str(attempts), "--ramp", str(ramp_s)),
+            pattern=r"published admitted=(\d+) refused=(\d+)",
+            stream="stdout",
+        )
+        admitted, refused = int(published[1]), int(published[2])
+        async with aiohttp.ClientSession() as http:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(30):
+                    while len(backend.ready) < admitted:
+                        await asyncio.sleep(0.2)
+            await asyncio.sleep(2.0)
+            before = await counters(http, base, "hark")
+            closed_before = await scrape_by_label(http, base, "hark_sessions_closed_total")
+            cpu0 = cpu_seconds(publishers.pid)
+            await asyncio.sleep(seconds)
+            publishers_cpu = (cpu_seconds(publishers.pid) - cpu0) / seconds
+            after = await counters(http, base, "hark")
+            closed_after = await scrape_by_label(http, base, "hark_sessions_closed_total")
+            refusals = await scrape_by_label(http, base, "hark_sessions_refused_total")
+    finally:
+        if publishers is not None:
+            assert publishers.stdin is not None
+            publishers.stdin.close()
+            await stop(publishers)
+        watching.cancel()
+        await asyncio.gather(watching, return_exceptions=True)
+        await backend.close()
+        await stop(server)
+    live = after.get("hark_sessions", 0.0)
+    frames = (after["frames"] - before["frames"]) / seconds
+    timeouts = closed_after.get("MEDIA_TIMEOUT", 0.0) - closed_before.get("MEDIA_TIMEOUT", 0.0)
+    print(
+        "| publishers (one every s) | --max-loop-lag-ms | admitted | refused 503 | READY | "
+        "frames of admitted | loop lag p99 | MEDIA_TIMEOUT while measured | refusals by reason | "
+        "publishers' CPU |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    reasons = ", ".join(f"{k} {v:.0f}" for k, v in refusals.items() if v)
+    print(
+        f"| {attempts} ({ramp_s:g}) | {max_lag_ms} | {admitted} | {refused} | "
+        f"{len(backend.ready)} | {frames:.0f}/s of {50 * live:.0f} "
+        f"({frames / max(1.0, 50 * live) * 100:.1f} %) | {lag_p99(before, after) * 1000:.0f} ms | "
+        f"{timeouts:.0f} | {reasons or '-'} | {publishers_cpu * 100:.0f} % |"
+    )
+
+
 def report(steps: list[Step]) -> None:
     bare = {s.sessions: s for s in steps if s.kind == "bare"}
     print(
@@ -412,11 +526,22 @@ def main() -> None:
     publishers = commands.add_parser("publishers", help="(internal) the publishers' process")
     publishers.add_argument("--url", required=True)
     publishers.add_argument("--n", type=int, required=True)
+    publishers.add_argument("--ramp", type=float, default=0.0)
     parser.add_argument("--sweep", default="10,25,50,100")
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--overload",
+        type=int,
+        metavar="N",
+        help="instead of the sweep: N publishers past capacity",
+    )
+    parser.add_argument("--ramp", type=float, default=0.2, help="--overload: seconds between them")
+    parser.add_argument("--max-loop-lag-ms", type=int, default=50, help="--overload: the server's")
     args = parser.parse_args()
     if args.command == "publishers":
-        asyncio.run(run_publishers(args.url, args.n))
+        asyncio.run(run_publishers(args.url, args.n, args.ramp))
+    elif args.overload:
+        asyncio.run(overload(args.overload, args.seconds, args.ramp, args.max_loop_lag_ms))
     else:
         asyncio.run(sweep([int(n) for n in args.sweep.split(",")], args.seconds))
 

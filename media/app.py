@@ -25,13 +25,14 @@ from media.clock import Clock
 from media.config import Config
 from media.connections import ConnectionLimit
 from media.events_http import SessionEventsHandlers
+from media.governor import LoadGovernor
 from media.grpc_interceptors import BearerAuth, MalformedRequests, RpcMetrics
 from media.grpc_service import SERVICE_NAME, MediaService
 from media.http import BODY_TIMEOUT, ClientProtocolErrors, make_middlewares
 from media.metrics import Metrics
 from media.peer import PublisherPeer, restrict_host_candidates
 from media.ratelimit import RateLimiter
-from media.registry import Registry
+from media.registry import OVERLOAD_RETRY_AFTER_S, Registry
 from media.session import Session, SessionEvent, SessionState, StateChanged, Timeouts
 from media.v1 import media_pb2_grpc
 from media.whep import WhepHandlers
@@ -102,6 +103,7 @@ class HarkApp:
             max_watchers=config.max_watchers,
             max_players=config.max_players_per_session,
             max_playback_queue_ms=int(config.max_playback_queue_s * 1000),
+            governor=LoadGovernor(config.max_loop_lag_ms / 1000),
         )
         self.metrics.watch_sessions(lambda: (e.session for e in self.registry.entries()))
         self.metrics.watch_playback_queues(
@@ -136,8 +138,12 @@ class HarkApp:
 
     @property
     def ready(self) -> bool:
-        """Takes new sessions: not draining and below --max-sessions."""
-        return not self.registry.draining and self.registry.live_count() < self.config.max_sessions
+        """Takes new sessions: not draining, below --max-sessions, not overloaded."""
+        return (
+            not self.registry.draining
+            and self.registry.live_count() < self.config.max_sessions
+            and not self.registry.governor.overloaded
+        )
 
     # HTTP
 
@@ -203,6 +209,10 @@ class HarkApp:
                 f"at capacity: {live} live sessions (--max-sessions {self.config.max_sessions})\n"
             )
             return web.Response(status=503, text=text, headers={"Retry-After": "2"})
+        if self.registry.governor.overloaded:
+            text = self.registry.overload_detail() + "\n"
+            retry_after = str(OVERLOAD_RETRY_AFTER_S)
+            return web.Response(status=503, text=text, headers={"Retry-After": retry_after})
         return web.Response(text="ready\n")
 
     @web.middleware
@@ -327,6 +337,18 @@ class HarkApp:
         ):
             self._health_dirty.set()
 
+    def _on_loop_lag(self, lag_s: float) -> None:
+        governor = self.registry.governor
+        now = self.clock.now()
+        if governor.observe(now, lag_s):
+            self._health_dirty.set()
+            if governor.overloaded:
+                logger.warning("%s", self.registry.overload_detail())
+            else:
+                logger.warning("load back under --max-loop-lag-ms: taking new sessions again")
+        self.metrics.overloaded.set(governor.overloaded)
+        self.metrics.loop_lag_mean.set(governor.mean_lag(now))
+
     async def _report_health(self) -> None:
         serving: int | None = None
         while True:
@@ -363,7 +385,9 @@ class HarkApp:
             )
         await self._start_grpc()
         self._tasks = [
-            asyncio.create_task(self.metrics.sample_loop_lag(), name="hark-loop-lag"),
+            asyncio.create_task(
+                self.metrics.sample_loop_lag(self._on_loop_lag), name="hark-loop-lag"
+            ),
             asyncio.create_task(self._report_health(), name="hark-health"),
         ]
         self._health_dirty.set()

@@ -37,6 +37,11 @@ SERVE_OPTIONS: list[tuple[str, Parse, str]] = [
     ("closed-retention", float, "seconds closed sessions stay readable"),
     ("heartbeat-interval", float, "idle seconds between watch heartbeats"),
     ("max-sessions", int, "live sessions at most"),
+    (
+        "max-loop-lag-ms",
+        int,
+        "refuse new sessions while event-loop lag averages more (0: off)",
+    ),
     ("vad-sample-rate", int, "VAD and StreamAudio rate: 8000, 16000, 32000 or 48000 Hz"),
     ("vad-frame-ms", int, "VAD frame: 10, 20 or 30 ms"),
     ("vad-aggressiveness", int, "webrtcvad aggressiveness 0..3"),

@@ -76,6 +76,7 @@ class Config:
     closed_retention: float = 60.0
     heartbeat_interval: float = 5.0
     max_sessions: int = 500
+    max_loop_lag_ms: int = 50
     event_retention: int = 256
     vad_sample_rate: int = 16000
     vad_frame_ms: int = 20
@@ -174,6 +175,10 @@ class Config:
             raise ConfigError(f"--jitter-frames must be 0..8, got {self.jitter_frames}")
         if self.max_sessions < 1:
             raise ConfigError(f"--max-sessions must be >= 1, got {self.max_sessions}")
+        if self.max_loop_lag_ms != 0 and not 10 <= self.max_loop_lag_ms <= 10000:
+            raise ConfigError(
+                f"--max-loop-lag-ms must be 10..10000 (0 turns it off), got {self.max_loop_lag_ms}"
+            )
         if self.event_retention < 16:
             raise ConfigError(f"--event-retention must be >= 16, got {self.event_retention}")
         if self.token is not None and len(self.token) < 8:

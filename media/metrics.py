@@ -40,6 +40,7 @@ RPC_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5,
 JITTER_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25)
 LOOP_LAG_INTERVAL_S: Final = 0.1
 PLAYER_SOURCES: Final = ("agent", "publisher")
+REFUSAL_REASONS: Final = ("overloaded", "max_sessions", "draining")
 PLAYER_CLOSE_REASONS: Final = (
     "DELETE",
     "CONNECTION_CLOSED",
@@ -236,6 +237,22 @@ class Metrics:
             buckets=LOOP_LAG_BUCKETS,
             registry=r,
         )
+        self.loop_lag_mean = Gauge(
+            "hark_event_loop_lag_mean_seconds",
+            "Mean event-loop lag over the admission window (what --max-loop-lag-ms is held to).",
+            registry=r,
+        )
+        self.overloaded = Gauge(
+            "hark_overloaded",
+            "1 while new sessions are refused because the event loop lags (--max-loop-lag-ms).",
+            registry=r,
+        )
+        self.sessions_refused = Counter(
+            "hark_sessions_refused",
+            "New sessions refused (WHIP POST 503, CreateSession RESOURCE_EXHAUSTED), by reason.",
+            ["reason"],
+            registry=r,
+        )
         self.max_sessions = Gauge(
             "hark_max_sessions", "The --max-sessions limit, for capacity alerts.", registry=r
         )
@@ -291,6 +308,8 @@ class Metrics:
             self.playbacks.labels(outcome)
         for reason in CloseReason:
             self.sessions_closed.labels(reason.name)
+        for refusal in REFUSAL_REASONS:
+            self.sessions_refused.labels(refusal)
         for origin in ("WHIP", "API"):
             self.sessions_created.labels(origin)
 
@@ -324,10 +343,16 @@ class Metrics:
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
-    async def sample_loop_lag(self) -> None:
-        """Runs until cancelled: the first sign of an overloaded asyncio media server."""
+    async def sample_loop_lag(self, on_lag: Callable[[float], None] | None = None) -> None:
+        """Runs until cancelled: the first sign of an overloaded asyncio media server.
+
+        ``on_lag`` gets every sample too (the admission governor).
+        """
         loop = asyncio.get_running_loop()
         while True:
             expected = loop.time() + LOOP_LAG_INTERVAL_S
             await asyncio.sleep(LOOP_LAG_INTERVAL_S)
-            self.loop_lag.observe(max(0.0, loop.time() - expected))
+            lag = max(0.0, loop.time() - expected)
+            self.loop_lag.observe(lag)
+            if on_lag is not None:
+                on_lag(lag)

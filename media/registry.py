@@ -27,6 +27,7 @@ from media.errors import (
     SessionNotFound,
     SubscriberTooSlow,
 )
+from media.governor import LoadGovernor
 from media.metrics import Metrics
 from media.playback import InterruptReason, PlaybackEvent
 from media.player import PlayerPeer, Source
@@ -49,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 REAP_INTERVAL_S: Final = 0.2
 WATCHER_QUEUE_LIMIT: Final = 1024
+OVERLOAD_RETRY_AFTER_S: Final = 5
 
 
 class MediaHandle(Protocol):
@@ -159,7 +161,9 @@ class Registry:
         max_watchers: int = 1000,
         max_players: int = 8,
         max_playback_queue_ms: int = 60_000,
+        governor: LoadGovernor | None = None,
     ) -> None:
+        self.governor = governor or LoadGovernor(0.0)
         self.max_watchers = max_watchers
         self.max_players = max_players
         self.max_playback_queue_ms = max_playback_queue_ms
@@ -213,13 +217,28 @@ class Registry:
 
     def check_capacity(self) -> None:
         if self._draining:
+            self.metrics.sessions_refused.labels("draining").inc()
             raise Draining("server is draining and takes no new sessions")
         live = self.live_count()
         if live >= self.max_sessions:
+            self.metrics.sessions_refused.labels("max_sessions").inc()
             raise CapacityExceeded(
                 f"at capacity: {live} live sessions (--max-sessions {self.max_sessions})",
                 retry_after_s=2,
             )
+        if self.governor.overloaded:
+            self.metrics.sessions_refused.labels("overloaded").inc()
+            raise CapacityExceeded(self.overload_detail(), retry_after_s=OVERLOAD_RETRY_AFTER_S)
+
+    def overload_detail(self) -> str:
+        """Why the node refuses new sessions while overloaded, for people."""
+        governor = self.governor
+        lag_ms = governor.mean_lag(self.clock.now()) * 1000
+        return (
+            f"overloaded: event loop lag averaged {lag_ms:.0f} ms over the last "
+            f"{governor.window_s:g} s (--max-loop-lag-ms {governor.max_lag_s * 1000:.0f}); "
+            f"{self.live_count()} live sessions keep running, new ones are refused"
+        )
 
     def create(
         self,
@@ -539,13 +558,22 @@ class Registry:
                 if now - session.closed_time >= self.closed_retention:
                     del self._entries[sid]
                 continue
-            due = session.due_timeout(now)
+            due = session.due_timeout(now, self.governor.stalled_since)
             if due is not None:
                 self.close(sid, *due)
 
     async def _reap_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        deferred = False
         while True:
+            due = loop.time() + REAP_INTERVAL_S
             await asyncio.sleep(REAP_INTERVAL_S)
+            if loop.time() - due > REAP_INTERVAL_S and not deferred:
+                # Woken by the end of a stall: let the media and the lag sample queued behind it
+                # in first, so that the stall is not taken for silent publishers.
+                deferred = True
+                continue
+            deferred = False
             try:
                 self._reap()
             except Exception:

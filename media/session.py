@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -193,8 +193,14 @@ class Session:
         self.close_detail = detail
         return [self._emit(now, StateChanged(SessionState.CLOSED, previous, reason, detail))]
 
-    def due_timeout(self, now: float) -> tuple[CloseReason, str] | None:
-        """The timeout that has run out at ``now``, with a detail for people, if any."""
+    def due_timeout(
+        self, now: float, loop_stalled: Callable[[float], float] | None = None
+    ) -> tuple[CloseReason, str] | None:
+        """The timeout that has run out at ``now``, with a detail for people, if any.
+
+        ``loop_stalled(since)`` says how long the server itself was stalled after ``since``; that
+        time does not count towards ``MEDIA_TIMEOUT``, since the media may have been waiting.
+        """
         t = self.timeouts
         if self.state is SessionState.NEW and now - self.created_time >= t.session_ttl:
             return CloseReason.EXPIRED, f"no publisher within {t.session_ttl:g} s"
@@ -207,7 +213,10 @@ class Session:
                 )
         if self.state is SessionState.READY:
             assert self._last_media_time is not None
-            if now - self._last_media_time >= t.media:
+            silent = now - self._last_media_time
+            if silent >= t.media and loop_stalled is not None:
+                silent -= loop_stalled(self._last_media_time)
+            if silent >= t.media:
                 return CloseReason.MEDIA_TIMEOUT, f"no RTP received for {t.media:g} s"
         return None
 

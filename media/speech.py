@@ -21,6 +21,7 @@ from av import AudioFrame
 from media.audio import VAD_SAMPLE_RATES, Downmixer, Framer, PcmConverter
 from media.errors import InvalidRequest
 from media.metrics import Metrics
+from media.rtpclock import RTP_WRAP, TimestampUnwrapper
 from media.vad import EndReason, Segmenter, SegmenterConfig, SpeechEnded, SpeechStarted
 
 logger = logging.getLogger(__name__)
@@ -141,6 +142,8 @@ class AudioSubscriber:
                 self._drop_oldest_audio()
         else:
             self._queue.append(item)
+            if item is STREAM_ENDED:
+                self._resampler = None
         self._wake.set()
 
     def _merge(self, item: Audio) -> bool:
@@ -198,8 +201,9 @@ class SpeechPipeline:
         self._metrics = metrics
         self._on_event = on_event
         self._rate = settings.sample_rate
-        self._downmixer = Downmixer(self._rate)
+        self._downmixer: Downmixer | None = Downmixer(self._rate)
         self._framer = Framer(self._rate, settings.frame_ms)
+        self._media_clock = TimestampUnwrapper()
         self._vad = webrtcvad.Vad(settings.aggressiveness)
         self._pre_listen: deque[tuple[int, bytes]] = deque(
             maxlen=max(1, settings.pre_listen_ms // settings.frame_ms)
@@ -215,10 +219,15 @@ class SpeechPipeline:
     # input
 
     def push(self, frame: AudioFrame) -> None:
+        if self._downmixer is None:
+            return
         pcm = self._downmixer.convert(frame)
         start = None
         if frame.pts is not None and frame.time_base is not None:
-            start = int(frame.pts * frame.time_base * self._rate)
+            # aiortc takes any step back in RTP time for a wrap (+2**32); unwrap the 32-bit value
+            # again, so a sender restarting its clock is a discontinuity, not a 24.85 h jump.
+            ticks = self._media_clock.unwrap(frame.pts % RTP_WRAP)
+            start = int(ticks * frame.time_base * self._rate)
         for offset_ms, vad_frame in self._framer.push(pcm, start):
             self._last_offset_ms = offset_ms
             if self._segmenter is None:
@@ -258,10 +267,12 @@ class SpeechPipeline:
         self._handle(events)
 
     def close(self) -> None:
+        """End analysis and every subscriber, and free the resampler (and its FFmpeg threads)."""
         self.stop(EndReason.CLOSED)
         for subscriber in self._subscribers:
             subscriber.push(STREAM_ENDED)
         self._subscribers.clear()
+        self._downmixer = None
 
     # subscribers
 

@@ -33,7 +33,9 @@ def truth(name: str = "speech.json") -> dict[str, Any]:
 
 
 def server_config(**overrides: Any) -> Config:
-    base = Config(http_port=0, grpc_port=0, heartbeat_interval=1.0, rate_limit=0)
+    # max_loop_lag_ms=0: an in-process server shares its loop with the test's own peers, so its
+    # loop lag measures the test, not the server (test_admission turns it on).
+    base = Config(http_port=0, grpc_port=0, heartbeat_interval=1.0, rate_limit=0, max_loop_lag_ms=0)
     return dataclasses.replace(base, **overrides)
 
 

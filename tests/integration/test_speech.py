@@ -12,6 +12,7 @@ from typing import Any
 import av
 import grpc
 import pytest
+from aiortc.mediastreams import MediaStreamTrack
 
 from media.v1 import media_pb2 as pb
 from tests.listening import listening, loud
@@ -276,3 +277,48 @@ async def test_stop_listening_cuts_a_segment_with_a_reason_and_the_stream_stays_
     assert heard.ended[1].reason == pb.SILENCE
     ends = [c.segment_end for c in heard.chunks if c.WhichOneof("payload") == "segment_end"]
     assert [e.reason for e in ends[:2]] == [pb.STOPPED, pb.SILENCE]
+
+
+class ClockStepsBack(MediaStreamTrack):
+    """The fixture's packets, with the sender's RTP clock set back 1 s from 5 s on (just before
+    the third utterance), as a publisher that restarts its clock does."""
+
+    kind = "audio"
+
+    def __init__(self, source: MediaStreamTrack) -> None:
+        super().__init__()
+        self._source = source
+
+    async def recv(self) -> Any:
+        packet = await self._source.recv()
+        if packet.pts is not None and packet.pts * packet.time_base >= 5:
+            packet.pts -= int(1 / packet.time_base)
+        return packet
+
+    def stop(self) -> None:
+        super().stop()
+        self._source.stop()
+
+
+async def test_a_publisher_clock_stepping_back_keeps_speech_offsets_continuous() -> None:
+    async with running_server() as app, grpc_stub(app) as stub:
+        created = await stub.CreateSession(pb.CreateSessionRequest())
+        heard = Heard()
+        watcher = asyncio.ensure_future(watch_speech(stub, created.id, heard))
+        publisher = await publish(
+            app.base_url, f"/whip/{created.id}", token=created.token, wrap=ClockStepsBack
+        )
+        try:
+            await stub.StartListening(
+                pb.StartListeningRequest(session_id=created.id, wait_for_ready=True), timeout=10
+            )
+            async with asyncio.timeout(TRUTH["duration_ms"] / 1000 + 15):
+                while len(heard.ended) < len(UTTERANCES):
+                    await asyncio.sleep(0.1)
+        finally:
+            watcher.cancel()
+            await publisher.vanish()
+    offsets = [e.start_ms for e in heard.ended] + [e.end_ms for e in heard.ended]
+    assert max(offsets) < TRUTH["duration_ms"] + 1000, f"speech dated at {max(offsets)} ms"
+    for (true_start, _), ended in zip(UTTERANCES, heard.ended, strict=True):
+        assert abs(ended.start_ms - true_start) <= 200, (ended, true_start)

@@ -20,7 +20,7 @@ from media.speech import (
     SpeechPipeline,
     SpeechSettings,
 )
-from media.vad import EndReason, SegmenterConfig
+from media.vad import EndReason, SegmenterConfig, SpeechEnded
 from tests.unit.test_vad import harmonic_burst
 
 RATE = 16000
@@ -121,3 +121,27 @@ async def test_a_split_segment_continues_without_repeating_audio() -> None:
         assert start >= end, "audio delivered twice"
     ends = [i.reason for i in items if isinstance(i, SegmentEnd)]
     assert ends.count(EndReason.MAX_LENGTH) >= 2
+
+
+def test_a_sender_clock_stepping_back_1_s_keeps_speech_offsets_continuous() -> None:
+    """aiortc dates frames as if any step back in RTP time were a wrap: 2**32 - 48000 ahead."""
+    events: list[object] = []
+    pipeline = SpeechPipeline(SpeechSettings(), events.append)
+    pipeline.start(SegmenterConfig(), 2)
+    rate, samples = 48000, 960
+    utterance = bytes(rate * 2) + harmonic_burst(rate, 1500) + bytes(rate * 2)  # 3.5 s
+    aiortc_pts = 0
+    for _ in range(2):
+        for start in range(0, len(utterance) - samples * 2 + 1, samples * 2):
+            frame = AudioFrame(format="s16", layout="mono", samples=samples)
+            frame.planes[0].update(utterance[start : start + samples * 2])
+            frame.sample_rate = rate
+            frame.pts, frame.time_base = aiortc_pts, fractions.Fraction(1, rate)
+            pipeline.push(frame)
+            aiortc_pts += samples
+        aiortc_pts += 2**32 - rate  # the publisher's RTP clock goes back 1 s
+    ends = [e for e in events if isinstance(e, SpeechEnded)]
+    assert len(ends) == 2, events
+    (first, second) = ends
+    assert 900 <= first.start_ms <= 1100
+    assert 4400 <= second.start_ms <= 4600, f"second utterance dated {second.start_ms} ms"

@@ -276,3 +276,12 @@ def test_a_late_packet_unwraps_before_its_successor() -> None:
     assert clock.unwrap((start + 1920) % 2**32) == 1920  # crossed the wrap
     assert clock.unwrap((start + 960) % 2**32) == 960  # the one in between, late
     assert clock.unwrap((start + 2880) % 2**32) == 2880
+
+
+@pytest.mark.parametrize("start", [0, 2**32 - 960, 123_456_789])
+def test_a_large_step_back_is_a_discontinuity_not_a_day_ahead(start: int) -> None:
+    clock = TimestampUnwrapper()
+    before = [clock.unwrap((start + 960 * i) % 2**32) for i in range(3)]
+    back = (start + 960 * 3 - 48000) % 2**32  # the sender's clock went back 1 s
+    after = [clock.unwrap((back + 960 * i) % 2**32) for i in range(3)]
+    assert before + after == [960 * i for i in range(6)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from media.errors import NotReady, PublisherExists, SessionClosed
+from media.governor import LoadGovernor
 from media.session import (
     CloseReason,
     ListeningChanged,
@@ -159,6 +160,18 @@ def test_media_timeout_counts_from_the_last_rtp() -> None:
     assert (session.due_timeout(125.0) or (None,))[0] is CloseReason.MEDIA_TIMEOUT
     session.audio_decoded(124.0)
     assert session.due_timeout(128.9) is None
+
+
+def test_time_the_server_itself_was_stalled_does_not_count_towards_media_timeout() -> None:
+    session = ready(new(now=100.0))
+    session.media_received(120.0)
+    governor = LoadGovernor(0.1)
+    governor.observe(120.1, 0.0)
+    governor.observe(124.5, 4.3)  # the loop was blocked from 120.2 to 124.5
+    governor.observe(125.0, 0.4)
+    assert session.due_timeout(125.5, governor.stalled_since) is None
+    reason = (session.due_timeout(130.0, governor.stalled_since) or (None,))[0]
+    assert reason is CloseReason.MEDIA_TIMEOUT, "a live loop still notices a silent publisher"
 
 
 def test_closed_sessions_have_no_timeouts() -> None:
