@@ -28,10 +28,10 @@ import webrtcvad
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from media.clock import Clock  # noqa: E402
-from media.registry import Registry  # noqa: E402
-from media.session import Origin, Timeouts  # noqa: E402
-from media.speech import AudioMode  # noqa: E402
+from media.audio.speech_pipeline import AudioMode  # noqa: E402
+from media.core.clock import Clock  # noqa: E402
+from media.core.session import Origin, Timeouts  # noqa: E402
+from media.server.session_table import Registry  # noqa: E402
 from tests.support import FIXTURES, SPEECH, truth  # noqa: E402
 
 

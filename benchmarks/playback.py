@@ -135,7 +135,7 @@ async def count_frames(track: Any, player: Player) -> None:
 
 
 async def close_player(player: Player) -> None:
-    from media.peer import close_peer_connection
+    from media.rtc.publisher import close_peer_connection
 
     if player.task is not None:
         player.task.cancel()
@@ -167,8 +167,8 @@ async def run_peers(base: str, count: int, source: str) -> None:
         print(json.dumps(counts), flush=True)
     await asyncio.gather(*(close_player(p) for p in players), return_exceptions=True)
     await publisher.close()
-    if media.audio is not None:
-        media.audio.stop()
+    if media.audio.pcm is not None:
+        media.audio.pcm.stop()
 
 
 class Peers:
@@ -411,7 +411,7 @@ async def wait_ready(stub: Any, session_id: str) -> None:
 
 def tap_arrivals(listener: Any) -> list[tuple[float, bytes]]:
     """(wall time, payload) of every Opus RTP packet the player gets, before its jitter buffer."""
-    from media.peer import tap_opus_packets
+    from media.rtc.publisher import tap_opus_packets
     from tests.listening import opus_payload_type
 
     arrivals: list[tuple[float, bytes]] = []

@@ -1,3 +1,3 @@
-from media.cli import main
+from media.cli.main import main
 
 raise SystemExit(main())

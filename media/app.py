@@ -20,23 +20,23 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from media.audio import DecodeErrorCounter
-from media.clock import Clock
+from media.audio.pcm import DecodeErrorCounter
 from media.config import Config
-from media.connections import ConnectionLimit
-from media.events_http import SessionEventsHandlers
-from media.governor import LoadGovernor
-from media.grpc_interceptors import BearerAuth, MalformedRequests, RpcMetrics
-from media.grpc_service import SERVICE_NAME, MediaService
-from media.http import BODY_TIMEOUT, ClientProtocolErrors, make_middlewares
+from media.core.clock import Clock
+from media.core.load_governor import LoadGovernor
+from media.core.rate_limiter import RateLimiter
+from media.core.session import Session, SessionEvent, SessionState, StateChanged, Timeouts
 from media.metrics import Metrics
-from media.peer import PublisherPeer, restrict_host_candidates
-from media.ratelimit import RateLimiter
-from media.registry import OVERLOAD_RETRY_AFTER_S, Registry
-from media.session import Session, SessionEvent, SessionState, StateChanged, Timeouts
+from media.rpc.interceptors import BearerAuth, MalformedRequests, RpcMetrics
+from media.rpc.service import SERVICE_NAME, MediaService
+from media.rtc.publisher import PublisherPeer, restrict_host_candidates
+from media.server.session_table import OVERLOAD_RETRY_AFTER_S, Registry
 from media.v1 import media_pb2_grpc
-from media.whep import WhepHandlers
-from media.whip import WhipHandlers
+from media.web.common import BODY_TIMEOUT, ClientProtocolErrors, make_middlewares
+from media.web.connection_limit import ConnectionLimit
+from media.web.events import SessionEventsHandlers
+from media.web.whep import WhepHandlers
+from media.web.whip import WhipHandlers
 
 logger = logging.getLogger(__name__)
 

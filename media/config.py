@@ -6,9 +6,9 @@ import ipaddress
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote
 
+from media.audio.speech_pipeline import SpeechSettings
+from media.core.segmenter import SegmenterConfig
 from media.errors import InvalidRequest
-from media.speech import SpeechSettings
-from media.vad import SegmenterConfig
 
 ICE_SCHEMES = ("stun", "stuns", "turn", "turns")
 

@@ -26,9 +26,14 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from media import __version__
-from media.playback import InterruptReason, PlaybackFinished, PlaybackInterrupted, PlaybackQueue
-from media.session import CloseReason, Session, SessionEvent, SessionState, StateChanged
-from media.vad import SpeechEnded
+from media.core.playback_queue import (
+    InterruptReason,
+    PlaybackFinished,
+    PlaybackInterrupted,
+    PlaybackQueue,
+)
+from media.core.segmenter import SpeechEnded
+from media.core.session import CloseReason, Session, SessionEvent, SessionState, StateChanged
 
 # A *_created series per counter and histogram doubles the exposition and says nothing
 # rate() and increase() need.

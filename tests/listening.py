@@ -19,8 +19,8 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 
-from media.audio import Downmixer
-from media.peer import close_peer_connection, set_jitter_frames
+from media.audio.pcm import Downmixer
+from media.rtc.publisher import close_peer_connection, set_jitter_frames
 from media.v1 import media_pb2 as pb
 
 RATE = 48000

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from media.client import Backoff, HarkClient
+from media.client.hark_client import Backoff, HarkClient
 from media.errors import InvalidRequest, NotReady, SessionClosed, SessionNotFound, Unauthorized
 from media.v1 import media_pb2 as pb
 from tests.listening import fell_silent, listening, loud, tone

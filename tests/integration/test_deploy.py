@@ -17,7 +17,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from media import __version__
-from media.cli import LIST_OPTIONS, SERVE_OPTIONS
+from media.cli.main import LIST_OPTIONS, SERVE_OPTIONS
 from media.config import Config
 from media.v1 import media_pb2 as pb
 from tests.support import grpc_stub, running_server

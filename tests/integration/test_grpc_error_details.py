@@ -14,7 +14,7 @@ from google.rpc.error_details_pb2 import ErrorInfo
 from grpc_status import rpc_status
 
 from media.app import HarkApp
-from media.client import HarkClient
+from media.client.hark_client import HarkClient
 from media.errors import (
     CapacityExceeded,
     HarkError,

@@ -14,10 +14,10 @@ import grpc
 import pytest
 import webrtcvad
 
-from media.audio import PcmConverter
-from media.peer import ice_connections, tap_opus_packets
+from media.audio.pcm import PcmConverter
+from media.core.segmenter import Segmenter, SegmenterConfig, SpeechStarted
+from media.rtc.publisher import ice_connections, tap_opus_packets
 from media.v1 import media_pb2 as pb
-from media.vad import Segmenter, SegmenterConfig, SpeechStarted
 from tests.listening import (
     SILENCE_DBFS,
     Heard,

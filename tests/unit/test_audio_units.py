@@ -9,9 +9,8 @@ import fractions
 import pytest
 from av import AudioFrame
 
-from media.audio import Framer
-from media.ratelimit import RateLimiter
-from media.speech import (
+from media.audio.pcm import Framer
+from media.audio.speech_pipeline import (
     Audio,
     AudioMode,
     AudioSubscriber,
@@ -20,7 +19,8 @@ from media.speech import (
     SpeechPipeline,
     SpeechSettings,
 )
-from media.vad import EndReason, SegmenterConfig, SpeechEnded
+from media.core.rate_limiter import RateLimiter
+from media.core.segmenter import EndReason, SegmenterConfig, SpeechEnded
 from tests.unit.test_vad import harmonic_burst
 
 RATE = 16000

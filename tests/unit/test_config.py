@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from media.cli import build_parser, config_from_args
+from media.cli.main import build_parser, config_from_args
 from media.config import Config, ConfigError, IceServer
 
 
@@ -120,7 +120,7 @@ def test_every_option_is_a_flag_and_is_in_the_readme() -> None:
     import dataclasses
     import pathlib
 
-    from media.cli import LIST_OPTIONS, SERVE_OPTIONS
+    from media.cli.main import LIST_OPTIONS, SERVE_OPTIONS
 
     flags = {flag for flag, _, _ in SERVE_OPTIONS} | {flag for flag, _ in LIST_OPTIONS}
     flags.add("insecure-no-auth")

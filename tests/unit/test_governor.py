@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from media.governor import LoadGovernor
+from media.core.load_governor import LoadGovernor
 
 TICK = 0.1
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from media.errors import CapacityExceeded, InvalidRequest, PlaybackExists
-from media.playback import (
+from media.core.playback_queue import (
     FADE_MS,
     FRAME_BYTES,
     MAX_PLAYBACKS,
@@ -16,7 +15,8 @@ from media.playback import (
     PlaybackQueue,
     PlaybackStarted,
 )
-from media.rtpclock import TimestampUnwrapper
+from media.core.rtp_clock import TimestampUnwrapper
+from media.errors import CapacityExceeded, InvalidRequest, PlaybackExists
 
 ENQUEUE, REPLACE = PlaybackMode.ENQUEUE, PlaybackMode.REPLACE
 

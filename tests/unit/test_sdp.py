@@ -8,14 +8,14 @@ from aiortc.sdp import candidate_from_sdp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from media.errors import HarkError, InvalidOffer, InvalidTrickle, OfferTooLarge, UnsupportedOffer
-from media.sdp import (
+from media.core.sdp import (
     Direction,
     TrickleCandidate,
     check_offer,
     is_ice_restart,
     parse_trickle_fragment,
 )
+from media.errors import HarkError, InvalidOffer, InvalidTrickle, OfferTooLarge, UnsupportedOffer
 
 FINGERPRINT = (
     "sha-256 7B:8B:F0:65:5F:78:E2:51:3B:AC:6F:F3:3F:46:1B:35:"

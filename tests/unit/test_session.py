@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from media.errors import NotReady, PublisherExists, SessionClosed
-from media.governor import LoadGovernor
-from media.session import (
+from media.core.load_governor import LoadGovernor
+from media.core.session import (
     CloseReason,
     ListeningChanged,
     Origin,
@@ -15,6 +14,7 @@ from media.session import (
     StateChanged,
     Timeouts,
 )
+from media.errors import NotReady, PublisherExists, SessionClosed
 
 TIMEOUTS = Timeouts(ready=10.0, media=5.0, session_ttl=60.0)
 

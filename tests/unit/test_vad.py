@@ -12,8 +12,7 @@ import webrtcvad
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from media.errors import InvalidRequest
-from media.vad import (
+from media.core.segmenter import (
     EndReason,
     Segmenter,
     SegmenterConfig,
@@ -21,6 +20,7 @@ from media.vad import (
     SpeechEnded,
     SpeechStarted,
 )
+from media.errors import InvalidRequest
 
 F = 20
 

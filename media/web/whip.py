@@ -1,4 +1,6 @@
-"""WHIP (RFC 9725) HTTP handlers: publish, trickle, delete. Errors become 4xx in ``media.http``."""
+"""WHIP (RFC 9725) HTTP handlers: publish, trickle, delete.
+
+Errors become 4xx in ``media.web.common``."""
 
 from __future__ import annotations
 
@@ -8,13 +10,13 @@ from collections.abc import Callable, Sequence
 from aiohttp import web
 
 from media.config import IceServer
+from media.core.sdp import OfferSummary
+from media.core.session import CloseReason, Origin, SessionState
 from media.errors import PublisherExists, SessionConflict, Unauthorized
-from media.http import bearer_token
-from media.peer import PublisherPeer
-from media.registry import Entry, Registry, new_session_id, tokens_match
-from media.sdp import OfferSummary
-from media.session import CloseReason, Origin, SessionState
-from media.signaling import (
+from media.rtc.publisher import PublisherPeer
+from media.server.session_table import Entry, Registry, new_session_id, tokens_match
+from media.web.common import bearer_token
+from media.web.signaling import (
     answer_response,
     check_not_restart,
     new_etag,

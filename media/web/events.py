@@ -16,11 +16,11 @@ from typing import Final, Protocol
 from aiohttp import web
 from google.protobuf import json_format
 
+from media.core.session import SessionEvent, SessionState
 from media.errors import InvalidRequest, NotReady, SubscriberTooSlow
-from media.http import preflight, read_text_body, require_content_type
-from media.protobuf import event_pb, is_closed_event, session_pb
-from media.registry import END, Entry, Registry, WatchItem
-from media.session import SessionEvent, SessionState
+from media.rpc.messages import event_pb, is_closed_event, session_pb
+from media.server.session_table import END, Entry, Registry, WatchItem
+from media.web.common import preflight, read_text_body, require_content_type
 
 logger = logging.getLogger(__name__)
 

@@ -18,11 +18,11 @@ from typing import Final
 import webrtcvad
 from av import AudioFrame
 
-from media.audio import VAD_SAMPLE_RATES, Downmixer, Framer, PcmConverter
+from media.audio.pcm import VAD_SAMPLE_RATES, Downmixer, Framer, PcmConverter
+from media.core.rtp_clock import RTP_WRAP, TimestampUnwrapper
+from media.core.segmenter import EndReason, Segmenter, SegmenterConfig, SpeechEnded, SpeechStarted
 from media.errors import InvalidRequest
 from media.metrics import Metrics
-from media.rtpclock import RTP_WRAP, TimestampUnwrapper
-from media.vad import EndReason, Segmenter, SegmenterConfig, SpeechEnded, SpeechStarted
 
 logger = logging.getLogger(__name__)
 

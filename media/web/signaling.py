@@ -9,9 +9,7 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from media.config import IceServer
-from media.errors import IceRestartUnsupported, StaleEtag
-from media.http import preflight, read_text_body, require_content_type
-from media.sdp import (
+from media.core.sdp import (
     Direction,
     OfferSummary,
     TrickleFragment,
@@ -19,6 +17,8 @@ from media.sdp import (
     is_ice_restart,
     parse_trickle_fragment,
 )
+from media.errors import IceRestartUnsupported, StaleEtag
+from media.web.common import preflight, read_text_body, require_content_type
 
 SDP = "application/sdp"
 TRICKLE = "application/trickle-ice-sdpfrag"

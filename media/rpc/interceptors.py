@@ -13,9 +13,9 @@ from typing import Any, Final, TypeAlias
 import grpc
 
 from media.errors import HarkError, MalformedRequest, Unauthorized
-from media.grpc_service import abort_with
 from media.metrics import Metrics
-from media.registry import tokens_match
+from media.rpc.service import abort_with
+from media.server.session_table import tokens_match
 
 logger = logging.getLogger(__name__)
 

@@ -18,22 +18,12 @@ from typing import Final, Protocol
 
 from av import AudioFrame
 
-from media.clock import Clock
-from media.errors import (
-    CapacityExceeded,
-    Draining,
-    RevisionOutOfRange,
-    SessionClosed,
-    SessionNotFound,
-    SubscriberTooSlow,
-)
-from media.governor import LoadGovernor
-from media.metrics import Metrics
-from media.playback import InterruptReason, PlaybackEvent
-from media.player import PlayerPeer, Source
-from media.playout import AgentVoice
-from media.relay import PublisherRelay
-from media.session import (
+from media.audio.speech_pipeline import SpeechEvent, SpeechPipeline, SpeechSettings
+from media.core.clock import Clock
+from media.core.load_governor import LoadGovernor
+from media.core.playback_queue import InterruptReason, PlaybackEvent
+from media.core.segmenter import EndReason, SegmenterConfig, SpeechStarted
+from media.core.session import (
     CloseReason,
     Origin,
     Session,
@@ -43,8 +33,18 @@ from media.session import (
     StateChanged,
     Timeouts,
 )
-from media.speech import SpeechEvent, SpeechPipeline, SpeechSettings
-from media.vad import EndReason, SegmenterConfig, SpeechStarted
+from media.errors import (
+    CapacityExceeded,
+    Draining,
+    RevisionOutOfRange,
+    SessionClosed,
+    SessionNotFound,
+    SubscriberTooSlow,
+)
+from media.metrics import Metrics
+from media.rtc.agent_voice import AgentVoice
+from media.rtc.player import PlayerPeer, Source
+from media.rtc.relay import PublisherRelay
 
 logger = logging.getLogger(__name__)
 

@@ -1,10 +1,10 @@
 """A session's agent voice: the playback queue, one Opus encoder, and the 20 ms playout clock.
 
 Every 20 ms of wall time the playout task takes the next frame from the session's
-:class:`~media.playback.PlaybackQueue`, encodes it once, and gives the same packet to every WHEP
-player of the session. Between playbacks the players get a pre-encoded silence packet, so the
-track stays alive without encoding anything. The task runs only while there is a player or a
-playback, and belongs to the :class:`AgentVoice`, whose ``close()`` ends it.
+:class:`~media.core.playback_queue.PlaybackQueue`, encodes it once, and gives the same packet to
+every WHEP player of the session. Between playbacks the players get a pre-encoded silence packet,
+so the track stays alive without encoding anything. The task runs only while there is a player or
+a playback, and belongs to the :class:`AgentVoice`, whose ``close()`` ends it.
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ from typing import Final
 import av
 from av import AudioFrame
 
-from media.metrics import Metrics
-from media.playback import (
+from media.core.playback_queue import (
     FRAME_BYTES,
     FRAME_MS,
     FRAME_SAMPLES,
@@ -33,7 +32,8 @@ from media.playback import (
     PlaybackQueue,
     PlaybackResult,
 )
-from media.tracks import PacketTrack, opus_packet
+from media.metrics import Metrics
+from media.rtc.tracks import PacketTrack, opus_packet
 
 logger = logging.getLogger(__name__)
 

@@ -11,6 +11,7 @@ from typing import Final
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from media.core.rate_limiter import RateLimiter
 from media.errors import (
     BodyTimeout,
     CapacityExceeded,
@@ -33,7 +34,6 @@ from media.errors import (
     UnsupportedOffer,
 )
 from media.metrics import Metrics
-from media.ratelimit import RateLimiter
 
 logger = logging.getLogger(__name__)
 

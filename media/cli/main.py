@@ -273,7 +273,7 @@ async def serve(config: Config) -> int:
 
 
 def _run_client_command(args: argparse.Namespace) -> int:
-    from media import commands
+    from media.cli import commands
     from media.errors import HarkError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

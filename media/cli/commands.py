@@ -15,9 +15,9 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 from google.protobuf import json_format
 
-from media.client import Backoff, HarkClient
+from media.client.hark_client import Backoff, HarkClient
 from media.errors import HarkError
-from media.peer import restrict_host_candidates
+from media.rtc.publisher import restrict_host_candidates
 from media.v1 import media_pb2 as pb
 
 
@@ -287,7 +287,7 @@ def _pcm_chunks(path: str) -> list[bytes]:
     """The file's audio as 48 kHz mono 16-bit PCM, in 100 ms chunks."""
     import av
 
-    from media.audio import pcm_bytes
+    from media.audio.pcm import pcm_bytes
 
     chunks: list[bytes] = []
     resampler = av.AudioResampler(

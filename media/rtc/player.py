@@ -18,14 +18,14 @@ from typing import Any, Final
 from aiortc import RTCPeerConnection, RTCRtpSender
 
 from media.config import IceServer
-from media.peer import (
+from media.core.sdp import TrickleCandidate
+from media.rtc.publisher import (
     add_trickled,
     answer_audio_offer,
     close_peer_connection,
     rtc_configuration,
 )
-from media.sdp import TrickleCandidate
-from media.tracks import PacketTrack
+from media.rtc.tracks import PacketTrack
 
 logger = logging.getLogger(__name__)
 

@@ -3,9 +3,9 @@ player of the session; nothing is decoded or encoded per player."""
 
 from __future__ import annotations
 
+from media.core.rtp_clock import TimestampUnwrapper
 from media.metrics import Metrics
-from media.rtpclock import TimestampUnwrapper
-from media.tracks import PacketTrack, opus_packet
+from media.rtc.tracks import PacketTrack, opus_packet
 
 
 class PublisherRelay:

@@ -14,7 +14,26 @@ from google.protobuf.any_pb2 import Any as AnyPb
 from google.rpc.status_pb2 import Status
 from grpc_status import rpc_status
 
-from media.audio import PcmConverter
+from media.audio.pcm import PcmConverter
+from media.audio.speech_pipeline import (
+    STREAM_ENDED,
+    AudioMode,
+)
+from media.core.playback_queue import (
+    RATE,
+    InterruptReason,
+    Playback,
+    PlaybackMode,
+    check_playback_id,
+)
+from media.core.segmenter import SegmenterConfig
+from media.core.session import (
+    CloseReason,
+    Origin,
+    SessionEvent,
+    SessionSnapshot,
+    SessionState,
+)
 from media.errors import (
     CapacityExceeded,
     Draining,
@@ -28,9 +47,7 @@ from media.errors import (
     SubscriberTooSlow,
     Unauthorized,
 )
-from media.playback import RATE, InterruptReason, Playback, PlaybackMode, check_playback_id
-from media.playout import AgentVoice
-from media.protobuf import (
+from media.rpc.messages import (
     chunk_pb,
     error_info_pb,
     event_pb,
@@ -38,21 +55,10 @@ from media.protobuf import (
     session_pb,
     timestamp,
 )
-from media.registry import END, Registry, SnapshotItem
-from media.session import (
-    CloseReason,
-    Origin,
-    SessionEvent,
-    SessionSnapshot,
-    SessionState,
-)
-from media.speech import (
-    STREAM_ENDED,
-    AudioMode,
-)
+from media.rtc.agent_voice import AgentVoice
+from media.server.session_table import END, Registry, SnapshotItem
 from media.v1 import media_pb2 as pb
 from media.v1 import media_pb2_grpc
-from media.vad import SegmenterConfig
 
 logger = logging.getLogger(__name__)
 

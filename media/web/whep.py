@@ -1,5 +1,5 @@
 """WHEP (draft-ietf-wish-whep) HTTP handlers: players of a session's agent audio, or of the
-publisher's own audio (``?source=publisher``). Errors become 4xx in ``media.http``."""
+publisher's own audio (``?source=publisher``). Errors become 4xx in ``media.web.common``."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from media.errors import (
     SessionClosed,
     SessionOver,
 )
-from media.player import PlayerPeer, Source
-from media.registry import Entry, Registry
-from media.signaling import (
+from media.rtc.player import PlayerPeer, Source
+from media.server.session_table import Entry, Registry
+from media.web.signaling import (
     answer_response,
     check_not_restart,
     new_etag,

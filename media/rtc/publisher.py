@@ -19,10 +19,10 @@ from aiortc import (
 from aiortc.sdp import candidate_from_sdp
 from av import AudioFrame
 
-from media.audio import AudioConsumer
+from media.audio.pcm import AudioConsumer
 from media.config import IceServer
+from media.core.sdp import TrickleCandidate
 from media.errors import HarkError, InvalidOffer, InvalidTrickle, UnsupportedOffer
-from media.sdp import TrickleCandidate
 
 logger = logging.getLogger(__name__)
 

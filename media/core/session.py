@@ -13,9 +13,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from media.core.playback_queue import PlaybackEvent
+from media.core.segmenter import SpeechEnded, SpeechStarted
 from media.errors import NotReady, PublisherExists, SessionClosed
-from media.playback import PlaybackEvent
-from media.vad import SpeechEnded, SpeechStarted
 
 
 class SessionState(enum.IntEnum):

@@ -5,19 +5,19 @@ from __future__ import annotations
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc.error_details_pb2 import ErrorInfo
 
-from media.errors import ERROR_DOMAIN, HarkError
-from media.playback import PlaybackFinished, PlaybackInterrupted, PlaybackStarted
-from media.registry import SnapshotItem, WatchItem
-from media.session import (
+from media.audio.speech_pipeline import Audio, SegmentEnd, SegmentStart, StreamItem
+from media.core.playback_queue import PlaybackFinished, PlaybackInterrupted, PlaybackStarted
+from media.core.segmenter import SpeechEnded, SpeechStarted
+from media.core.session import (
     ListeningChanged,
     SessionEvent,
     SessionSnapshot,
     SessionState,
     StateChanged,
 )
-from media.speech import Audio, SegmentEnd, SegmentStart, StreamItem
+from media.errors import ERROR_DOMAIN, HarkError
+from media.server.session_table import SnapshotItem, WatchItem
 from media.v1 import media_pb2 as pb
-from media.vad import SpeechEnded, SpeechStarted
 
 
 def error_info_pb(error: HarkError) -> ErrorInfo:

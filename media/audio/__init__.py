@@ -1,0 +1,1 @@
+"""Audio: Opus decode, PCM conversion, the speech pipeline, StreamAudio subscribers."""

@@ -1,0 +1,5 @@
+"""The ``hark`` command."""
+
+from media.cli.main import main
+
+__all__ = ["main"]

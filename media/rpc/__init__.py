@@ -1,0 +1,1 @@
+"""The gRPC edge: the MediaService servicer, interceptors, protobuf conversion."""

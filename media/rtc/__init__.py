@@ -1,0 +1,1 @@
+"""aiortc glue: publisher and player peers, negotiation, tracks, relay, agent voice."""

@@ -1,0 +1,1 @@
+"""The HTTP edge: WHIP, WHEP, the SSE mirror and listening, static files."""
