@@ -23,9 +23,10 @@ from grpc_reflection.v1alpha import reflection
 from media.audio.pcm import DecodeErrorCounter
 from media.config import Config
 from media.core.clock import Clock
+from media.core.events import SessionEvent, SessionState, StateChanged
 from media.core.load_governor import LoadGovernor
 from media.core.rate_limiter import RateLimiter
-from media.core.session import Session, SessionEvent, SessionState, StateChanged, Timeouts
+from media.core.session import Session, Timeouts
 from media.metrics import Metrics
 from media.rpc.interceptors import BearerAuth, MalformedRequests, RpcMetrics
 from media.rpc.service import SERVICE_NAME, MediaService

@@ -26,14 +26,18 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from media import __version__
-from media.core.playback_queue import (
+from media.core.events import (
+    CloseReason,
     InterruptReason,
     PlaybackFinished,
     PlaybackInterrupted,
-    PlaybackQueue,
+    SessionEvent,
+    SessionState,
+    SpeechEnded,
+    StateChanged,
 )
-from media.core.segmenter import SpeechEnded
-from media.core.session import CloseReason, Session, SessionEvent, SessionState, StateChanged
+from media.core.playback_queue import PlaybackQueue
+from media.core.session import Session
 
 # A *_created series per counter and histogram doubles the exposition and says nothing
 # rate() and increase() need.

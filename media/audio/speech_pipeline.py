@@ -19,8 +19,9 @@ import webrtcvad
 from av import AudioFrame
 
 from media.audio.pcm import VAD_SAMPLE_RATES, Downmixer, Framer, PcmConverter
+from media.core.events import EndReason, SpeechEnded, SpeechStarted
 from media.core.rtp_clock import RTP_WRAP, TimestampUnwrapper
-from media.core.segmenter import EndReason, Segmenter, SegmenterConfig, SpeechEnded, SpeechStarted
+from media.core.segmenter import Segmenter, SegmenterConfig
 from media.errors import InvalidRequest
 from media.metrics import Metrics
 

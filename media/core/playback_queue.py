@@ -17,6 +17,13 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Final
 
+from media.core.events import (
+    InterruptReason,
+    PlaybackEvent,
+    PlaybackFinished,
+    PlaybackInterrupted,
+    PlaybackStarted,
+)
 from media.errors import CapacityExceeded, InvalidRequest, PlaybackExists
 
 RATE: Final = 48000
@@ -31,36 +38,6 @@ FADE_MS: Final = 10
 class PlaybackMode(enum.IntEnum):
     ENQUEUE = 1
     REPLACE = 2
-
-
-class InterruptReason(enum.IntEnum):
-    USER_SPEECH = 1
-    STOP_PLAYBACK = 2
-    REPLACED = 3
-    SESSION_CLOSED = 4
-    CALL_FAILED = 5
-
-
-@dataclass(frozen=True, slots=True)
-class PlaybackStarted:
-    playback_id: str
-    players: int
-
-
-@dataclass(frozen=True, slots=True)
-class PlaybackFinished:
-    playback_id: str
-    played_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class PlaybackInterrupted:
-    playback_id: str
-    played_ms: int
-    reason: InterruptReason
-
-
-PlaybackEvent = PlaybackStarted | PlaybackFinished | PlaybackInterrupted
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,42 +35,17 @@ end, clamped at 0 and at the previous segment's end: ``SegmenterConfig.audio_sta
 
 from __future__ import annotations
 
-import enum
 import math
 from collections import deque
 from dataclasses import dataclass
 
+from media.core.events import (
+    EndReason,
+    SegmentEvent,
+    SpeechEnded,
+    SpeechStarted,
+)
 from media.errors import InvalidRequest
-
-
-class EndReason(enum.IntEnum):
-    """Why a segment ended; the values are those of ``media.v1.SpeechEndReason``."""
-
-    SILENCE = 1
-    MAX_LENGTH = 2
-    STOPPED = 3  # the caller stopped listening
-    CLOSED = 4  # the session is closing
-
-
-@dataclass(frozen=True, slots=True)
-class SpeechStarted:
-    segment_id: int
-    start_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class SpeechEnded:
-    segment_id: int
-    start_ms: int
-    end_ms: int
-    reason: EndReason
-
-    @property
-    def duration_ms(self) -> int:
-        return self.end_ms - self.start_ms
-
-
-SegmentEvent = SpeechStarted | SpeechEnded
 
 _MS_FIELDS = (
     "frame_ms",

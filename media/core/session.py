@@ -13,57 +13,23 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from media.core.playback_queue import PlaybackEvent
-from media.core.segmenter import SpeechEnded, SpeechStarted
+from media.core.events import (
+    CloseReason,
+    EventPayload,
+    ListeningChanged,
+    PlaybackEvent,
+    SessionEvent,
+    SessionState,
+    SpeechEnded,
+    SpeechStarted,
+    StateChanged,
+)
 from media.errors import NotReady, PublisherExists, SessionClosed
-
-
-class SessionState(enum.IntEnum):
-    NEW = 1
-    CONNECTING = 2
-    CONNECTED = 3
-    READY = 4
-    CLOSED = 5
-
-
-class CloseReason(enum.IntEnum):
-    CLIENT_DELETE = 1
-    API_END = 2
-    ICE_FAILED = 3
-    READY_TIMEOUT = 4
-    MEDIA_TIMEOUT = 5
-    EXPIRED = 6
-    SHUTDOWN = 7
-    ERROR = 8
 
 
 class Origin(enum.IntEnum):
     WHIP = 1
     API = 2
-
-
-@dataclass(frozen=True, slots=True)
-class StateChanged:
-    state: SessionState
-    previous: SessionState | None
-    close_reason: CloseReason | None = None
-    close_detail: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class ListeningChanged:
-    listening: bool
-
-
-EventPayload = StateChanged | ListeningChanged | SpeechStarted | SpeechEnded | PlaybackEvent
-
-
-@dataclass(frozen=True, slots=True)
-class SessionEvent:
-    session_id: str
-    revision: int
-    time: float
-    payload: EventPayload
 
 
 @dataclass(frozen=True, slots=True)

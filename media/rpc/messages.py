@@ -6,15 +6,18 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc.error_details_pb2 import ErrorInfo
 
 from media.audio.speech_pipeline import Audio, SegmentEnd, SegmentStart, StreamItem
-from media.core.playback_queue import PlaybackFinished, PlaybackInterrupted, PlaybackStarted
-from media.core.segmenter import SpeechEnded, SpeechStarted
-from media.core.session import (
+from media.core.events import (
     ListeningChanged,
+    PlaybackFinished,
+    PlaybackInterrupted,
+    PlaybackStarted,
     SessionEvent,
-    SessionSnapshot,
     SessionState,
+    SpeechEnded,
+    SpeechStarted,
     StateChanged,
 )
+from media.core.session import SessionSnapshot
 from media.errors import ERROR_DOMAIN, HarkError
 from media.server.session_table import SnapshotItem, WatchItem
 from media.v1 import media_pb2 as pb

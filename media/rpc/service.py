@@ -19,21 +19,10 @@ from media.audio.speech_pipeline import (
     STREAM_ENDED,
     AudioMode,
 )
-from media.core.playback_queue import (
-    RATE,
-    InterruptReason,
-    Playback,
-    PlaybackMode,
-    check_playback_id,
-)
+from media.core.events import CloseReason, InterruptReason, SessionEvent, SessionState
+from media.core.playback_queue import RATE, Playback, PlaybackMode, check_playback_id
 from media.core.segmenter import SegmenterConfig
-from media.core.session import (
-    CloseReason,
-    Origin,
-    SessionEvent,
-    SessionSnapshot,
-    SessionState,
-)
+from media.core.session import Origin, SessionSnapshot
 from media.errors import (
     CapacityExceeded,
     Draining,

@@ -20,14 +20,13 @@ from typing import Final
 import av
 from av import AudioFrame
 
+from media.core.events import InterruptReason, PlaybackEvent
 from media.core.playback_queue import (
     FRAME_BYTES,
     FRAME_MS,
     FRAME_SAMPLES,
     RATE,
-    InterruptReason,
     Playback,
-    PlaybackEvent,
     PlaybackMode,
     PlaybackQueue,
     PlaybackResult,

@@ -20,19 +20,19 @@ from av import AudioFrame
 
 from media.audio.speech_pipeline import SpeechEvent, SpeechPipeline, SpeechSettings
 from media.core.clock import Clock
-from media.core.load_governor import LoadGovernor
-from media.core.playback_queue import InterruptReason, PlaybackEvent
-from media.core.segmenter import EndReason, SegmenterConfig, SpeechStarted
-from media.core.session import (
+from media.core.events import (
     CloseReason,
-    Origin,
-    Session,
+    EndReason,
+    InterruptReason,
+    PlaybackEvent,
     SessionEvent,
-    SessionSnapshot,
     SessionState,
+    SpeechStarted,
     StateChanged,
-    Timeouts,
 )
+from media.core.load_governor import LoadGovernor
+from media.core.segmenter import SegmenterConfig
+from media.core.session import Origin, Session, SessionSnapshot, Timeouts
 from media.errors import (
     CapacityExceeded,
     Draining,

@@ -16,7 +16,7 @@ from typing import Final, Protocol
 from aiohttp import web
 from google.protobuf import json_format
 
-from media.core.session import SessionEvent, SessionState
+from media.core.events import SessionEvent, SessionState
 from media.errors import InvalidRequest, NotReady, SubscriberTooSlow
 from media.rpc.messages import event_pb, is_closed_event, session_pb
 from media.server.session_table import END, Entry, Registry, WatchItem

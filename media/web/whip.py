@@ -10,8 +10,9 @@ from collections.abc import Callable, Sequence
 from aiohttp import web
 
 from media.config import IceServer
+from media.core.events import CloseReason, SessionState
 from media.core.sdp import OfferSummary
-from media.core.session import CloseReason, Origin, SessionState
+from media.core.session import Origin
 from media.errors import PublisherExists, SessionConflict, Unauthorized
 from media.rtc.publisher import PublisherPeer
 from media.server.session_table import Entry, Registry, new_session_id, tokens_match

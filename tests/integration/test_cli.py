@@ -10,7 +10,7 @@ import socket
 import sys
 import wave
 
-from media.core.session import CloseReason, SessionState
+from media.core.events import CloseReason, SessionState
 from media.v1 import media_pb2 as pb
 from tests.listening import fell_silent, listening, loud, tone
 from tests.support import FIXTURES, SPEECH, eventually, grpc_stub, publish, running_server

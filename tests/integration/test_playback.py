@@ -15,7 +15,8 @@ import pytest
 import webrtcvad
 
 from media.audio.pcm import PcmConverter
-from media.core.segmenter import Segmenter, SegmenterConfig, SpeechStarted
+from media.core.events import SpeechStarted
+from media.core.segmenter import Segmenter, SegmenterConfig
 from media.rtc.publisher import ice_connections, tap_opus_packets
 from media.v1 import media_pb2 as pb
 from tests.listening import (

@@ -19,8 +19,9 @@ from media.audio.speech_pipeline import (
     SpeechPipeline,
     SpeechSettings,
 )
+from media.core.events import EndReason, SpeechEnded
 from media.core.rate_limiter import RateLimiter
-from media.core.segmenter import EndReason, SegmenterConfig, SpeechEnded
+from media.core.segmenter import SegmenterConfig
 from tests.unit.test_vad import harmonic_burst
 
 RATE = 16000

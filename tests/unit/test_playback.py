@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import pytest
 
+from media.core.events import (
+    InterruptReason,
+    PlaybackFinished,
+    PlaybackInterrupted,
+    PlaybackStarted,
+)
 from media.core.playback_queue import (
     FADE_MS,
     FRAME_BYTES,
     MAX_PLAYBACKS,
-    InterruptReason,
-    PlaybackFinished,
-    PlaybackInterrupted,
     PlaybackMode,
     PlaybackQueue,
-    PlaybackStarted,
 )
 from media.core.rtp_clock import TimestampUnwrapper
 from media.errors import CapacityExceeded, InvalidRequest, PlaybackExists

@@ -4,16 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from media.core.events import CloseReason, ListeningChanged, SessionState, StateChanged
 from media.core.load_governor import LoadGovernor
-from media.core.session import (
-    CloseReason,
-    ListeningChanged,
-    Origin,
-    Session,
-    SessionState,
-    StateChanged,
-    Timeouts,
-)
+from media.core.session import Origin, Session, Timeouts
 from media.errors import NotReady, PublisherExists, SessionClosed
 
 TIMEOUTS = Timeouts(ready=10.0, media=5.0, session_ttl=60.0)

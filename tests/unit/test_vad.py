@@ -12,14 +12,8 @@ import webrtcvad
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from media.core.segmenter import (
-    EndReason,
-    Segmenter,
-    SegmenterConfig,
-    SegmentEvent,
-    SpeechEnded,
-    SpeechStarted,
-)
+from media.core.events import EndReason, SegmentEvent, SpeechEnded, SpeechStarted
+from media.core.segmenter import Segmenter, SegmenterConfig
 from media.errors import InvalidRequest
 
 F = 20
