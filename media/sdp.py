@@ -112,10 +112,60 @@ def _parse_offer(sdp: str) -> tuple[tuple[str, ...], list[_Section]]:
                     f"line {number} is a malformed m= line (want 'm=<media> <port> <proto> "
                     f"<format> ...'): {_quote('m=' + value)}"
                 )
+            if "/" in fields[1]:
+                raise InvalidOffer(
+                    f"line {number} gives a port count ({fields[1]}); WebRTC m-lines have one "
+                    f"port each: {_quote('m=' + value)}"
+                )
             sections.append((number, fields[0], port, tuple(fields[3:]), []))
         elif kind == "a":
             (sections[-1][4] if sections else session).append(value)
     return tuple(session), [_Section(n, k, p, f, tuple(a)) for n, k, p, f, a in sections]
+
+
+def _check_unique_mids(sections: list[_Section]) -> None:
+    first_line: dict[str, int] = {}
+    for section in sections:
+        mid = _first(section.attributes, "mid")
+        if mid is None:
+            continue
+        if mid in first_line:
+            raise InvalidOffer(
+                f"m-line at line {section.line} repeats a=mid:{mid} of the m-line at line "
+                f"{first_line[mid]}; each m-line needs its own mid"
+            )
+        first_line[mid] = section.line
+
+
+def _bundle_mids(session: tuple[str, ...]) -> set[str]:
+    mids: set[str] = set()
+    for group in _values(session, "group"):
+        semantics, *members = group.split()
+        if semantics == "BUNDLE":
+            mids.update(members)
+    return mids
+
+
+def _is_enabled(section: _Section, bundle_mids: set[str]) -> bool:
+    """Port 0 disables an m-line, except one that is bundle-only (RFC 8843 section 7.2)."""
+    if section.port != 0:
+        return True
+    return "bundle-only" in section.attributes and _first(section.attributes, "mid") in bundle_mids
+
+
+def _chosen_audio(session: tuple[str, ...], sections: list[_Section]) -> tuple[int, _Section]:
+    """The audio m-line Hark answers: the first enabled one."""
+    bundle_mids = _bundle_mids(session)
+    audio_sections = [(i, s) for i, s in enumerate(sections) if s.kind == "audio"]
+    enabled = [(i, s) for i, s in audio_sections if _is_enabled(s, bundle_mids)]
+    if not enabled:
+        disabled = f" (line {audio_sections[0][1].line} has port 0)" if audio_sections else ""
+        raise UnsupportedOffer(f"offer has no audio m-line{disabled}")
+    return enabled[0]
+
+
+def _opus_payload_type(section: _Section) -> int | None:
+    return next((pt for pt, encoding in _codecs(section) if _is_opus(encoding)), None)
 
 
 def _codecs(section: _Section) -> list[tuple[int, str]]:
@@ -174,15 +224,10 @@ def check_offer(
         raise UnsupportedOffer(
             f"offer has {len(sections)} m-lines; at most {max_media} are accepted"
         )
-    audio_sections = [(i, s) for i, s in enumerate(sections) if s.kind == "audio"]
-    enabled = [(i, s) for i, s in audio_sections if s.port != 0]
-    if not enabled:
-        disabled = f" (line {audio_sections[0][1].line} has port 0)" if audio_sections else ""
-        raise UnsupportedOffer(f"offer has no audio m-line{disabled}")
-    index, audio = enabled[0]
-
+    _check_unique_mids(sections)
+    index, audio = _chosen_audio(session, sections)
     codecs = _codecs(audio)
-    opus = next((pt for pt, encoding in codecs if _is_opus(encoding)), None)
+    opus = _opus_payload_type(audio)
     if opus is None:
         names = (e if e.lower().startswith("opus/") else e.split("/")[0] for _, e in codecs)
         offered = ", ".join(dict.fromkeys(names)) or "none"
@@ -215,6 +260,81 @@ def check_offer(
         has_video=any(s.kind == "video" and s.port != 0 for s in sections),
         audio_mline_index=index,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class StackOffer:
+    """An accepted offer rewritten for aiortc, and the mDNS candidates taken out of it."""
+
+    sdp: str
+    mdns_candidates: tuple[TrickleCandidate, ...]
+    end_of_candidates: bool
+
+
+def is_mdns_candidate(candidate: str) -> bool:
+    """True for a candidate whose address is an mDNS name (e.g. ``<uuid>.local``)."""
+    fields = candidate.split()
+    return len(fields) > 4 and fields[4].lower().endswith(".local")
+
+
+def stack_offer(sdp: str) -> StackOffer:
+    """Rewrite an offer that ``check_offer`` accepted into what aiortc must see to answer it well.
+
+    - The answered audio m-line keeps only Opus, so the answer carries Opus alone, on the offer's
+      payload type (aiortc fixes its codecs when it applies the offer).
+    - ``a=setup:actpass`` becomes ``active``, so Hark answers ``passive`` and is the DTLS server
+      with its own (ECDSA) certificate: as a client, aiortc offers only ECDSA suites, which a peer
+      with an RSA certificate (GStreamer's webrtcbin) cannot accept.
+    - A session-level direction moves into the m-lines that have none (aiortc reads it only there).
+    - mDNS host candidates come out, to be resolved after the answer: aiortc resolves them while
+      applying the offer (a second each), and with ``a=end-of-candidates`` an unresolved one leaves
+      the ICE component without candidates, so the answer has none of Hark's. The
+      ``end-of-candidates`` goes too, as the peer may still be reached through peer-reflexive
+      candidates (RFC 8445 section 7.3.1.3).
+    """
+    session, sections = _parse_offer(sdp)
+    audio_index, audio = _chosen_audio(session, sections)
+    opus = _opus_payload_type(audio)
+    session_direction = next((a for a in session if a in _DIRECTIONS), None)
+    mdns = [
+        TrickleCandidate(_first(s.attributes, "mid"), i, a)
+        for i, s in enumerate(sections)
+        for a in s.attributes
+        if a.startswith("candidate:") and is_mdns_candidate(a)
+    ]
+    index = -1
+    kept: list[str] = []
+    for _, line in _lines(sdp):
+        value = line[2:]
+        if line.startswith("m="):
+            index += 1
+            kept.append(_opus_m_line(line, opus) if index == audio_index else line)
+            if session_direction and not any(a in _DIRECTIONS for a in sections[index].attributes):
+                kept.append("a=" + session_direction)
+            continue
+        if index == -1 and value in _DIRECTIONS:
+            continue
+        if index == audio_index and _is_other_codec_line(value, opus):
+            continue
+        if value.startswith("candidate:") and is_mdns_candidate(value):
+            continue
+        if mdns and value == "end-of-candidates":
+            continue
+        kept.append("a=setup:active" if value == "setup:actpass" else line)
+    ended = any("end-of-candidates" in s.attributes for s in sections)
+    return StackOffer("\r\n".join(kept) + "\r\n", tuple(mdns), ended)
+
+
+def _opus_m_line(line: str, opus: int | None) -> str:
+    fields = line.split()
+    return " ".join(fields[:3] + [str(opus)]) if opus is not None else line
+
+
+def _is_other_codec_line(value: str, opus: int | None) -> bool:
+    name, _, rest = value.partition(":")
+    if name not in ("rtpmap", "fmtp", "rtcp-fb"):
+        return False
+    return rest.split(" ", 1)[0] not in (str(opus), "*")
 
 
 def _check_candidate(number: int, value: str) -> None:

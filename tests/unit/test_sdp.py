@@ -15,6 +15,7 @@ from media.sdp import (
     check_offer,
     is_ice_restart,
     parse_trickle_fragment,
+    stack_offer,
 )
 
 FINGERPRINT = (
@@ -335,6 +336,29 @@ OFFER_ERRORS: list[tuple[str, str, Direction, type[HarkError], str]] = [
         "a=fingerprint is malformed",
     ),
     (
+        "a port count on the audio m-line",
+        edit("m=audio 54611 ", "m=audio 54611/2 "),
+        "publish",
+        InvalidOffer,
+        r"line 8 gives a port count \(54611/2\); WebRTC m-lines have one port each",
+    ),
+    (
+        "two m-lines with the same mid",
+        CHROME_OFFER + VIDEO.replace("a=mid:1", "a=mid:0"),
+        "publish",
+        InvalidOffer,
+        "m-line at line 41 repeats a=mid:0 of the m-line at line 8; each m-line needs its own mid",
+    ),
+    (
+        "bundle-only audio outside the BUNDLE group",
+        edit("m=audio 54611", "m=audio 0", edit("a=mid:0", "a=mid:0\r\na=bundle-only")).replace(
+            "a=group:BUNDLE 0", "a=group:BUNDLE 1"
+        ),
+        "publish",
+        UnsupportedOffer,
+        r"offer has no audio m-line \(line 8 has port 0\)",
+    ),
+    (
         "bad DTLS setup role",
         edit("a=setup:actpass", "a=setup:sideways"),
         "publish",
@@ -354,6 +378,62 @@ def test_offers_hark_cannot_serve_are_refused_with_the_reason(
 ) -> None:
     with pytest.raises(error, match=message):
         check_offer(offer, direction=direction)
+
+
+# webrtcbin's max-bundle policy: only the first m-line of the BUNDLE group has a port.
+MAX_BUNDLE_OFFER = (
+    edit("a=group:BUNDLE 0", "a=group:BUNDLE 1 0")
+    .replace("a=mid:0", "a=mid:0\r\na=bundle-only")
+    .replace("m=audio 54611", VIDEO.replace("m=video 9", "m=video 54611") + "m=audio 0")
+)
+
+
+def test_a_bundle_only_audio_m_line_with_port_0_is_enabled() -> None:
+    summary = check_offer(MAX_BUNDLE_OFFER, direction="publish")
+    assert summary.audio_mline_index == 1
+    assert summary.audio_mid == "0"
+    assert summary.opus_payload_type == 111
+
+
+def test_the_stack_sees_only_opus_on_the_offers_payload_type_in_the_answered_m_line() -> None:
+    rewritten = stack_offer(CHROME_OFFER).sdp
+    assert "m=audio 54611 UDP/TLS/RTP/SAVPF 111\r\n" in rewritten
+    kept = [line for line in rewritten.split("\r\n") if line.startswith(("a=rtpmap", "a=fmtp"))]
+    assert kept == ["a=rtpmap:111 opus/48000/2", "a=fmtp:111 minptime=10;useinbandfec=1"]
+    assert "a=rtcp-fb:111 transport-cc" in rewritten
+    assert check_offer(rewritten, direction="publish").opus_payload_type == 111
+
+
+def test_an_actpass_offer_reaches_the_stack_as_active_so_hark_answers_passive() -> None:
+    rewritten = stack_offer(CHROME_OFFER).sdp
+    assert "a=setup:active\r\n" in rewritten and "actpass" not in rewritten
+    for role in ("active", "passive"):
+        offer = edit("a=setup:actpass", f"a=setup:{role}")
+        assert f"a=setup:{role}\r\n" in stack_offer(offer).sdp
+
+
+def test_a_session_level_direction_reaches_the_stack_in_each_m_line() -> None:
+    offer = edit("a=sendonly\r\n", "").replace("t=0 0\r\n", "t=0 0\r\na=sendonly\r\n")
+    lines = stack_offer(offer + VIDEO).sdp.split("\r\n")
+    assert lines.count("a=sendonly") == 2
+    assert lines.index("a=sendonly") == lines.index("m=audio 54611 UDP/TLS/RTP/SAVPF 111") + 1
+
+
+def test_mdns_candidates_are_taken_out_with_end_of_candidates_and_ip_ones_stay() -> None:
+    mdns = "candidate:1 1 udp 2122260223 0f1e2d3c-aaaa-4bbb-8ccc-123456789abc.local 5000 typ host"
+    offer = edit("a=ice-ufrag:", f"a={mdns}\r\na=end-of-candidates\r\na=ice-ufrag:", CHROME_OFFER)
+    stacked = stack_offer(offer)
+    assert stacked.mdns_candidates == (TrickleCandidate("0", 0, mdns),)
+    assert stacked.end_of_candidates
+    assert ".local" not in stacked.sdp and "end-of-candidates" not in stacked.sdp
+    assert stacked.sdp.count("a=candidate:") == 3
+
+
+def test_without_mdns_candidates_end_of_candidates_stays() -> None:
+    offer = edit("a=ice-ufrag:", "a=end-of-candidates\r\na=ice-ufrag:")
+    stacked = stack_offer(offer)
+    assert stacked.mdns_candidates == () and stacked.end_of_candidates
+    assert "a=end-of-candidates" in stacked.sdp
 
 
 def test_the_size_limit_is_the_callers_and_counts_utf8_bytes() -> None:
@@ -483,9 +563,13 @@ def assert_only_documented_errors(text: str) -> None:
     directions: tuple[Direction, ...] = ("publish", "play")
     for direction in directions:
         try:
-            check_offer(text, direction=direction, max_bytes=4096)
+            summary = check_offer(text, direction=direction, max_bytes=4096)
         except (OfferTooLarge, InvalidOffer, UnsupportedOffer) as exc:
             assert str(exc)
+        else:
+            # What Hark accepts, it hands the stack in a form it still accepts, Opus unmoved.
+            again = check_offer(stack_offer(text).sdp, direction=direction, max_bytes=8192)
+            assert again.opus_payload_type == summary.opus_payload_type
     try:
         parse_trickle_fragment(text)
     except InvalidTrickle as exc:
