@@ -15,10 +15,10 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 
-import ifaddr
 import pytest
 
 from media.v1 import media_pb2 as pb
+from tests.interop.network import lan_addresses
 from tests.support import SPEECH, grpc_stub, running_server, truth
 
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -49,20 +49,6 @@ def gstreamer_version() -> str:
     if os.environ.get("CI"):
         pytest.fail(f"{reason}: CI must run the interop tests", pytrace=False)
     pytest.skip(reason)
-
-
-def lan_addresses() -> tuple[str, ...]:
-    """This host's IPv4 addresses but loopback: libnice leaves loopback out of its candidates, so
-    Hark must offer an address webrtcbin's own candidates can reach."""
-    found = tuple(
-        ip.ip
-        for adapter in ifaddr.get_adapters()
-        for ip in adapter.ips
-        if isinstance(ip.ip, str) and not ip.ip.startswith("127.")
-    )
-    if not found:
-        pytest.skip("this host has no network interface but loopback, which webrtcbin leaves out")
-    return found
 
 
 @pytest.fixture(scope="module")
