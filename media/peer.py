@@ -132,10 +132,6 @@ class RemoteCandidates:
         self._resolving: set[asyncio.Task[None]] = set()
         self._saw_mdns = False
 
-    @property
-    def resolving(self) -> int:
-        return len(self._resolving)
-
     async def add(self, candidates: Sequence[TrickleCandidate], end: bool) -> None:
         parsed = [(c, _ice_candidate(c)) for c in candidates]
         for trickled, candidate in parsed:
