@@ -15,9 +15,14 @@ import aiohttp
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaPlayer
+from hypothesis import HealthCheck, assume, given, settings
 
+from media.errors import HarkError
+from media.peer import RemoteCandidates, answer_audio_offer, close_peer_connection
+from media.sdp import check_offer
 from media.v1 import media_pb2 as pb
 from tests.support import SPEECH, collect_until_closed, grpc_stub, running_server
+from tests.unit.test_sdp import CHROME_OFFER_LINES, mutated
 
 S = pb.SessionState
 HOST_CANDIDATE = re.compile(r"(a=candidate:\S+ \d+ \S+ \d+ )127\.0\.0\.1( \d+ typ host)")
@@ -258,3 +263,24 @@ async def test_a_failed_dtls_handshake_closes_the_session_saying_dtls_failed() -
     assert closed.state == S.CLOSED
     assert closed.close_reason == pb.CloseReason.ICE_FAILED
     assert closed.close_detail.startswith("DTLS failed"), closed.close_detail
+
+
+async def answer_with_aiortc(offer: str) -> None:
+    pc = RTCPeerConnection()
+    remote = RemoteCandidates(pc, "fuzz")
+    try:
+        await answer_audio_offer(pc, offer, "recvonly", "fuzz", remote)
+    finally:
+        await remote.close()
+        await close_peer_connection(pc)
+
+
+@settings(deadline=None, max_examples=120, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated(CHROME_OFFER_LINES))
+def test_every_offer_hark_accepts_is_one_aiortc_can_answer(offer: str) -> None:
+    """So a client's mistake gets check_offer's reason, never the stack's catch-all 400."""
+    try:
+        check_offer(offer, direction="publish")
+    except HarkError:
+        assume(False)
+    asyncio.run(answer_with_aiortc(offer))

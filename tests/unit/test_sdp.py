@@ -359,6 +359,97 @@ OFFER_ERRORS: list[tuple[str, str, Direction, type[HarkError], str]] = [
         r"offer has no audio m-line \(line 8 has port 0\)",
     ),
     (
+        "audio without rtcp-mux",
+        edit("a=rtcp-mux\r\n", ""),
+        "publish",
+        InvalidOffer,
+        r"the audio m-line at line 8 has no a=rtcp-mux \(WebRTC sends RTP and RTCP on one port",
+    ),
+    (
+        "garbled transport protocol",
+        edit("UDP/TLS/RTP/SAVPF", "UDP/:LS/RTP/SAVPF"),
+        "publish",
+        InvalidOffer,
+        r"line 8: 'UDP/:LS/RTP/SAVPF' is not a transport protocol",
+    ),
+    (
+        "payload type out of range",
+        edit("111 63 9 0", "111 300 9 0"),
+        "publish",
+        InvalidOffer,
+        r"line 8: format '300' is not an RTP payload type \(0-127 but 72-76\)",
+    ),
+    (
+        "payload type reserved for RTCP",
+        edit("111 63 9 0", "111 72 9 0"),
+        "publish",
+        InvalidOffer,
+        "line 8: format '72' is not an RTP payload type",
+    ),
+    (
+        "offer candidate with a word for a priority",
+        edit("udp 2122260223 192.0.2.10", "udp high 192.0.2.10"),
+        "publish",
+        InvalidOffer,
+        "line 11: a candidate's component, priority and port must be numbers",
+    ),
+    (
+        "offer candidate with a garbled rport",
+        edit("rport 54611", "rport :4611"),
+        "publish",
+        InvalidOffer,
+        "line 12: a candidate's rport must be a number",
+    ),
+    (
+        "extmap without a URI",
+        edit("a=extmap:1 urn:", "a=extmap:1urn:"),
+        "publish",
+        InvalidOffer,
+        "line 20: a=extmap needs a numeric id and a URI",
+    ),
+    (
+        "fmtp without parameters",
+        edit("a=fmtp:63 111/111", "a=fmtp:63"),
+        "publish",
+        InvalidOffer,
+        "line 32: a=fmtp needs a payload type and parameters",
+    ),
+    (
+        "fmtp with a word for a number",
+        edit("minptime=10", "minptime=ten"),
+        "publish",
+        InvalidOffer,
+        "line 30: fmtp parameter minptime must be a number",
+    ),
+    (
+        "rtpmap with a word for a clock rate",
+        edit("opus/48000/2", "opus/x8000/2"),
+        "publish",
+        InvalidOffer,
+        "line 28: a=rtpmap must be '<payload type> <encoding>/<clock rate>",
+    ),
+    (
+        "ssrc that is not a number",
+        edit("a=ssrc:1129446914 cname", "a=ssrc:11/29446914 cname"),
+        "publish",
+        InvalidOffer,
+        "line 39: a=ssrc needs a numeric SSRC and an attribute",
+    ),
+    (
+        "garbled a=rtcp",
+        edit("a=rtcp:9 IN IP4", "a=rtcp:9 I  IP4"),
+        "publish",
+        InvalidOffer,
+        "line 10: a=rtcp must be '<port>' or '<port> IN IP4 <address>'",
+    ),
+    (
+        "garbled connection line",
+        edit("c=IN IP4 192.0.2.10", "c=IN IPX 192.0.2.10"),
+        "publish",
+        InvalidOffer,
+        "line 9: c= must be 'IN IP4 <address>' or 'IN IP6 <address>'",
+    ),
+    (
         "bad DTLS setup role",
         edit("a=setup:actpass", "a=setup:sideways"),
         "publish",
@@ -427,6 +518,11 @@ def test_mdns_candidates_are_taken_out_with_end_of_candidates_and_ip_ones_stay()
     assert stacked.end_of_candidates
     assert ".local" not in stacked.sdp and "end-of-candidates" not in stacked.sdp
     assert stacked.sdp.count("a=candidate:") == 3
+
+
+def test_an_m_line_without_any_direction_reaches_the_stack_as_sendrecv() -> None:
+    rewritten = stack_offer(edit("a=sendonly\r\n", "")).sdp.split("\r\n")
+    assert rewritten[rewritten.index("m=audio 54611 UDP/TLS/RTP/SAVPF 111") + 1] == "a=sendrecv"
 
 
 def test_without_mdns_candidates_end_of_candidates_stays() -> None:
