@@ -26,7 +26,8 @@ SCRIPT = pathlib.Path(__file__).with_name("gst_whip.py")
 GST_CHECK = (
     "import gi; gi.require_version('Gst', '1.0'); gi.require_version('GstWebRTC', '1.0'); "
     "from gi.repository import Gst; Gst.init(None); "
-    "assert Gst.ElementFactory.find('webrtcbin') and Gst.ElementFactory.find('opusenc'); "
+    "assert all(Gst.ElementFactory.find(e) for e in ('webrtcbin', 'nicesrc', 'opusenc', "
+    "'opusdec', 'rtpopuspay', 'oggdemux', 'vp8enc', 'rtpvp8pay')); "
     "print(Gst.version_string())"
 )
 
@@ -43,8 +44,8 @@ def gstreamer_version() -> str:
         return found
     reason = (
         "GStreamer's webrtcbin for Debian's python3 is missing (python3-gi, "
-        "gir1.2-gst-plugins-bad-1.0, gstreamer1.0-plugins-bad, gstreamer1.0-nice, "
-        "gstreamer1.0-plugins-base/good)"
+        "gir1.2-gst-plugins-base-1.0, gir1.2-gst-plugins-bad-1.0, gstreamer1.0-plugins-base, "
+        "gstreamer1.0-plugins-good, gstreamer1.0-plugins-bad, gstreamer1.0-nice)"
     )
     if os.environ.get("CI"):
         pytest.fail(f"{reason}: CI must run the interop tests", pytrace=False)
