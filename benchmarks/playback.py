@@ -167,8 +167,8 @@ async def run_peers(base: str, count: int, source: str) -> None:
         print(json.dumps(counts), flush=True)
     await asyncio.gather(*(close_player(p) for p in players), return_exceptions=True)
     await publisher.close()
-    if media.audio.pcm is not None:
-        media.audio.pcm.stop()
+    if media.audio is not None:
+        media.audio.stop()
 
 
 class Peers:

@@ -20,7 +20,7 @@ from aiortc import RTCPeerConnection, RTCRtpSender
 from media.config import IceServer
 from media.core.sdp import TrickleCandidate
 from media.rtc.publisher import (
-    add_trickled,
+    RemoteCandidates,
     answer_audio_offer,
     close_peer_connection,
     rtc_configuration,
@@ -61,6 +61,7 @@ class PlayerPeer:
         self._media_timeout = media_timeout
         self._connect_timeout = connect_timeout
         self._pc = RTCPeerConnection(rtc_configuration(ice_servers))
+        self._remote = RemoteCandidates(self._pc, f"{session_id}-{player_id}")
         self._sender: RTCRtpSender | None = None
         self._watch: asyncio.Task[None] | None = None
         self._closed = False
@@ -75,7 +76,7 @@ class PlayerPeer:
             self._sender = transceiver.sender
 
         answer = await answer_audio_offer(
-            self._pc, offer_sdp, "sendonly", self.session_id, send_track
+            self._pc, offer_sdp, "sendonly", self.session_id, self._remote, send_track
         )
         assert self._sender is not None
         self._watch = asyncio.get_running_loop().create_task(
@@ -84,7 +85,7 @@ class PlayerPeer:
         return answer
 
     async def add_candidates(self, candidates: Sequence[TrickleCandidate], end: bool) -> None:
-        await add_trickled(self._pc, candidates, end)
+        await self._remote.add(candidates, end)
 
     async def close(self) -> None:
         """Stop the track, the watch task and the peer connection; safe to call again."""
@@ -99,6 +100,7 @@ class PlayerPeer:
                 self._watch.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._watch
+            await self._remote.close()
             await close_peer_connection(self._pc)
         finally:
             self._close_done.set_result(None)

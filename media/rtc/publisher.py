@@ -21,7 +21,7 @@ from av import AudioFrame
 
 from media.audio.pcm import AudioConsumer
 from media.config import IceServer
-from media.core.sdp import TrickleCandidate
+from media.core.sdp import TrickleCandidate, is_mdns_candidate, stack_offer
 from media.errors import HarkError, InvalidOffer, InvalidTrickle, UnsupportedOffer
 
 logger = logging.getLogger(__name__)
@@ -106,20 +106,68 @@ def restrict_host_candidates(addresses: Sequence[str]) -> None:
     aioice.ice.get_host_addresses = host_addresses
 
 
-async def add_trickled(
-    pc: RTCPeerConnection, candidates: Sequence[TrickleCandidate], end: bool
-) -> None:
-    """Add candidates from a trickle-ice-sdpfrag PATCH (RFC 8840) to ``pc``."""
-    for trickled in candidates:
-        try:
-            candidate = candidate_from_sdp(trickled.candidate.removeprefix("candidate:"))
-        except (ValueError, IndexError) as exc:
-            raise InvalidTrickle(f"unusable candidate {trickled.candidate!r}: {exc}") from exc
-        candidate.sdpMid = trickled.mid
-        candidate.sdpMLineIndex = trickled.mline_index
-        await pc.addIceCandidate(candidate)
-    if end:
-        await pc.addIceCandidate(None)
+def _ice_candidate(trickled: TrickleCandidate) -> Any:
+    try:
+        candidate = candidate_from_sdp(trickled.candidate.removeprefix("candidate:"))
+    except (ValueError, IndexError) as exc:
+        raise InvalidTrickle(f"unusable candidate {trickled.candidate!r}: {exc}") from exc
+    candidate.sdpMid = trickled.mid
+    candidate.sdpMLineIndex = trickled.mline_index
+    return candidate
+
+
+class RemoteCandidates:
+    """Adds a peer's candidates to ``pc``; mDNS ones are resolved concurrently in owned tasks.
+
+    aioice resolves an mDNS name inside ``addIceCandidate`` and gives up after a second, so
+    awaiting them would hold an answer or a trickle PATCH that long per name. Once an mDNS name
+    was seen, end-of-candidates is not passed on: one that does not resolve from here must not
+    end ICE while the peer can still reach Hark (peer-reflexive candidates); the connect timeout
+    ends a connection that never forms. ``close()`` cancels and awaits what is still resolving.
+    """
+
+    def __init__(self, pc: RTCPeerConnection, name: str) -> None:
+        self._pc = pc
+        self._name = name
+        self._resolving: set[asyncio.Task[None]] = set()
+        self._saw_mdns = False
+
+    async def add(self, candidates: Sequence[TrickleCandidate], end: bool) -> None:
+        parsed = [(c, _ice_candidate(c)) for c in candidates]
+        for trickled, candidate in parsed:
+            if is_mdns_candidate(trickled.candidate):
+                self._saw_mdns = True
+                self._resolve_later(candidate)
+            else:
+                await self._pc.addIceCandidate(candidate)
+        if end and not self._saw_mdns:
+            await self._pc.addIceCandidate(None)
+
+    def resolve_later(self, candidates: Sequence[TrickleCandidate]) -> None:
+        for trickled in candidates:
+            self._saw_mdns = True
+            self._resolve_later(_ice_candidate(trickled))
+
+    def _resolve_later(self, candidate: Any) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self._pc.addIceCandidate(candidate), name=f"hark-mdns-{self._name}"
+        )
+        self._resolving.add(task)
+        task.add_done_callback(self._resolved)
+
+    def _resolved(self, task: asyncio.Task[None]) -> None:
+        self._resolving.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.debug(
+                "%s: an mDNS candidate was not added", self._name, exc_info=task.exception()
+            )
+
+    async def close(self) -> None:
+        for task in list(self._resolving):
+            task.cancel()
+        for task in list(self._resolving):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 def tap_opus_packets(
@@ -144,28 +192,24 @@ def tap_opus_packets(
     return True
 
 
-def opus_only(transceiver: Any) -> None:
-    capabilities = RTCRtpReceiver.getCapabilities("audio")
-    assert capabilities is not None
-    transceiver.setCodecPreferences([c for c in capabilities.codecs if c.name == "opus"])
-
-
 async def answer_audio_offer(
     pc: RTCPeerConnection,
     offer_sdp: str,
     direction: str,
     session_id: str,
+    remote: RemoteCandidates,
     prepare: Callable[[Any], None] | None = None,
 ) -> str:
     """Apply the offer and return the answer: its first audio m-line ``direction`` with Opus only
-    (``prepare`` gets that transceiver first), every other m-line inactive."""
+    (``prepare`` gets that transceiver first), every other m-line inactive. The offer's mDNS
+    candidates go to ``remote`` to resolve after the answer."""
     try:
-        await pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+        offer = stack_offer(offer_sdp)
+        await pc.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
         audio = None
         for transceiver in pc.getTransceivers():
             if transceiver.kind == "audio" and audio is None:
                 transceiver.direction = direction
-                opus_only(transceiver)
                 audio = transceiver
             else:
                 transceiver.direction = "inactive"
@@ -174,15 +218,19 @@ async def answer_audio_offer(
         if prepare is not None:
             prepare(audio)
         await pc.setLocalDescription(await pc.createAnswer())
-        return str(pc.localDescription.sdp)
     except HarkError:
         raise
     except Exception as exc:
-        # aiortc reports what it cannot use in an offer with assorted exception types.
-        logger.debug("session %s: offer rejected by aiortc", session_id, exc_info=True)
+        # aiortc reports what it cannot use in an offer with assorted exception types, whose
+        # text means nothing to a client; check_offer is where offers get precise reasons.
+        logger.info("session %s: offer rejected by aiortc: %s", session_id, type(exc).__name__)
+        logger.debug("session %s: aiortc's exception", session_id, exc_info=True)
         raise InvalidOffer(
-            f"SDP offer rejected by the WebRTC stack: {type(exc).__name__}: {exc}"
+            "SDP offer could not be applied: it passed Hark's checks but the WebRTC stack "
+            "refused it"
         ) from exc
+    remote.resolve_later(offer.mdns_candidates)
+    return str(pc.localDescription.sdp)
 
 
 async def _start_nothing(*args: Any) -> None:
@@ -211,6 +259,15 @@ def rtc_configuration(ice_servers: Sequence[IceServer]) -> RTCConfiguration:
     )
 
 
+def transport_failure(pc: RTCPeerConnection) -> str:
+    """Which layer of a failed connection gave up, in words for ``close_detail``."""
+    if pc.iceConnectionState == "failed":
+        return "ICE failed: no candidate pair reached the peer"
+    if any(t.receiver.transport.state == "failed" for t in pc.getTransceivers()):
+        return "DTLS failed: the handshake with the peer did not complete"
+    return "the connection failed"
+
+
 class PublisherPeer:
     """Receives one publisher's audio. Owns its peer connection and tasks; ``close()`` ends both."""
 
@@ -227,6 +284,7 @@ class PublisherPeer:
         self._jitter_frames = jitter_frames
         self._events = events
         self._pc = RTCPeerConnection(rtc_configuration(ice_servers))
+        self._remote = RemoteCandidates(self._pc, session_id)
         self._tasks: set[asyncio.Task[None]] = set()
         self.remote_ice: tuple[str, str | None] = ("", None)
         self._closed = False
@@ -236,10 +294,12 @@ class PublisherPeer:
 
     async def negotiate(self, offer_sdp: str) -> str:
         """Apply the offer and return the answer: audio ``recvonly`` with Opus, other media off."""
-        return await answer_audio_offer(self._pc, offer_sdp, "recvonly", self.session_id)
+        return await answer_audio_offer(
+            self._pc, offer_sdp, "recvonly", self.session_id, self._remote
+        )
 
     async def add_candidates(self, candidates: Sequence[TrickleCandidate], end: bool) -> None:
-        await add_trickled(self._pc, candidates, end)
+        await self._remote.add(candidates, end)
 
     async def received(self) -> tuple[int, int]:
         """RTP packets and transport bytes received so far (aiortc's stats; also once closed)."""
@@ -266,6 +326,7 @@ class PublisherPeer:
             for task in list(self._tasks):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await self._remote.close()
             await close_peer_connection(self._pc)
             logger.debug("session %s: peer connection closed", self.session_id)
         finally:
@@ -291,7 +352,7 @@ class PublisherPeer:
         if state == "connected":
             self._events.transport_connected(self.session_id)
         elif state == "failed":
-            self._events.transport_failed(self.session_id, "ICE or DTLS failed")
+            self._events.transport_failed(self.session_id, transport_failure(self._pc))
 
     def _on_track(self, track: Any) -> None:
         if (

@@ -14,6 +14,7 @@ from media.core.sdp import (
     check_offer,
     is_ice_restart,
     parse_trickle_fragment,
+    stack_offer,
 )
 from media.errors import HarkError, InvalidOffer, InvalidTrickle, OfferTooLarge, UnsupportedOffer
 
@@ -335,6 +336,120 @@ OFFER_ERRORS: list[tuple[str, str, Direction, type[HarkError], str]] = [
         "a=fingerprint is malformed",
     ),
     (
+        "a port count on the audio m-line",
+        edit("m=audio 54611 ", "m=audio 54611/2 "),
+        "publish",
+        InvalidOffer,
+        r"line 8 gives a port count \(54611/2\); WebRTC m-lines have one port each",
+    ),
+    (
+        "two m-lines with the same mid",
+        CHROME_OFFER + VIDEO.replace("a=mid:1", "a=mid:0"),
+        "publish",
+        InvalidOffer,
+        "m-line at line 41 repeats a=mid:0 of the m-line at line 8; each m-line needs its own mid",
+    ),
+    (
+        "bundle-only audio outside the BUNDLE group",
+        edit("m=audio 54611", "m=audio 0", edit("a=mid:0", "a=mid:0\r\na=bundle-only")).replace(
+            "a=group:BUNDLE 0", "a=group:BUNDLE 1"
+        ),
+        "publish",
+        UnsupportedOffer,
+        r"offer has no audio m-line \(line 8 has port 0\)",
+    ),
+    (
+        "audio without rtcp-mux",
+        edit("a=rtcp-mux\r\n", ""),
+        "publish",
+        InvalidOffer,
+        r"the audio m-line at line 8 has no a=rtcp-mux \(WebRTC sends RTP and RTCP on one port",
+    ),
+    (
+        "garbled transport protocol",
+        edit("UDP/TLS/RTP/SAVPF", "UDP/:LS/RTP/SAVPF"),
+        "publish",
+        InvalidOffer,
+        r"line 8: 'UDP/:LS/RTP/SAVPF' is not a transport protocol",
+    ),
+    (
+        "payload type out of range",
+        edit("111 63 9 0", "111 300 9 0"),
+        "publish",
+        InvalidOffer,
+        r"line 8: format '300' is not an RTP payload type \(0-127 but 72-76\)",
+    ),
+    (
+        "payload type reserved for RTCP",
+        edit("111 63 9 0", "111 72 9 0"),
+        "publish",
+        InvalidOffer,
+        "line 8: format '72' is not an RTP payload type",
+    ),
+    (
+        "offer candidate with a word for a priority",
+        edit("udp 2122260223 192.0.2.10", "udp high 192.0.2.10"),
+        "publish",
+        InvalidOffer,
+        "line 11: a candidate's component, priority and port must be numbers",
+    ),
+    (
+        "offer candidate with a garbled rport",
+        edit("rport 54611", "rport :4611"),
+        "publish",
+        InvalidOffer,
+        "line 12: a candidate's rport must be a number",
+    ),
+    (
+        "extmap without a URI",
+        edit("a=extmap:1 urn:", "a=extmap:1urn:"),
+        "publish",
+        InvalidOffer,
+        "line 20: a=extmap needs a numeric id and a URI",
+    ),
+    (
+        "fmtp without parameters",
+        edit("a=fmtp:63 111/111", "a=fmtp:63"),
+        "publish",
+        InvalidOffer,
+        "line 32: a=fmtp needs a payload type and parameters",
+    ),
+    (
+        "fmtp with a word for a number",
+        edit("minptime=10", "minptime=ten"),
+        "publish",
+        InvalidOffer,
+        "line 30: fmtp parameter minptime must be a number",
+    ),
+    (
+        "rtpmap with a word for a clock rate",
+        edit("opus/48000/2", "opus/x8000/2"),
+        "publish",
+        InvalidOffer,
+        "line 28: a=rtpmap must be '<payload type> <encoding>/<clock rate>",
+    ),
+    (
+        "ssrc that is not a number",
+        edit("a=ssrc:1129446914 cname", "a=ssrc:11/29446914 cname"),
+        "publish",
+        InvalidOffer,
+        "line 39: a=ssrc needs a numeric SSRC and an attribute",
+    ),
+    (
+        "garbled a=rtcp",
+        edit("a=rtcp:9 IN IP4", "a=rtcp:9 I  IP4"),
+        "publish",
+        InvalidOffer,
+        "line 10: a=rtcp must be '<port>' or '<port> IN IP4 <address>'",
+    ),
+    (
+        "garbled connection line",
+        edit("c=IN IP4 192.0.2.10", "c=IN IPX 192.0.2.10"),
+        "publish",
+        InvalidOffer,
+        "line 9: c= must be 'IN IP4 <address>' or 'IN IP6 <address>'",
+    ),
+    (
         "bad DTLS setup role",
         edit("a=setup:actpass", "a=setup:sideways"),
         "publish",
@@ -354,6 +469,67 @@ def test_offers_hark_cannot_serve_are_refused_with_the_reason(
 ) -> None:
     with pytest.raises(error, match=message):
         check_offer(offer, direction=direction)
+
+
+# webrtcbin's max-bundle policy: only the first m-line of the BUNDLE group has a port.
+MAX_BUNDLE_OFFER = (
+    edit("a=group:BUNDLE 0", "a=group:BUNDLE 1 0")
+    .replace("a=mid:0", "a=mid:0\r\na=bundle-only")
+    .replace("m=audio 54611", VIDEO.replace("m=video 9", "m=video 54611") + "m=audio 0")
+)
+
+
+def test_a_bundle_only_audio_m_line_with_port_0_is_enabled() -> None:
+    summary = check_offer(MAX_BUNDLE_OFFER, direction="publish")
+    assert summary.audio_mline_index == 1
+    assert summary.audio_mid == "0"
+    assert summary.opus_payload_type == 111
+
+
+def test_the_stack_sees_only_opus_on_the_offers_payload_type_in_the_answered_m_line() -> None:
+    rewritten = stack_offer(CHROME_OFFER).sdp
+    assert "m=audio 54611 UDP/TLS/RTP/SAVPF 111\r\n" in rewritten
+    kept = [line for line in rewritten.split("\r\n") if line.startswith(("a=rtpmap", "a=fmtp"))]
+    assert kept == ["a=rtpmap:111 opus/48000/2", "a=fmtp:111 minptime=10;useinbandfec=1"]
+    assert "a=rtcp-fb:111 transport-cc" in rewritten
+    assert check_offer(rewritten, direction="publish").opus_payload_type == 111
+
+
+def test_an_actpass_offer_reaches_the_stack_as_active_so_hark_answers_passive() -> None:
+    rewritten = stack_offer(CHROME_OFFER).sdp
+    assert "a=setup:active\r\n" in rewritten and "actpass" not in rewritten
+    for role in ("active", "passive"):
+        offer = edit("a=setup:actpass", f"a=setup:{role}")
+        assert f"a=setup:{role}\r\n" in stack_offer(offer).sdp
+
+
+def test_a_session_level_direction_reaches_the_stack_in_each_m_line() -> None:
+    offer = edit("a=sendonly\r\n", "").replace("t=0 0\r\n", "t=0 0\r\na=sendonly\r\n")
+    lines = stack_offer(offer + VIDEO).sdp.split("\r\n")
+    assert lines.count("a=sendonly") == 2
+    assert lines.index("a=sendonly") == lines.index("m=audio 54611 UDP/TLS/RTP/SAVPF 111") + 1
+
+
+def test_mdns_candidates_are_taken_out_with_end_of_candidates_and_ip_ones_stay() -> None:
+    mdns = "candidate:1 1 udp 2122260223 0f1e2d3c-aaaa-4bbb-8ccc-123456789abc.local 5000 typ host"
+    offer = edit("a=ice-ufrag:", f"a={mdns}\r\na=end-of-candidates\r\na=ice-ufrag:", CHROME_OFFER)
+    stacked = stack_offer(offer)
+    assert stacked.mdns_candidates == (TrickleCandidate("0", 0, mdns),)
+    assert stacked.end_of_candidates
+    assert ".local" not in stacked.sdp and "end-of-candidates" not in stacked.sdp
+    assert stacked.sdp.count("a=candidate:") == 3
+
+
+def test_an_m_line_without_any_direction_reaches_the_stack_as_sendrecv() -> None:
+    rewritten = stack_offer(edit("a=sendonly\r\n", "")).sdp.split("\r\n")
+    assert rewritten[rewritten.index("m=audio 54611 UDP/TLS/RTP/SAVPF 111") + 1] == "a=sendrecv"
+
+
+def test_without_mdns_candidates_end_of_candidates_stays() -> None:
+    offer = edit("a=ice-ufrag:", "a=end-of-candidates\r\na=ice-ufrag:")
+    stacked = stack_offer(offer)
+    assert stacked.mdns_candidates == () and stacked.end_of_candidates
+    assert "a=end-of-candidates" in stacked.sdp
 
 
 def test_the_size_limit_is_the_callers_and_counts_utf8_bytes() -> None:
@@ -483,9 +659,13 @@ def assert_only_documented_errors(text: str) -> None:
     directions: tuple[Direction, ...] = ("publish", "play")
     for direction in directions:
         try:
-            check_offer(text, direction=direction, max_bytes=4096)
+            summary = check_offer(text, direction=direction, max_bytes=4096)
         except (OfferTooLarge, InvalidOffer, UnsupportedOffer) as exc:
             assert str(exc)
+        else:
+            # What Hark accepts, it hands the stack in a form it still accepts, Opus unmoved.
+            again = check_offer(stack_offer(text).sdp, direction=direction, max_bytes=8192)
+            assert again.opus_payload_type == summary.opus_payload_type
     try:
         parse_trickle_fragment(text)
     except InvalidTrickle as exc:
