@@ -14,6 +14,9 @@ test: $(STAMP)
 	$(BIN)/ruff format --check media tests benchmarks scripts
 	$(BIN)/mypy --strict media
 	$(BIN)/pytest -q
+	cd tests/sdk && npm ci --no-audit --no-fund --loglevel=error
+	tests/sdk/node_modules/.bin/tsc -p tests/sdk
+	node --test tests/sdk/
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

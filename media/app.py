@@ -21,11 +21,12 @@ from media.config import Config
 from media.events_http import SessionEventsHandlers
 from media.grpc_interceptors import BearerAuth, RpcMetrics
 from media.grpc_service import SERVICE_NAME, MediaService
-from media.http import ClientProtocolErrors, make_middlewares
+from media.http import ClientProtocolErrors, cors_on_prepare, make_middlewares
 from media.metrics import Metrics
 from media.peer import restrict_host_candidates
 from media.ratelimit import RateLimiter
 from media.registry import Registry
+from media.sdk_http import add_sdk_routes
 from media.session import Session, SessionEvent, SessionState, StateChanged, Timeouts
 from media.v1 import media_pb2_grpc
 from media.whep import WhepHandlers
@@ -96,6 +97,7 @@ class HarkApp:
             middlewares=make_middlewares(self.config.effective_cors_origins, self.metrics, limiter),
             client_max_size=1024 * 1024,
         )
+        app.on_response_prepare.append(cors_on_prepare(self.config.effective_cors_origins))
         whip = WhipHandlers(
             self.registry,
             server_token=self.config.token,
@@ -124,6 +126,7 @@ class HarkApp:
         ).add_routes(app)
         app.router.add_get("/", self._demo_page)
         app.router.add_static("/static", STATIC, append_version=True)
+        add_sdk_routes(app)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         if self.config.metrics_port is None:
