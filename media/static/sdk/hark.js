@@ -214,14 +214,14 @@ export class HarkSession extends EventTarget {
   /** Start listening (speech events and audio for the backend). With `waitForReady`, Hark waits
    * for READY instead of answering 409. */
   async startListening({ waitForReady = false } = {}) {
-    await this._setListening({ listening: true, wait_for_ready: waitForReady });
+    await this._postListening({ listening: true, wait_for_ready: waitForReady });
   }
 
   async stopListening() {
-    await this._setListening({ listening: false });
+    await this._postListening({ listening: false });
   }
 
-  async _setListening(body) {
+  async _postListening(body) {
     const response = await request(
       `${this.url}/listening`,
       { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) },
