@@ -149,7 +149,9 @@ async def test_the_demo_page_is_served_with_its_assets() -> None:
         assert "/static/app.js" in html and "Start microphone" in html
         async with http.get(app.base_url + "/static/app.js") as script:
             assert script.status == 200
-            assert "EventSource" in await script.text()
+            assert 'from "/sdk/hark.js"' in await script.text()
+        async with http.get(app.base_url + "/static/favicon.svg") as icon:
+            assert icon.status == 200 and icon.content_type == "image/svg+xml"
 
 
 async def test_a_page_on_another_origin_may_read_the_event_stream_of_a_live_session() -> None:

@@ -444,8 +444,9 @@ export class HarkPlayer {
 
   async stop() {
     if (!this.session._players.delete(this)) return;
-    this._release();
+    // DELETE before closing: Hark then counts a DELETE, not a player that went away
     const response = await request(this.url, { method: "DELETE" }, this.session._token).catch(() => null);
+    this._release();
     if (response && !response.ok && response.status !== 404) throw await refusal(response);
   }
 
