@@ -32,6 +32,9 @@ export class HarkError extends Error {
 
 const DEFAULT_AUDIO = { echoCancellation: true, noiseSuppression: true, autoGainControl: true };
 const HANG_UP_WAIT_MS = 3000;
+// Hark sends a heartbeat every few seconds (--heartbeat-interval, 5 s by default): a stream silent
+// for this long is dead even if TCP has not noticed (a NAT that forgot the connection).
+const STREAM_IDLE_MS = 45000;
 
 /**
  * Publishes the microphone (or `options.stream`) to a WHIP endpoint. Resolves with the session
@@ -300,8 +303,11 @@ export class HarkSession extends EventTarget {
     while (!this._abort.signal.aborted) {
       let delivered = false;
       let retryAfterMs = 0;
+      const connection = new AbortController();
+      const stop = () => connection.abort();
+      this._abort.signal.addEventListener("abort", stop);
       try {
-        const response = await this._openStream();
+        const response = await this._openStream(connection.signal);
         if (response.status === 404 || response.status === 410) {
           const text = (await response.text()).trim();
           this._close(this.closeReason || "CLOSE_REASON_UNSPECIFIED", text, new HarkError(response.status, text));
@@ -315,10 +321,12 @@ export class HarkSession extends EventTarget {
           retryAfterMs = 1000 * Number(response.headers.get("Retry-After") || 0);
           await response.body?.cancel();
         } else {
-          delivered = await this._read(response);
+          delivered = await this._read(response, connection);
         }
-      } catch (error) {
+      } catch {
         if (this._abort.signal.aborted) return;
+      } finally {
+        this._abort.signal.removeEventListener("abort", stop);
       }
       if (this.state === CLOSED) return;
       attempt = delivered ? 0 : attempt + 1;
@@ -326,20 +334,23 @@ export class HarkSession extends EventTarget {
     }
   }
 
-  _openStream() {
+  _openStream(signal) {
     const headers = { Accept: "text/event-stream" };
     if (this._tracker.lastRevision !== null) headers["Last-Event-ID"] = String(this._tracker.lastRevision);
-    return request(`${this.url}/events`, { headers, signal: this._abort.signal }, this._token);
+    return request(`${this.url}/events`, { headers, signal }, this._token);
   }
 
   /** Reads one connection to its end; true when it delivered anything new. */
-  async _read(response) {
+  async _read(response, connection) {
     const parser = new SseParser();
     const decoder = new TextDecoder();
     const reader = response.body.getReader();
     let delivered = false;
+    let idle = null;
     try {
       for (;;) {
+        clearTimeout(idle);
+        idle = setTimeout(() => connection.abort(), STREAM_IDLE_MS);
         const { value, done } = await reader.read();
         if (done) return delivered;
         for (const message of parser.feed(decoder.decode(value, { stream: true }))) {
@@ -353,6 +364,7 @@ export class HarkSession extends EventTarget {
         }
       }
     } finally {
+      clearTimeout(idle);
       reader.cancel().catch(() => {});
     }
   }
