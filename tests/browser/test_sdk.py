@@ -162,7 +162,10 @@ async def run_scenario(site: ReportingSite, proxy: CuttableProxy, stub: Any) -> 
 
     waiting = await site.report("waiting")
     assert waiting["state"] != "READY"
+    # the page's event stream is cut before the session ends: it learns how from its reconnect
+    proxy.cut()
     await stub.EndSession(pb.EndSessionRequest(session_id=waiting["id"]), metadata=AUTH)
+    proxy.resume()
     rejected = await site.report("ready-rejected")
     assert rejected["code"] == "API_END", rejected
     assert rejected["state"] == "CLOSED" and rejected["closeReason"] == "API_END"
