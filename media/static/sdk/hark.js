@@ -32,6 +32,7 @@ export class HarkError extends Error {
 
 const DEFAULT_AUDIO = { echoCancellation: true, noiseSuppression: true, autoGainControl: true };
 const HANG_UP_WAIT_MS = 3000;
+const TRICKLE_ATTEMPTS = 5;
 // Hark sends a heartbeat every few seconds (--heartbeat-interval, 5 s by default): a stream silent
 // for this long is dead even if TCP has not noticed (a NAT that forgot the connection).
 const STREAM_IDLE_MS = 45000;
@@ -85,8 +86,14 @@ async function negotiate(pc, endpoint, { token, linkServers }) {
   if (linkServers && servers.length) pc.setConfiguration({ ...pc.getConfiguration(), iceServers: servers });
   const trickle = new Trickle(url, etag, token, iceCredentials(offer.sdp));
   pc.addEventListener("icecandidate", (event) => trickle.add(event.candidate));
-  await pc.setLocalDescription(offer);
-  await pc.setRemoteDescription({ type: "answer", sdp: answer });
+  try {
+    await pc.setLocalDescription(offer);
+    await pc.setRemoteDescription({ type: "answer", sdp: answer });
+  } catch (error) {
+    trickle.stopped = true;
+    request(url, { method: "DELETE" }, token).catch(() => {}); // Hark made it: do not leave it
+    throw error;
+  }
   return { url, etag };
 }
 
@@ -147,13 +154,25 @@ class Trickle {
       const body = trickleFragment({ ...this._credentials, candidates, endOfCandidates });
       const headers = { "Content-Type": "application/trickle-ice-sdpfrag" };
       if (this._etag) headers["If-Match"] = this._etag;
-      try {
-        await request(this._url, { method: "PATCH", headers, body }, this._token);
-      } catch {
-        return; // the session is gone or unreachable: its event stream says which
-      }
+      if (!(await this._send(headers, body))) return; // its event stream says why
       if (endOfCandidates) return;
     }
+  }
+
+  // A lost PATCH would lose candidates and so, maybe, the connection: a failure on the way (a
+  // reused connection that was cut, a 5xx, a 429) is retried; a refusal (404, 412…) is final.
+  async _send(headers, body) {
+    for (let attempt = 0; attempt < TRICKLE_ATTEMPTS && !this.stopped; attempt++) {
+      if (attempt) await new Promise((resolve) => setTimeout(resolve, backoffDelay(attempt - 1)));
+      try {
+        const response = await request(this._url, { method: "PATCH", headers, body }, this._token);
+        if (response.ok) return true;
+        if (response.status < 500 && response.status !== 429) return false;
+      } catch {
+        // unreachable for now: try again
+      }
+    }
+    return false;
   }
 }
 
