@@ -138,11 +138,11 @@ class Redirector:
 
 
 @contextlib.asynccontextmanager
-async def hark_behind_a_proxy() -> AsyncIterator[
-    tuple[HarkProcess, CuttableProxy, Redirector, Any]
-]:
+async def hark_behind_a_proxy(
+    *hark_args: str,
+) -> AsyncIterator[tuple[HarkProcess, CuttableProxy, Redirector, Any]]:
     async with (
-        HarkProcess("--token", TOKEN, "--ice-address", "127.0.0.1") as hark,
+        HarkProcess("--token", TOKEN, *hark_args) as hark,
         CuttableProxy(hark.http_port) as proxy,
         Redirector(f"http://127.0.0.1:{proxy.port}/whip") as redirector,
         grpc.aio.insecure_channel(f"127.0.0.1:{hark.grpc_port}") as channel,
@@ -266,6 +266,8 @@ async def test_firefox_publishes_through_the_sdk_from_another_origin(
     monkeypatch.setattr(
         harness, "FIREFOX_PREFS", {**harness.FIREFOX_PREFS, "media.cubeb.force_mock_context": True}
     )
+    # Hark on its real interfaces: with host candidates on 127.0.0.1 only, Firefox's ICE failed
+    # now and then (3 of 8 runs here), which is not what this test is about
     async with hark_behind_a_proxy() as (hark, proxy, redirector, stub):
         async with ReportingSite({"sdk": PAGE}) as site:
             url = site.url("sdk", **page_query(hark, proxy, redirector, "webaudio"))
@@ -274,6 +276,10 @@ async def test_firefox_publishes_through_the_sdk_from_another_origin(
                     await run_scenario(site, proxy, stub)
                 finally:
                     print("steps:", [r["text"] for r in site.reported("step")])
+                    assert hark.proc is not None and hark.proc.stderr is not None
+                    with contextlib.suppress(TimeoutError):
+                        log = await asyncio.wait_for(hark.proc.stderr.read(200000), 1)
+                        print(log.decode())
                 assert redirector.posts == 1
 
 
@@ -288,7 +294,7 @@ async def test_chromium_publishes_its_microphone_through_the_sdk_from_another_or
         *chromium_args(speech_wav(tmp_path, LEAD_IN_S)),
         "--autoplay-policy=no-user-gesture-required",
     ]
-    async with hark_behind_a_proxy() as (hark, proxy, redirector, stub):
+    async with hark_behind_a_proxy("--ice-address", "127.0.0.1") as (hark, proxy, redirector, stub):
         async with ReportingSite({"sdk": PAGE}) as site, playwright.async_playwright() as driver:
             browser = await driver.chromium.launch(executable_path=CHROMIUM, args=args)
             try:
