@@ -28,11 +28,12 @@ from media.events_http import SessionEventsHandlers
 from media.governor import LoadGovernor
 from media.grpc_interceptors import BearerAuth, MalformedRequests, RpcMetrics
 from media.grpc_service import SERVICE_NAME, MediaService
-from media.http import BODY_TIMEOUT, ClientProtocolErrors, make_middlewares
+from media.http import BODY_TIMEOUT, ClientProtocolErrors, cors_on_prepare, make_middlewares
 from media.metrics import Metrics
 from media.peer import PublisherPeer, restrict_host_candidates
 from media.ratelimit import RateLimiter
 from media.registry import OVERLOAD_RETRY_AFTER_S, Registry
+from media.sdk_http import add_sdk_routes
 from media.session import Session, SessionEvent, SessionState, StateChanged, Timeouts
 from media.v1 import media_pb2_grpc
 from media.whep import WhepHandlers
@@ -157,6 +158,7 @@ class HarkApp:
             client_max_size=1024 * 1024,
         )
         app[BODY_TIMEOUT] = self.config.http_body_timeout
+        app.on_response_prepare.append(cors_on_prepare(self.config.effective_cors_origins))
         whip = WhipHandlers(
             self.registry,
             server_token=self.config.token,
@@ -188,6 +190,7 @@ class HarkApp:
         ).add_routes(app)
         app.router.add_get("/", self._demo_page)
         app.router.add_static("/static", STATIC, append_version=True)
+        add_sdk_routes(app)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         if self.config.metrics_port is None:
