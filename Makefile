@@ -32,6 +32,9 @@ test: $(STAMP)
 	$(BIN)/ruff format --check media tests benchmarks scripts
 	$(BIN)/mypy --strict media
 	$(BIN)/pytest -q
+	cd tests/sdk && npm ci --no-audit --no-fund --loglevel=error
+	tests/sdk/node_modules/.bin/tsc -p tests/sdk
+	node --test tests/sdk/
 
 # The runtime only (no dev tools): enough for `hark` and the README examples.
 $(RUNTIME_STAMP): pyproject.toml

@@ -33,9 +33,10 @@ from media.rpc.service import SERVICE_NAME, MediaService
 from media.rtc.publisher import PublisherPeer, restrict_host_candidates
 from media.server.session_table import OVERLOAD_RETRY_AFTER_S, Registry
 from media.v1 import media_pb2_grpc
-from media.web.common import BODY_TIMEOUT, ClientProtocolErrors, make_middlewares
+from media.web.common import BODY_TIMEOUT, ClientProtocolErrors, cors_on_prepare, make_middlewares
 from media.web.connection_limit import ConnectionLimit
 from media.web.events import SessionEventsHandlers
+from media.web.sdk_files import add_sdk_routes
 from media.web.whep import WhepHandlers
 from media.web.whip import WhipHandlers
 
@@ -158,6 +159,7 @@ class HarkApp:
             client_max_size=1024 * 1024,
         )
         app[BODY_TIMEOUT] = self.config.http_body_timeout
+        app.on_response_prepare.append(cors_on_prepare(self.config.effective_cors_origins))
         whip = WhipHandlers(
             self.registry,
             server_token=self.config.token,
@@ -189,6 +191,7 @@ class HarkApp:
         ).add_routes(app)
         app.router.add_get("/", self._demo_page)
         app.router.add_static("/static", STATIC, append_version=True)
+        add_sdk_routes(app)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         if self.config.metrics_port is None:

@@ -1,25 +1,16 @@
-"use strict";
-// Hark demo: publish the microphone over WHIP, mirror the session's events over SSE, and play the
-// agent's voice through a WHEP player on the same session id.
-// "Connected" is shown only once the server reports READY (first audio decoded), never on ICE.
+// Hark demo, written on the browser SDK (/sdk/hark.js) as its living example: publish the
+// microphone, mirror the session's events, play the agent's voice. "Connected" is shown only at
+// READY (the server decoded our audio), never on ICE; listening can be started only then.
+import { HarkError, publish } from "/sdk/hark.js";
 
 const $ = (id) => document.getElementById(id);
-let pc = null;
-let stream = null;
-let events = null;
-let sessionUrl = null;
-let sessionId = null;
+let session = null;
 let player = null;
-let playerUrl = null;
 let levelTimer = null;
 let playing = null; // the id of the agent playback the player hears now
 
-function authHeaders() {
-  const token = $("token").value.trim();
-  return token ? { Authorization: `Bearer ${token}` } : {};
-}
-
-function showError(text) {
+function showError(error) {
+  const text = !error ? "" : error instanceof HarkError ? `${error.code}: ${error.reason}` : error.message || String(error);
   $("error").textContent = text;
   $("error").hidden = !text;
 }
@@ -30,28 +21,27 @@ function log(text) {
   $("log").prepend(item);
 }
 
-function setState(state) {
-  $("state").textContent = state;
-  document.body.dataset.state = state;
+// Every control follows the session: one source of truth, so no two contradicting buttons.
+function render() {
+  const state = session ? session.state : null;
+  const live = Boolean(session) && state !== "CLOSED";
+  const ready = state === "READY";
+  const listening = live && session.listening;
+  $("state").textContent = state || "—";
+  if (state) document.body.dataset.state = state;
   const badge = $("status");
   badge.className = "badge";
-  if (state === "READY") {
-    badge.textContent = "Connected";
-    badge.classList.add("ready");
-  } else if (state === "CLOSED") {
-    badge.textContent = "Closed";
-    badge.classList.add("closed");
-  } else {
-    badge.textContent = "Connecting…";
-    badge.classList.add("connecting");
-  }
-  const ready = state === "READY";
-  $("listen").disabled = !ready;
-  $("unlisten").disabled = !ready;
-}
-
-function setListening(on) {
-  $("listening").textContent = on ? "on" : "off";
+  if (!state) badge.textContent = "Not connected";
+  else if (ready) badge.textContent = "Connected";
+  else if (state === "CLOSED") badge.textContent = "Closed";
+  else badge.textContent = "Connecting…";
+  if (state) badge.classList.add(ready ? "ready" : state === "CLOSED" ? "closed" : "connecting");
+  $("session-id").textContent = session ? session.id : "—";
+  $("listening").textContent = listening ? "on" : "off";
+  $("start").disabled = live;
+  $("hangup").disabled = !live;
+  $("listen").disabled = !ready || listening;
+  $("unlisten").disabled = !ready || !listening;
 }
 
 function setSpeaking(on) {
@@ -67,93 +57,88 @@ function setAgent(text, speaking) {
   badge.classList.toggle("on", speaking);
 }
 
-function gatheringComplete(peer, timeoutMs) {
-  if (peer.iceGatheringState === "complete") return Promise.resolve();
-  return new Promise((resolve) => {
-    const done = () => {
-      if (peer.iceGatheringState === "complete") resolve();
-    };
-    peer.addEventListener("icegatheringstatechange", done);
-    setTimeout(resolve, timeoutMs);
-  });
-}
-
 async function start() {
-  showError("");
+  showError(null);
   $("start").disabled = true;
+  const token = $("token").value.trim() || null;
   try {
-    stream = await navigator.mediaDevices.getUserMedia({ audio: true });
-    pc = new RTCPeerConnection();
-    for (const track of stream.getAudioTracks()) {
-      pc.addTransceiver(track, { direction: "sendonly", streams: [stream] });
-    }
-    await pc.setLocalDescription(await pc.createOffer());
-    await gatheringComplete(pc, 2000);
-    const response = await fetch("/whip", {
-      method: "POST",
-      headers: { "Content-Type": "application/sdp", ...authHeaders() },
-      body: pc.localDescription.sdp,
-    });
-    const body = await response.text();
-    if (response.status !== 201) {
-      throw new Error(`The server refused the session (${response.status}): ${body.trim()}`);
-    }
-    sessionUrl = new URL(response.headers.get("Location"), window.location.href).href;
-    sessionId = sessionUrl.split("/").pop();
-    $("session-id").textContent = sessionId;
-    await pc.setRemoteDescription({ type: "answer", sdp: body });
-    setState("CONNECTING");
-    watch();
-    $("hangup").disabled = false;
-    openPlayer(sessionId).catch((error) => {
-      if (player) showError(error.message || String(error)); // not after a hang-up
-    });
+    session = await publish("/whip", { token });
   } catch (error) {
-    showError(error.message || String(error));
-    teardown();
+    showError(error);
     $("start").disabled = false;
-  }
-}
-
-// The WHIP answer is recvonly (RFC 9725): the agent's voice comes back on a WHEP player.
-// A hang-up (teardown) may come at any await: after each one, stop if this peer is no longer ours.
-async function openPlayer(session) {
-  const peer = new RTCPeerConnection();
-  player = peer;
-  const current = () => player === peer;
-  peer.addTransceiver("audio", { direction: "recvonly" });
-  peer.ontrack = (event) => {
-    $("agent-audio").srcObject = event.streams[0] || new MediaStream([event.track]);
-  };
-  await peer.setLocalDescription(await peer.createOffer());
-  await gatheringComplete(peer, 2000);
-  if (!current()) return;
-  const response = await fetch(`/whep/${session}`, {
-    method: "POST",
-    headers: { "Content-Type": "application/sdp", ...authHeaders() },
-    body: peer.localDescription.sdp,
-  });
-  const body = await response.text();
-  if (response.status !== 201) {
-    if (!current()) return;
-    throw new Error(`The server refused the agent's audio (${response.status}): ${body.trim()}`);
-  }
-  const url = new URL(response.headers.get("Location"), window.location.href).href;
-  if (!current()) {
-    fetch(url, { method: "DELETE", headers: authHeaders() });
     return;
   }
-  playerUrl = url;
-  await peer.setRemoteDescription({ type: "answer", sdp: body });
-  if (current()) levelTimer = setInterval(showAgentLevel, 100);
+  follow(session);
+  render();
+  session.play({ audioElement: $("agent-audio") }).then(
+    (opened) => {
+      if (session && session.state !== "CLOSED") {
+        player = opened;
+        levelTimer = setInterval(showAgentLevel, 100);
+      } else {
+        opened.stop();
+      }
+    },
+    (error) => session && session.state !== "CLOSED" && showError(error),
+  );
+}
+
+function follow(current) {
+  current.addEventListener("event", ({ detail }) => describe(detail));
+  current.addEventListener("state", () => {
+    render();
+    if (current.state === "CLOSED") teardown();
+  });
+  current.addEventListener("listening", render);
+  current.addEventListener("speechstart", () => setSpeaking(true));
+  current.addEventListener("speechend", () => setSpeaking(false));
+  current.addEventListener("playbackstart", ({ detail }) => {
+    playing = detail.playbackStarted.playbackId;
+    setAgent("speaking", true);
+    document.body.dataset.agentSpoke = "yes";
+  });
+  current.addEventListener("playbackend", ({ detail }) => {
+    const cut = detail.playbackInterrupted;
+    const id = (cut || detail.playbackFinished).playbackId;
+    if (id !== playing) return;
+    if (cut) {
+      setAgent(`cut off (${cut.reason})`, false);
+      document.body.dataset.agentCut = cut.reason;
+    } else {
+      setAgent("quiet", false);
+    }
+  });
+  current.addEventListener("error", ({ detail }) => showError(detail));
+}
+
+// The session's log, one line per event, in revision order.
+function describe(event) {
+  const r = `r${event.revision || 0}`;
+  if (event.snapshot) log(`${r} snapshot: ${event.snapshot.session.state}`);
+  else if (event.stateChanged) {
+    const change = event.stateChanged;
+    log(change.state === "CLOSED" ? `${r} CLOSED (${change.closeReason}) ${change.closeDetail || ""}` : `${r} ${change.state}`);
+  } else if (event.listeningChanged) log(`${r} listening ${event.listeningChanged.listening ? "on" : "off"}`);
+  else if (event.speechStarted) log(`${r} speech started at ${event.speechStarted.startMs || 0} ms`);
+  else if (event.speechEnded) {
+    const ended = event.speechEnded;
+    log(`${r} speech ended: ${ended.durationMs || 0} ms (${ended.reason})`);
+  } else if (event.playbackStarted) log(`${r} agent playback ${event.playbackStarted.playbackId} started`);
+  else if (event.playbackFinished) {
+    const done = event.playbackFinished;
+    log(`${r} agent playback ${done.playbackId} finished: ${done.playedMs || 0} ms`);
+  } else if (event.playbackInterrupted) {
+    const cut = event.playbackInterrupted;
+    log(`${r} agent playback ${cut.playbackId} cut off after ${cut.playedMs || 0} ms (${cut.reason})`);
+  }
 }
 
 // The level of what the player hears (0..1), from the browser's own receive statistics.
 async function showAgentLevel() {
-  const peer = player;
-  if (!peer) return;
-  const stats = await peer.getStats();
-  if (player !== peer) return; // hung up meanwhile
+  const current = player;
+  if (!current) return;
+  const stats = await current.peerConnection.getStats();
+  if (player !== current) return; // hung up meanwhile
   stats.forEach((report) => {
     if (report.type === "inbound-rtp" && report.kind === "audio") {
       const level = report.audioLevel || 0;
@@ -163,108 +148,39 @@ async function showAgentLevel() {
   });
 }
 
-function watch() {
-  const token = $("token").value.trim();
-  const query = token ? `?token=${encodeURIComponent(token)}` : "";
-  events = new EventSource(`/whip/${sessionId}/events${query}`);
-  events.onmessage = (message) => handle(JSON.parse(message.data));
-  events.onerror = () => {
-    if (document.body.dataset.state === "CLOSED") events.close();
-  };
-}
-
-function handle(event) {
-  const revision = event.revision || "0";
-  if (event.snapshot) {
-    const session = event.snapshot.session;
-    setState(session.state);
-    setListening(Boolean(session.listening));
-    log(`r${revision} snapshot: ${session.state}`);
-  } else if (event.stateChanged) {
-    const change = event.stateChanged;
-    setState(change.state);
-    if (change.state === "CLOSED") {
-      log(`r${revision} CLOSED (${change.closeReason}) ${change.closeDetail || ""}`);
-      events.close();
-      teardown();
-    } else {
-      log(`r${revision} ${change.state}`);
-    }
-  } else if (event.listeningChanged) {
-    setListening(Boolean(event.listeningChanged.listening));
-    log(`r${revision} listening ${event.listeningChanged.listening ? "on" : "off"}`);
-  } else if (event.speechStarted) {
-    setSpeaking(true);
-    log(`r${revision} speech started at ${event.speechStarted.startMs || 0} ms`);
-  } else if (event.speechEnded) {
-    setSpeaking(false);
-    const ended = event.speechEnded;
-    log(`r${revision} speech ended: ${ended.durationMs || 0} ms (${ended.reason})`);
-  } else if (event.playbackStarted) {
-    playing = event.playbackStarted.playbackId;
-    setAgent("speaking", true);
-    document.body.dataset.agentSpoke = "yes";
-    log(`r${revision} agent playback ${playing} started`);
-  } else if (event.playbackFinished) {
-    const done = event.playbackFinished;
-    if (done.playbackId === playing) setAgent("quiet", false);
-    log(`r${revision} agent playback ${done.playbackId} finished: ${done.playedMs || 0} ms`);
-  } else if (event.playbackInterrupted) {
-    const cut = event.playbackInterrupted;
-    if (cut.playbackId === playing) {
-      setAgent(`cut off (${cut.reason})`, false);
-      document.body.dataset.agentCut = cut.reason;
-    }
-    log(`r${revision} agent playback ${cut.playbackId} cut off after ${cut.playedMs || 0} ms (${cut.reason})`);
-  }
-}
-
-async function setListeningOnServer(listening) {
-  showError("");
-  const response = await fetch(`/whip/${sessionId}/listening`, {
-    method: "POST",
-    headers: { "Content-Type": "application/json", ...authHeaders() },
-    body: JSON.stringify({ listening, wait_for_ready: true }),
-  });
-  if (!response.ok) showError(`${response.status}: ${(await response.text()).trim()}`);
-}
-
 function teardown() {
-  if (pc) pc.close();
-  if (player) player.close();
-  if (stream) stream.getTracks().forEach((track) => track.stop());
   clearInterval(levelTimer);
-  pc = null;
   player = null;
-  playerUrl = null;
   playing = null;
-  stream = null;
+  setSpeaking(false);
   $("agent-level").value = 0;
   setAgent("quiet", false);
   for (const key of ["agentLevel", "agentCut", "agentSpoke"]) delete document.body.dataset[key];
-  $("hangup").disabled = true;
-  $("listen").disabled = true;
-  $("unlisten").disabled = true;
+  render();
+}
+
+async function setListening(on) {
+  showError(null);
+  try {
+    if (on) await session.startListening({ waitForReady: true });
+    else await session.stopListening();
+  } catch (error) {
+    showError(error);
+  }
 }
 
 async function hangUp() {
-  if (playerUrl) {
-    await fetch(playerUrl, { method: "DELETE", headers: authHeaders() });
+  $("hangup").disabled = true;
+  try {
+    await session.hangUp();
+  } catch (error) {
+    showError(error);
   }
-  if (sessionUrl) {
-    await fetch(sessionUrl, { method: "DELETE", headers: authHeaders() });
-    sessionUrl = null;
-  }
-  teardown();
-  $("start").disabled = false;
+  render();
 }
 
 $("start").addEventListener("click", start);
 $("hangup").addEventListener("click", hangUp);
-$("listen").addEventListener("click", () => setListeningOnServer(true));
-$("unlisten").addEventListener("click", () => setListeningOnServer(false));
-window.addEventListener("pagehide", () => {
-  if (sessionUrl) {
-    fetch(sessionUrl, { method: "DELETE", headers: authHeaders(), keepalive: true });
-  }
-});
+$("listen").addEventListener("click", () => setListening(true));
+$("unlisten").addEventListener("click", () => setListening(false));
+render();

@@ -180,6 +180,26 @@ def make_middlewares(
     return [count, cors, errors]
 
 
+def cors_on_prepare(
+    cors_origins: Sequence[str],
+) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    """CORS headers for streamed responses (SSE), whose headers leave at ``prepare()``, before
+    the ``cors`` middleware could add them: register on ``app.on_response_prepare``."""
+
+    async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
+        if "Access-Control-Allow-Origin" in response.headers:
+            return
+        origin = request.headers.get("Origin")
+        if "*" in cors_origins:
+            response.headers["Access-Control-Allow-Origin"] = "*"
+        elif origin is not None and origin in cors_origins:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+        response.headers.setdefault("Access-Control-Expose-Headers", EXPOSED_HEADERS)
+
+    return add_headers
+
+
 def preflight(accept_post: str | None = None) -> web.Response:
     response = web.Response(status=204)
     response.headers["Access-Control-Allow-Methods"] = ALLOWED_METHODS

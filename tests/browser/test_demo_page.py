@@ -74,6 +74,7 @@ class DemoPage:
     base: str
     stub: media_pb2_grpc.MediaServiceStub
     page: Any
+    failed_gets: list[str]
 
 
 @contextlib.asynccontextmanager
@@ -89,8 +90,17 @@ async def demo_page(tmp_path: pathlib.Path, lead_in_s: float = 0.0) -> AsyncIter
             )
             try:
                 page = await browser.new_page()
+                failed_gets: list[str] = []
+                page.on(
+                    "response",
+                    lambda r: (
+                        failed_gets.append(f"{r.status} {r.url}")
+                        if r.request.method == "GET" and r.status >= 400
+                        else None
+                    ),
+                )
                 await page.goto(base + "/")
-                yield DemoPage(base, media_pb2_grpc.MediaServiceStub(channel), page)
+                yield DemoPage(base, media_pb2_grpc.MediaServiceStub(channel), page, failed_gets)
             finally:
                 await browser.close()
 
@@ -116,6 +126,10 @@ async def test_the_page_publishes_is_heard_and_hangs_up(tmp_path: pathlib.Path) 
         await page.wait_for_function("document.body.dataset.state === 'READY'")
         assert await page.text_content("#status") == "Connected"
         assert await page.text_content("#session-id") == session_id
+        # listening (started by the backend) shows, and only the button that undoes it is enabled
+        await page.wait_for_function("document.getElementById('listening').textContent === 'on'")
+        assert await page.is_disabled("#listen") and await page.is_enabled("#unlisten")
+        assert await page.is_disabled("#start") and await page.is_enabled("#hangup")
 
         started, ended = 0, 0
         loop = asyncio.get_running_loop()
@@ -133,6 +147,7 @@ async def test_the_page_publishes_is_heard_and_hangs_up(tmp_path: pathlib.Path) 
 
         await page.close(run_before_unload=True)
         closed = await next_closed(watch)
+        assert demo.failed_gets == [], "the page asked for something that is not there (favicon?)"
 
     assert abs(started - len(utterances)) <= 1, f"{started} SpeechStarted for {len(utterances)}"
     assert abs(ended - len(utterances)) <= 1, f"{ended} SpeechEnded for {len(utterances)}"
@@ -210,6 +225,10 @@ async def test_the_page_plays_the_agent_and_talking_over_it_cuts_the_agent_off(
 
         await page.click("#hangup")
         closed = await next_closed(watch)
+        await page.wait_for_function("document.body.dataset.state === 'CLOSED'")
+        assert await page.text_content("#listening") == "off"
+        assert await page.is_disabled("#listen") and await page.is_disabled("#unlisten")
+        assert await page.is_enabled("#start") and await page.is_disabled("#hangup")
         async with aiohttp.ClientSession() as http:
             async with http.get(demo.base + "/metrics") as response:
                 metrics = await response.text()

@@ -149,4 +149,64 @@ async def test_the_demo_page_is_served_with_its_assets() -> None:
         assert "/static/app.js" in html and "Start microphone" in html
         async with http.get(app.base_url + "/static/app.js") as script:
             assert script.status == 200
-            assert "EventSource" in await script.text()
+            assert 'from "/sdk/hark.js"' in await script.text()
+        async with http.get(app.base_url + "/static/favicon.svg") as icon:
+            assert icon.status == 200 and icon.content_type == "image/svg+xml"
+
+
+async def test_a_page_on_another_origin_may_read_the_event_stream_of_a_live_session() -> None:
+    """CORS on the streamed 200 itself, not only on errors: else the SDK cannot follow a session
+    from another origin (allowed by --cors-origin, or any origin on a loopback-only server)."""
+    page = "https://app.example"
+    for overrides, allowed in (({}, "*"), ({"cors_origins": (page,)}, page)):
+        async with running_server(**overrides) as app, aiohttp.ClientSession() as http:
+            async with grpc_stub(app) as stub:
+                created = await stub.CreateSession(pb.CreateSessionRequest())
+            url = f"{app.base_url}/whip/{created.id}/events"
+            headers = {"Origin": page, "Authorization": f"Bearer {created.token}"}
+            async with http.get(url, headers=headers) as events:
+                assert events.status == 200
+                assert events.headers.get("Access-Control-Allow-Origin") == allowed, overrides
+                assert "ETag" in events.headers["Access-Control-Expose-Headers"]
+                [(_, snapshot)] = await read_sse(events, 1)
+                assert snapshot["snapshot"]["session"]["id"] == created.id
+
+
+async def test_a_closed_sessions_event_stream_replays_what_a_reconnecting_page_missed() -> None:
+    """The SDK reconnects with Last-Event-ID after a cut; if the session closed meanwhile it
+    learns the close reason (and the stream ends) instead of retrying forever."""
+    async with running_server() as app, aiohttp.ClientSession() as http:
+        async with grpc_stub(app) as stub:
+            created = await stub.CreateSession(pb.CreateSessionRequest())
+            await stub.EndSession(pb.EndSessionRequest(session_id=created.id, detail="bye"))
+        url = f"{app.base_url}/whip/{created.id}/events"
+        headers = {"Last-Event-ID": "1", "Authorization": f"Bearer {created.token}"}
+        async with http.get(url, headers=headers) as events:
+            assert events.status == 200
+            [(event_id, closed)] = await read_sse(events, 1)
+            assert event_id == "2"
+            assert closed["stateChanged"]["closeReason"] == "API_END"
+            assert await events.content.read() == b""  # ended: nothing more will come
+
+
+async def test_the_sdk_is_importable_from_any_origin() -> None:
+    async with (
+        running_server(cors_origins=("https://only.example",)) as app,
+        aiohttp.ClientSession() as http,
+    ):
+        for name, content_type in (
+            ("hark.js", "text/javascript"),
+            ("core.js", "text/javascript"),
+            ("hark.d.ts", "application/typescript"),
+        ):
+            headers = {"Origin": "https://elsewhere.example"}
+            async with http.get(f"{app.base_url}/sdk/{name}", headers=headers) as response:
+                assert response.status == 200, name
+                assert response.content_type == content_type, name
+                assert response.headers["Access-Control-Allow-Origin"] == "*", name
+                assert "max-age" in response.headers["Cache-Control"], name
+                assert "export" in await response.text()
+        for missing in ("package.json", "nothing.js", "..%2Fapp.js", ".hidden.js"):
+            async with http.get(f"{app.base_url}/sdk/{missing}") as response:
+                assert response.status == 404, missing
+                assert "/sdk/hark.js" in await response.text(), missing
