@@ -57,3 +57,18 @@ def _described(record: logging.LogRecord) -> str:
     if record.exc_info and record.exc_info[1] is not None:
         text += "\n" + "".join(traceback.format_exception(record.exc_info[1]))
     return text
+
+
+@pytest.fixture(autouse=True)
+def _fresh_mdns_per_loop() -> Iterator[None]:
+    """aioice keeps one mDNS responder per thread, tied by its lock to the first event loop that
+    resolved a ``.local`` name; each test has its own loop, so forget it after every test (a
+    server has one loop for its whole life and never needs this)."""
+    yield
+    state = aioice.ice._mdns
+    protocol = getattr(state, "protocol", None)
+    if protocol is not None and protocol.transport is not None:
+        protocol.transport.close()
+    for name in ("lock", "protocol", "subscribers"):
+        if hasattr(state, name):
+            delattr(state, name)

@@ -11,7 +11,7 @@ from typing import Final
 
 from aiohttp import web
 
-SDK_FOLDER: Final = pathlib.Path(__file__).parent / "static" / "sdk"
+SDK_FOLDER: Final = pathlib.Path(__file__).parents[1] / "static" / "sdk"
 CONTENT_TYPES: Final = {
     ".js": "text/javascript; charset=utf-8",
     ".ts": "application/typescript; charset=utf-8",
