@@ -411,7 +411,7 @@ async def wait_ready(stub: Any, session_id: str) -> None:
 
 def tap_arrivals(listener: Any) -> list[tuple[float, bytes]]:
     """(wall time, payload) of every Opus RTP packet the player gets, before its jitter buffer."""
-    from media.rtc.publisher import tap_opus_packets
+    from media.rtc.compat import tap_opus_packets
     from tests.listening import opus_payload_type
 
     arrivals: list[tuple[float, bytes]] = []

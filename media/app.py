@@ -20,7 +20,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from media.audio.pcm import DecodeErrorCounter
 from media.config import Config
 from media.core.clock import Clock
 from media.core.events import SessionEvent, SessionState, StateChanged
@@ -30,7 +29,8 @@ from media.core.session import Session, Timeouts
 from media.metrics import Metrics
 from media.rpc.interceptors import BearerAuth, MalformedRequests, RpcMetrics
 from media.rpc.service import SERVICE_NAME, MediaService
-from media.rtc.publisher import PublisherPeer, restrict_host_candidates
+from media.rtc.compat import DecodeErrorCounter, restrict_host_candidates
+from media.rtc.publisher import PublisherPeer
 from media.server.session_table import OVERLOAD_RETRY_AFTER_S, Registry
 from media.v1 import media_pb2_grpc
 from media.web.common import BODY_TIMEOUT, ClientProtocolErrors, cors_on_prepare, make_middlewares

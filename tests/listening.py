@@ -20,7 +20,8 @@ from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 
 from media.audio.pcm import Downmixer
-from media.rtc.publisher import close_peer_connection, set_jitter_frames
+from media.rtc.compat import set_jitter_frames
+from media.rtc.publisher import close_peer_connection
 from media.v1 import media_pb2 as pb
 
 RATE = 48000

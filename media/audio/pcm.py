@@ -19,24 +19,6 @@ logger = logging.getLogger(__name__)
 VAD_SAMPLE_RATES = (8000, 16000, 32000, 48000)  # the rates webrtcvad accepts
 
 
-class DecodeErrorCounter(logging.Filter):
-    """Counts aiortc's per-packet decode failures and keeps them out of the log.
-
-    aiortc skips a packet it cannot decode and logs a warning for each one; attached to the
-    ``aiortc.rtcrtpreceiver`` logger, this turns those warnings into a counter.
-    """
-
-    def __init__(self, on_error: Callable[[], None]) -> None:
-        super().__init__()
-        self._on_error = on_error
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if "failed to decode" in str(record.msg):
-            self._on_error()
-            return False
-        return True
-
-
 def pcm_bytes(frame: AudioFrame) -> bytes:
     """The samples of a packed s16 mono frame (planes may carry padding)."""
     return bytes(frame.planes[0])[: frame.samples * 2]

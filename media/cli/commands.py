@@ -17,7 +17,7 @@ from google.protobuf import json_format
 
 from media.client.hark_client import Backoff, HarkClient
 from media.errors import HarkError
-from media.rtc.publisher import restrict_host_candidates
+from media.rtc.compat import restrict_host_candidates
 from media.v1 import media_pb2 as pb
 
 

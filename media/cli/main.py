@@ -226,6 +226,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        session_id = getattr(record, "session_id", None)
+        if session_id:
+            entry["session_id"] = session_id
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)

@@ -8,7 +8,6 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Protocol
 
-import aioice.ice
 from aiortc import (
     RTCConfiguration,
     RTCIceServer,
@@ -23,13 +22,19 @@ from media.audio.pcm import AudioConsumer
 from media.config import IceServer
 from media.core.sdp import TrickleCandidate, is_mdns_candidate, stack_offer
 from media.errors import HarkError, InvalidOffer, InvalidTrickle, UnsupportedOffer
+from media.rtc.compat import (
+    ice_connections,
+    set_jitter_frames,
+    start_nothing_once_closing,
+    stop_orphaned_consent_checks,
+    tap_opus_packets,
+)
 
 logger = logging.getLogger(__name__)
 
 MEDIA_POLL_INTERVAL_S: Final = 0.5
 STATS_EVERY_POLLS: Final = 2
 OPUS_CLOCK_RATE: Final = 48000
-ORPHAN_WATCH_POLLS: Final = 5
 
 
 class PeerEvents(Protocol):
@@ -48,62 +53,6 @@ class PeerEvents(Protocol):
     def audio_decoded(self, session_id: str, frame: AudioFrame) -> None: ...
 
     def opus_received(self, session_id: str, payload: bytes, timestamp: int) -> None: ...
-
-
-def set_jitter_frames(receiver: RTCRtpReceiver, frames: int) -> bool:
-    """Hold ``frames`` audio frames in aiortc's jitter buffer before decoding (aiortc: 4).
-
-    aiortc has no API for it; every held frame is 20 ms of latency before the VAD sees the audio.
-    Returns False when this aiortc version keeps the buffer elsewhere (then its default stays).
-    """
-    buffer = getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None)
-    if buffer is None or not isinstance(getattr(buffer, "_prefetch", None), int):
-        return False
-    buffer._prefetch = frames
-    return True
-
-
-def ice_connections(pc: RTCPeerConnection) -> list[Any]:
-    """The aioice connections under a peer connection (empty if aiortc hides them elsewhere)."""
-    found = []
-    for transceiver in pc.getTransceivers():
-        ice = getattr(transceiver.receiver.transport, "transport", None)
-        connection = getattr(ice, "_connection", None)
-        if connection is not None and connection not in found:
-            found.append(connection)
-    return found
-
-
-async def stop_orphaned_consent_checks(connections: Sequence[Any]) -> None:
-    """Cancel consent checks that aioice 0.13 starts after a close that raced ICE completion.
-
-    ``Connection.connect()`` starts the RFC 7675 consent task when it resumes after the check
-    list completed; if ``close()`` ran in between, nothing ever cancels that task, and it keeps
-    sending STUN on closed sockets for ~30 s. ``connect()`` polls every 20 ms, so watching for
-    a little longer than that and cancelling what appears ends it.
-    """
-    for _ in range(ORPHAN_WATCH_POLLS):
-        await asyncio.sleep(0.02)
-        for connection in connections:
-            task = getattr(connection, "_query_consent_task", None)
-            if getattr(connection, "_closing", False) and isinstance(task, asyncio.Task):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-
-
-def restrict_host_candidates(addresses: Sequence[str]) -> None:
-    """Offer only ``addresses`` as ICE host candidates, for every peer connection in the process.
-
-    aioice offers every interface but loopback and has no setting for it; a multi-homed host, or
-    a test that must stay on 127.0.0.1, needs to choose.
-    """
-    chosen = list(addresses)
-
-    def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-        return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
-
-    aioice.ice.get_host_addresses = host_addresses
 
 
 def _ice_candidate(trickled: TrickleCandidate) -> Any:
@@ -170,28 +119,6 @@ class RemoteCandidates:
                 await task
 
 
-def tap_opus_packets(
-    receiver: RTCRtpReceiver, payload_type: int, on_packet: Callable[[bytes, int], None]
-) -> bool:
-    """Call ``on_packet(payload, rtp_timestamp)`` for every Opus packet ``receiver`` gets.
-
-    aiortc hands only decoded frames to the application; forwarding the Opus payload itself (no
-    decode or encode per player) needs the packets, which pass through this private method.
-    Returns False when this aiortc version has no such method (then nothing is forwarded).
-    """
-    original = getattr(receiver, "_handle_rtp_packet", None)
-    if original is None or not asyncio.iscoroutinefunction(original):
-        return False
-
-    async def tapped(packet: Any, arrival_time_ms: int) -> None:
-        if packet.payload_type == payload_type and packet.payload:
-            on_packet(packet.payload, packet.timestamp)
-        await original(packet, arrival_time_ms)
-
-    receiver._handle_rtp_packet = tapped  # type: ignore[method-assign]
-    return True
-
-
 async def answer_audio_offer(
     pc: RTCPeerConnection,
     offer_sdp: str,
@@ -233,21 +160,12 @@ async def answer_audio_offer(
     return str(pc.localDescription.sdp)
 
 
-async def _start_nothing(*args: Any) -> None:
-    return None
-
-
 async def close_peer_connection(pc: RTCPeerConnection) -> None:
     """Close ``pc`` and whatever aiortc and aioice leave running after it.
 
-    aiortc starts a transceiver's sender and receiver (their RTCP tasks) from a connect task of
-    its own once DTLS is up. When ``close()`` lands while that task waits on the handshake, the
-    transceivers are stopped first and started after, and their RTCP tasks run forever; so once
-    closing, a transceiver starts nothing.
+    See ``start_nothing_once_closing`` and ``stop_orphaned_consent_checks``.
     """
-    for transceiver in pc.getTransceivers():
-        transceiver.receiver.receive = _start_nothing  # type: ignore[method-assign,assignment]
-        transceiver.sender.send = _start_nothing  # type: ignore[method-assign,assignment]
+    start_nothing_once_closing(pc)
     connections = ice_connections(pc)
     await pc.close()
     await stop_orphaned_consent_checks(connections)

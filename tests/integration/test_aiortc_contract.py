@@ -6,7 +6,7 @@ import inspect
 
 from aiortc import RTCPeerConnection, RTCRtpSender
 
-from media.rtc.publisher import set_jitter_frames, tap_opus_packets
+from media.rtc.compat import set_jitter_frames, tap_opus_packets
 
 
 async def test_the_audio_jitter_buffer_can_still_be_shortened() -> None:

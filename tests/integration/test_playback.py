@@ -17,7 +17,7 @@ import webrtcvad
 from media.audio.pcm import PcmConverter
 from media.core.events import SpeechStarted
 from media.core.segmenter import Segmenter, SegmenterConfig
-from media.rtc.publisher import ice_connections, tap_opus_packets
+from media.rtc.compat import ice_connections, tap_opus_packets
 from media.v1 import media_pb2 as pb
 from tests.listening import (
     SILENCE_DBFS,

@@ -1,0 +1,134 @@
+"""Every use of a private aiortc or aioice name, or of behaviour they do not document, in one place.
+
+aiortc and aioice have no API for what these hooks do. Each one is checked against the installed
+versions at start-up (``check()``: a WARNING names what is lost when a hook cannot apply) and by a
+contract test in ``tests/integration/test_aiortc_contract.py``, so an upgrade that moves one fails
+loudly instead of changing behaviour silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+import aioice.ice
+from aiortc import RTCPeerConnection, RTCRtpReceiver
+
+logger = logging.getLogger(__name__)
+
+ORPHAN_WATCH_POLLS: Final = 5
+
+
+def set_jitter_frames(receiver: RTCRtpReceiver, frames: int) -> bool:
+    """Hold ``frames`` audio frames in aiortc's jitter buffer before decoding (aiortc: 4).
+
+    aiortc has no API for it; every held frame is 20 ms of latency before the VAD sees the audio.
+    Returns False when this aiortc version keeps the buffer elsewhere (then its default stays).
+    """
+    buffer = getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None)
+    if buffer is None or not isinstance(getattr(buffer, "_prefetch", None), int):
+        return False
+    buffer._prefetch = frames
+    return True
+
+
+def tap_opus_packets(
+    receiver: RTCRtpReceiver, payload_type: int, on_packet: Callable[[bytes, int], None]
+) -> bool:
+    """Call ``on_packet(payload, rtp_timestamp)`` for every Opus packet ``receiver`` gets.
+
+    aiortc hands only decoded frames to the application; forwarding the Opus payload itself (no
+    decode or encode per player) needs the packets, which pass through this private method.
+    Returns False when this aiortc version has no such method (then nothing is forwarded).
+    """
+    original = getattr(receiver, "_handle_rtp_packet", None)
+    if original is None or not asyncio.iscoroutinefunction(original):
+        return False
+
+    async def tapped(packet: Any, arrival_time_ms: int) -> None:
+        if packet.payload_type == payload_type and packet.payload:
+            on_packet(packet.payload, packet.timestamp)
+        await original(packet, arrival_time_ms)
+
+    receiver._handle_rtp_packet = tapped  # type: ignore[method-assign]
+    return True
+
+
+def ice_connections(pc: RTCPeerConnection) -> list[Any]:
+    """The aioice connections under a peer connection (empty if aiortc hides them elsewhere)."""
+    found = []
+    for transceiver in pc.getTransceivers():
+        ice = getattr(transceiver.receiver.transport, "transport", None)
+        connection = getattr(ice, "_connection", None)
+        if connection is not None and connection not in found:
+            found.append(connection)
+    return found
+
+
+async def stop_orphaned_consent_checks(connections: Sequence[Any]) -> None:
+    """Cancel consent checks that aioice 0.13 starts after a close that raced ICE completion.
+
+    ``Connection.connect()`` starts the RFC 7675 consent task when it resumes after the check
+    list completed; if ``close()`` ran in between, nothing ever cancels that task, and it keeps
+    sending STUN on closed sockets for ~30 s. ``connect()`` polls every 20 ms, so watching for
+    a little longer than that and cancelling what appears ends it.
+    """
+    for _ in range(ORPHAN_WATCH_POLLS):
+        await asyncio.sleep(0.02)
+        for connection in connections:
+            task = getattr(connection, "_query_consent_task", None)
+            if getattr(connection, "_closing", False) and isinstance(task, asyncio.Task):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+
+async def _start_nothing(*args: Any) -> None:
+    return None
+
+
+def start_nothing_once_closing(pc: RTCPeerConnection) -> None:
+    """Make ``pc``'s transceivers start nothing from now on (call it before ``pc.close()``).
+
+    aiortc starts a transceiver's sender and receiver (their RTCP tasks) from a connect task of
+    its own once DTLS is up. When ``close()`` lands while that task waits on the handshake, the
+    transceivers are stopped first and started after, and their RTCP tasks run forever.
+    """
+    for transceiver in pc.getTransceivers():
+        transceiver.receiver.receive = _start_nothing  # type: ignore[method-assign,assignment]
+        transceiver.sender.send = _start_nothing  # type: ignore[method-assign,assignment]
+
+
+def restrict_host_candidates(addresses: Sequence[str]) -> None:
+    """Offer only ``addresses`` as ICE host candidates, for every peer connection in the process.
+
+    aioice offers every interface but loopback and has no setting for it; a multi-homed host, or
+    a test that must stay on 127.0.0.1, needs to choose.
+    """
+    chosen = list(addresses)
+
+    def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+
+    aioice.ice.get_host_addresses = host_addresses
+
+
+class DecodeErrorCounter(logging.Filter):
+    """Counts aiortc's per-packet decode failures and keeps them out of the log.
+
+    aiortc skips a packet it cannot decode and logs a warning for each one; attached to the
+    ``aiortc.rtcrtpreceiver`` logger, this turns those warnings into a counter.
+    """
+
+    def __init__(self, on_error: Callable[[], None]) -> None:
+        super().__init__()
+        self._on_error = on_error
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "failed to decode" in str(record.msg):
+            self._on_error()
+            return False
+        return True
