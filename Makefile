@@ -65,12 +65,17 @@ proto: $(STAMP)
 fixtures: $(STAMP)
 	$(BIN)/python scripts/make_fixtures.py
 
-# Debian packages the tests use: chromium for the browser tests, prometheus (promtool) for the
-# deploy checks, espeak-ng for `make fixtures`. Playwright drives Debian's chromium; it never
-# downloads a browser of its own.
+# Debian packages the tests use: chromium and firefox-esr for the browser tests, GStreamer's
+# webrtcbin with python3-gi for the interop tests, redis-server for the cluster tests, prometheus
+# (promtool) for the deploy checks, espeak-ng and sox for `make fixtures`. The SDK checks need
+# node (18 or newer) with npm: Debian's nodejs and npm if the machine has no node yet. Playwright drives Debian's chromium; nothing downloads a browser of its own.
+DEBIAN_PACKAGES := chromium firefox-esr espeak-ng sox prometheus redis-server \
+	python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 gir1.2-gst-plugins-bad-1.0 \
+	gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
+	gstreamer1.0-plugins-bad gstreamer1.0-nice
 deps-debian:
 	apt-get update -qq
-	apt-get install -y -qq chromium espeak-ng prometheus
+	apt-get install -y -qq $(DEBIAN_PACKAGES)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/pipeline.py
