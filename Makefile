@@ -68,7 +68,8 @@ fixtures: $(STAMP)
 # Debian packages the tests use: chromium and firefox-esr for the browser tests, GStreamer's
 # webrtcbin with python3-gi for the interop tests, redis-server for the cluster tests, prometheus
 # (promtool) for the deploy checks, espeak-ng and sox for `make fixtures`. The SDK checks need
-# node (18 or newer) with npm: Debian's nodejs and npm if the machine has no node yet. Playwright drives Debian's chromium; nothing downloads a browser of its own.
+# node (18 or newer) with npm: Debian's nodejs and npm if the machine has no node yet.
+# Playwright drives Debian's chromium; nothing downloads a browser of its own.
 DEBIAN_PACKAGES := chromium firefox-esr espeak-ng sox prometheus redis-server \
 	python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 gir1.2-gst-plugins-bad-1.0 \
 	gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
