@@ -70,7 +70,7 @@ fixtures: $(STAMP)
 # (promtool) for the deploy checks, espeak-ng and sox for `make fixtures`. The SDK checks need
 # node (18 or newer) with npm: Debian's nodejs and npm if the machine has no node yet.
 # Playwright drives Debian's chromium; nothing downloads a browser of its own.
-DEBIAN_PACKAGES := chromium firefox-esr espeak-ng sox prometheus redis-server \
+DEBIAN_PACKAGES := make python3-venv chromium firefox-esr espeak-ng sox prometheus redis-server \
 	python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 gir1.2-gst-plugins-bad-1.0 \
 	gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
 	gstreamer1.0-plugins-bad gstreamer1.0-nice
