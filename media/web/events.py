@@ -20,7 +20,8 @@ from media.core.events import SessionEvent, SessionState
 from media.errors import InvalidRequest, NotReady, SubscriberTooSlow
 from media.rpc.messages import event_pb, is_closed_event, session_pb
 from media.server.session_table import END, Entry, Registry, WatchItem
-from media.web.common import preflight, read_text_body, require_content_type
+from media.web.middleware import preflight
+from media.web.request_bodies import read_text_body, require_content_type
 
 logger = logging.getLogger(__name__)
 

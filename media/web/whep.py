@@ -1,5 +1,6 @@
 """WHEP (draft-ietf-wish-whep) HTTP handlers: players of a session's agent audio, or of the
-publisher's own audio (``?source=publisher``). Errors become 4xx in ``media.web.common``."""
+publisher's own audio (``?source=publisher``). Errors become 4xx in
+``media.web.error_responses``."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """WHIP (RFC 9725) HTTP handlers: publish, trickle, delete.
 
-Errors become 4xx in ``media.web.common``."""
+Errors become 4xx in ``media.web.error_responses``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from media.core.session import Origin
 from media.errors import PublisherExists, SessionConflict, Unauthorized
 from media.rtc.publisher import PublisherPeer
 from media.server.session_table import Entry, Registry, new_session_id, tokens_match
-from media.web.common import bearer_token
+from media.web.request_bodies import bearer_token
 from media.web.signaling import (
     answer_response,
     check_not_restart,
