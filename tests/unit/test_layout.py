@@ -1,4 +1,4 @@
-"""The layout of DESIGN.md "Architecture" holds: small modules, and imports that only point down.
+"""The layout holds: small modules, and imports that only point down the layers.
 
 Layers, lowest first: core < audio < rtc < server < web, rpc < cluster < client < cli < app. The
 edges web/ and rpc/ sit side by side; web/ may use ``media.rpc.messages`` (the SSE mirror of the
