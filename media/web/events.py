@@ -148,8 +148,8 @@ def _listening_request(text: str) -> tuple[bool, bool]:
         body = json.loads(text)
     except ValueError as exc:
         raise InvalidRequest(f"body is not JSON: {exc}") from exc
-    except RecursionError:
-        raise InvalidRequest("body is not a listening request: it is nested too deeply") from None
+    except RecursionError as exc:
+        raise InvalidRequest("body is not a listening request: it is nested too deeply") from exc
     if not isinstance(body, dict) or not isinstance(body.get("listening"), bool):
         raise InvalidRequest('body must be {"listening": true|false, "wait_for_ready": bool}')
     wait = body.get("wait_for_ready", False)

@@ -57,14 +57,14 @@ async def read_text_body(request: web.Request, what: str, limit: int = MAX_BODY_
     try:
         async with asyncio.timeout(timeout):
             body = await _read_at_most(request, limit + 1)
-    except TimeoutError:
+    except TimeoutError as exc:
         raise BodyTimeout(
             f"{what} was not received in full within {timeout:g} s (--http-body-timeout)"
-        ) from None
-    except ConnectionResetError:
-        raise InvalidRequest(f"the client went away before its {what} was complete") from None
+        ) from exc
+    except ConnectionResetError as exc:
+        raise InvalidRequest(f"the client went away before its {what} was complete") from exc
     except (HttpProcessingError, web.RequestPayloadError) as exc:
-        raise InvalidRequest(f"{what} could not be read: {type(exc).__name__}") from None
+        raise InvalidRequest(f"{what} could not be read: {type(exc).__name__}") from exc
     if len(body) > limit:
         raise OfferTooLarge(f"{what} is over the limit of {limit} bytes")
     if not body.strip():

@@ -138,8 +138,8 @@ def _source(request: web.Request) -> Source:
     value = request.query.get("source", Source.AGENT.value)
     try:
         return Source(value)
-    except ValueError:
+    except ValueError as exc:
         raise InvalidRequest(
             f"source must be {Source.AGENT.value!r} (the agent's audio, the default) or "
             f"{Source.PUBLISHER.value!r} (the publisher's own audio), got {value[:40]!r}"
-        ) from None
+        ) from exc
