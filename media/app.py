@@ -33,9 +33,11 @@ from media.rtc.compat import DecodeErrorCounter, restrict_host_candidates
 from media.rtc.publisher import PublisherPeer
 from media.server.session_table import OVERLOAD_RETRY_AFTER_S, Registry
 from media.v1 import media_pb2_grpc
-from media.web.common import BODY_TIMEOUT, ClientProtocolErrors, cors_on_prepare, make_middlewares
 from media.web.connection_limit import ConnectionLimit
+from media.web.error_responses import ClientProtocolErrors
 from media.web.events import SessionEventsHandlers
+from media.web.middleware import cors_on_prepare, make_middlewares
+from media.web.request_bodies import BODY_TIMEOUT
 from media.web.sdk_files import add_sdk_routes
 from media.web.whep import WhepHandlers
 from media.web.whip import WhipHandlers

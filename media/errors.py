@@ -1,6 +1,6 @@
 """Hark's error tree.
 
-The core raises these; only the edges (``whip``, ``whep``, ``grpc_service``) translate them into
+The core raises these; only the edges (``media.web``, ``media.rpc``) translate them into
 HTTP status codes and gRPC status codes. Every message is written for the person who made the
 call: it names what was wrong and, where it helps, what would be right.
 

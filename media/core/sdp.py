@@ -1,8 +1,9 @@
-"""Pure checks of WHIP/WHEP SDP offers and trickle-ICE fragments: text in, facts or a HarkError out.
+"""Pure checks of WHIP/WHEP SDP offers and their rewrite for aiortc: text in, facts or a
+HarkError out.
 
-SDP is RFC 8866, WHIP is RFC 9725, trickle fragments (``application/trickle-ice-sdpfrag``) are
-RFC 8840 and candidate lines RFC 8839. Nothing here does I/O or touches the WebRTC stack, so the
-edges can refuse a bad offer with a precise 4xx before aiortc ever sees it.
+SDP is RFC 8866, WHIP is RFC 9725. Trickle fragments and candidate lines are in
+``media.core.trickle``. Nothing here does I/O or touches the WebRTC stack, so the edges can
+refuse a bad offer with a precise 4xx before aiortc ever sees it.
 """
 
 from __future__ import annotations
@@ -11,13 +12,12 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from media.errors import InvalidOffer, InvalidTrickle, OfferTooLarge, UnsupportedOffer
+from media.core.sdp_lines import ascii_int, numbered_lines, quote, split_typed_line
+from media.core.trickle import TrickleCandidate, check_candidate, is_mdns_candidate
+from media.errors import InvalidOffer, OfferTooLarge, UnsupportedOffer
 
 Direction = Literal["publish", "play"]
 
-_TYPED_LINE = re.compile(r"[a-z]=")
-# ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
-_DIGITS = re.compile(r"[0-9]{1,10}")
 _DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
 _NEEDED = {"publish": ("sendonly", "sendrecv"), "play": ("recvonly",)}
 _STATIC_PAYLOADS = {0: "PCMU", 3: "GSM", 4: "G723", 8: "PCMA", 9: "G722", 13: "CN", 18: "G729"}
@@ -41,21 +41,6 @@ class OfferSummary:
 
 
 @dataclass(frozen=True, slots=True)
-class TrickleCandidate:
-    mid: str | None
-    mline_index: int
-    candidate: str  # the attribute without "a=": "candidate:<foundation> <component> ..."
-
-
-@dataclass(frozen=True, slots=True)
-class TrickleFragment:
-    ice_ufrag: str | None
-    ice_pwd: str | None
-    candidates: tuple[TrickleCandidate, ...]
-    end_of_candidates: bool
-
-
-@dataclass(frozen=True, slots=True)
 class _Section:
     line: int
     kind: str
@@ -63,26 +48,6 @@ class _Section:
     proto: str
     formats: tuple[str, ...]
     attributes: tuple[str, ...]
-
-
-def _quote(line: str) -> str:
-    return repr(line if len(line) <= 80 else line[:77] + "...")
-
-
-def _number(text: str) -> int | None:
-    return int(text) if _DIGITS.fullmatch(text) else None
-
-
-def _lines(text: str) -> list[tuple[int, str]]:
-    """Non-blank lines with their 1-based numbers; CRLF or LF endings, trailing blanks ignored."""
-    numbered = enumerate(text.split("\n"), start=1)
-    return [(number, line.rstrip()) for number, line in numbered if line.strip()]
-
-
-def _split(number: int, line: str, error: type[InvalidOffer | InvalidTrickle]) -> tuple[str, str]:
-    if not _TYPED_LINE.match(line):
-        raise error(f"line {number} is not of the form x=value: {_quote(line)}")
-    return line[0], line[2:]
 
 
 def _values(attributes: tuple[str, ...], name: str) -> list[str]:
@@ -96,27 +61,27 @@ def _first(attributes: tuple[str, ...], name: str) -> str | None:
 
 
 def _parse_offer(sdp: str) -> tuple[tuple[str, ...], list[_Section]]:
-    lines = _lines(sdp)
+    lines = numbered_lines(sdp)
     if not lines:
         raise InvalidOffer("SDP offer is empty")
     if lines[0][1] != "v=0":
-        raise InvalidOffer(f"line {lines[0][0]} must be v=0, got {_quote(lines[0][1])}")
+        raise InvalidOffer(f"line {lines[0][0]} must be v=0, got {quote(lines[0][1])}")
     session: list[str] = []
     sections: list[tuple[int, str, int, str, tuple[str, ...], list[str]]] = []
     for number, line in lines[1:]:
-        kind, value = _split(number, line, InvalidOffer)
+        kind, value = split_typed_line(number, line, InvalidOffer)
         if kind == "m":
             fields = value.split()
-            port = _number(fields[1].partition("/")[0]) if len(fields) > 1 else None
+            port = ascii_int(fields[1].partition("/")[0]) if len(fields) > 1 else None
             if len(fields) < 4 or port is None or port > 65535:
                 raise InvalidOffer(
                     f"line {number} is a malformed m= line (want 'm=<media> <port> <proto> "
-                    f"<format> ...'): {_quote('m=' + value)}"
+                    f"<format> ...'): {quote('m=' + value)}"
                 )
             if "/" in fields[1]:
                 raise InvalidOffer(
                     f"line {number} gives a port count ({fields[1]}); WebRTC m-lines have one "
-                    f"port each: {_quote('m=' + value)}"
+                    f"port each: {quote('m=' + value)}"
                 )
             sections.append((number, fields[0], port, fields[2], tuple(fields[3:]), []))
         elif kind == "a":
@@ -167,7 +132,7 @@ def _check_rtp_section(section: _Section) -> None:
             f"(WebRTC uses UDP/TLS/RTP/SAVPF)"
         )
     for fmt in section.formats:
-        pt = _number(fmt)
+        pt = ascii_int(fmt)
         if pt is None or pt > 127 or pt in _RESERVED_PAYLOAD_TYPES:
             raise InvalidOffer(
                 f"line {section.line}: format {fmt!r} is not an RTP payload type (0-127 but 72-76)"
@@ -176,46 +141,45 @@ def _check_rtp_section(section: _Section) -> None:
 
 def _check_media_attributes(sdp: str) -> None:
     """Attribute lines whose values must parse, each named by its line when they do not."""
-    for number, line in _lines(sdp):
+    for number, line in numbered_lines(sdp):
         value = line[2:]
         if line.startswith("a=candidate:"):
-            _check_candidate(number, value, InvalidOffer)
+            check_candidate(number, value, InvalidOffer)
         elif line.startswith("a=extmap:") and not _EXTMAP.fullmatch(value):
             raise InvalidOffer(
-                f"line {number}: a=extmap needs a numeric id and a URI: {_quote(line)}"
+                f"line {number}: a=extmap needs a numeric id and a URI: {quote(line)}"
             )
         elif line.startswith("a=fmtp:"):
             _check_fmtp(number, line)
         elif line.startswith("a=rtcp:") and not _RTCP.fullmatch(value):
             raise InvalidOffer(
                 f"line {number}: a=rtcp must be '<port>' or '<port> IN IP4 <address>': "
-                f"{_quote(line)}"
+                f"{quote(line)}"
             )
         elif line.startswith("a=rtpmap:") and not _RTPMAP.fullmatch(value):
             raise InvalidOffer(
                 f"line {number}: a=rtpmap must be '<payload type> <encoding>/<clock rate>"
-                f"[/<channels>]': {_quote(line)}"
+                f"[/<channels>]': {quote(line)}"
             )
         elif line.startswith("a=ssrc") and not _SSRC.fullmatch(value):
             raise InvalidOffer(
-                f"line {number}: a=ssrc needs a numeric SSRC and an attribute: {_quote(line)}"
+                f"line {number}: a=ssrc needs a numeric SSRC and an attribute: {quote(line)}"
             )
         elif line.startswith("c=") and not _CONNECTION.fullmatch(value):
             raise InvalidOffer(
-                f"line {number}: c= must be 'IN IP4 <address>' or 'IN IP6 <address>': "
-                f"{_quote(line)}"
+                f"line {number}: c= must be 'IN IP4 <address>' or 'IN IP6 <address>': {quote(line)}"
             )
 
 
 def _check_fmtp(number: int, line: str) -> None:
     fmt, _, parameters = line[len("a=fmtp:") :].partition(" ")
-    if _number(fmt) is None or not parameters.strip():
+    if ascii_int(fmt) is None or not parameters.strip():
         raise InvalidOffer(
-            f"line {number}: a=fmtp needs a payload type and parameters: {_quote(line)}"
+            f"line {number}: a=fmtp needs a payload type and parameters: {quote(line)}"
         )
     for parameter in parameters.split(";"):
         name, equals, value = parameter.strip().partition("=")
-        if equals and name in _INTEGER_PARAMETERS and _number(value.strip()) is None:
+        if equals and name in _INTEGER_PARAMETERS and ascii_int(value.strip()) is None:
             raise InvalidOffer(f"line {number}: fmtp parameter {name} must be a number")
 
 
@@ -258,7 +222,7 @@ def _codecs(section: _Section) -> list[tuple[int, str]]:
         rtpmap.setdefault(fmt, mapped.strip())
     codecs = []
     for fmt in section.formats:
-        pt = _number(fmt)
+        pt = ascii_int(fmt)
         if pt is None:
             continue
         encoding = rtpmap.get(fmt) or _STATIC_PAYLOADS.get(pt)
@@ -282,7 +246,7 @@ def _check_dtls(media: tuple[str, ...], session: tuple[str, ...]) -> None:
         if len(octets) != _FINGERPRINT_BYTES.get(algorithm.lower()) or not all(
             _HEX_PAIR.fullmatch(octet) for octet in octets
         ):
-            raise InvalidOffer(f"a=fingerprint is malformed: {_quote(fingerprint)}")
+            raise InvalidOffer(f"a=fingerprint is malformed: {quote(fingerprint)}")
     setup = _first(media, "setup") or _first(session, "setup")
     if setup not in _SETUP_ROLES:
         raise InvalidOffer(f"a=setup must be actpass, active or passive, got {setup!r}")
@@ -361,12 +325,6 @@ class StackOffer:
     end_of_candidates: bool
 
 
-def is_mdns_candidate(candidate: str) -> bool:
-    """True for a candidate whose address is an mDNS name (e.g. ``<uuid>.local``)."""
-    fields = candidate.split()
-    return len(fields) > 4 and fields[4].lower().endswith(".local")
-
-
 def stack_offer(sdp: str) -> StackOffer:
     """Rewrite an offer that ``check_offer`` accepted into what aiortc must see to answer it well.
 
@@ -399,7 +357,7 @@ def stack_offer(sdp: str) -> StackOffer:
     ]
     index = -1
     kept: list[str] = []
-    for _, line in _lines(sdp):
+    for _, line in numbered_lines(sdp):
         value = line[2:]
         if line.startswith("m="):
             index += 1
@@ -443,73 +401,3 @@ def _is_other_codec_line(value: str, opus: int | None) -> bool:
     if name not in ("rtpmap", "fmtp", "rtcp-fb"):
         return False
     return rest.split(" ", 1)[0] not in (str(opus), "*")
-
-
-def _check_candidate(
-    number: int, value: str, error: type[InvalidOffer | InvalidTrickle] = InvalidTrickle
-) -> None:
-    """RFC 8839 section 5.1: the eight mandatory fields, with numbers where numbers belong."""
-    fields = value[len("candidate:") :].split()
-    if len(fields) < 8 or fields[6] != "typ":
-        raise error(
-            f"line {number}: a candidate needs foundation, component, transport, priority, "
-            f"address, port, 'typ' and a type: {_quote('a=' + value)}"
-        )
-    component, priority, port = (_number(fields[i]) for i in (1, 3, 5))
-    if component is None or priority is None or port is None:
-        raise error(
-            f"line {number}: a candidate's component, priority and port must be numbers: "
-            f"{_quote('a=' + value)}"
-        )
-    extensions = dict(zip(fields[8::2], fields[9::2], strict=False))
-    if _number(extensions.get("rport", "0")) is None:
-        raise error(f"line {number}: a candidate's rport must be a number: {_quote('a=' + value)}")
-    if port > 65535:
-        raise error(f"line {number}: candidate port {port} is out of range (0-65535)")
-
-
-def parse_trickle_fragment(body: str) -> TrickleFragment:
-    """Parse an ``application/trickle-ice-sdpfrag`` body (RFC 8840 section 4.4).
-
-    Candidates before any m= line are taken to belong to the first m-line (some clients send
-    them that way). Raises ``InvalidTrickle`` naming the line that is wrong.
-    """
-    lines = _lines(body)
-    if not lines:
-        raise InvalidTrickle("trickle fragment is empty")
-    ufrag: str | None = None
-    pwd: str | None = None
-    mid: str | None = None
-    mline_index = -1
-    candidates: list[TrickleCandidate] = []
-    end_of_candidates = False
-    for number, line in lines:
-        kind, value = _split(number, line, InvalidTrickle)
-        if kind == "m":
-            mline_index += 1
-            mid = None
-        elif kind == "a":
-            name, _, rest = value.partition(":")
-            if name in ("ice-ufrag", "ice-pwd") and not rest.strip():
-                raise InvalidTrickle(f"line {number}: a={name} has no value")
-            if name == "ice-ufrag":
-                ufrag = rest.strip()
-            elif name == "ice-pwd":
-                pwd = rest.strip()
-            elif name == "mid":
-                mid = rest.strip() or None
-            elif name == "candidate":
-                _check_candidate(number, value)
-                candidates.append(TrickleCandidate(mid, max(mline_index, 0), value))
-            elif name == "end-of-candidates":
-                end_of_candidates = True
-    return TrickleFragment(ufrag, pwd, tuple(candidates), end_of_candidates)
-
-
-def is_ice_restart(fragment: TrickleFragment, current_ufrag: str, current_pwd: str | None) -> bool:
-    """True when the fragment carries ICE credentials other than the current ones (RFC 8840)."""
-    if fragment.ice_ufrag is not None and fragment.ice_ufrag != current_ufrag:
-        return True
-    return (
-        fragment.ice_pwd is not None and current_pwd is not None and fragment.ice_pwd != current_pwd
-    )

@@ -18,7 +18,7 @@ from typing import Any, Final
 from aiortc import RTCPeerConnection, RTCRtpSender
 
 from media.config import IceServer
-from media.core.sdp import TrickleCandidate
+from media.core.trickle import TrickleCandidate
 from media.rtc.publisher import (
     RemoteCandidates,
     answer_audio_offer,

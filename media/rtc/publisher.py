@@ -20,7 +20,8 @@ from av import AudioFrame
 
 from media.audio.pcm import AudioConsumer
 from media.config import IceServer
-from media.core.sdp import TrickleCandidate, is_mdns_candidate, stack_offer
+from media.core.sdp import stack_offer
+from media.core.trickle import TrickleCandidate, is_mdns_candidate
 from media.errors import HarkError, InvalidOffer, InvalidTrickle, UnsupportedOffer
 from media.rtc.compat import (
     ice_connections,

@@ -20,7 +20,8 @@ from media.core.events import SessionEvent, SessionState
 from media.errors import InvalidRequest, NotReady, SubscriberTooSlow
 from media.rpc.messages import event_pb, is_closed_event, session_pb
 from media.server.session_table import END, Entry, Registry, WatchItem
-from media.web.common import preflight, read_text_body, require_content_type
+from media.web.middleware import preflight
+from media.web.request_bodies import read_text_body, require_content_type
 
 logger = logging.getLogger(__name__)
 
@@ -147,8 +148,8 @@ def _listening_request(text: str) -> tuple[bool, bool]:
         body = json.loads(text)
     except ValueError as exc:
         raise InvalidRequest(f"body is not JSON: {exc}") from exc
-    except RecursionError:
-        raise InvalidRequest("body is not a listening request: it is nested too deeply") from None
+    except RecursionError as exc:
+        raise InvalidRequest("body is not a listening request: it is nested too deeply") from exc
     if not isinstance(body, dict) or not isinstance(body.get("listening"), bool):
         raise InvalidRequest('body must be {"listening": true|false, "wait_for_ready": bool}')
     wait = body.get("wait_for_ready", False)

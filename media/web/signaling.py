@@ -9,16 +9,11 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from media.config import IceServer
-from media.core.sdp import (
-    Direction,
-    OfferSummary,
-    TrickleFragment,
-    check_offer,
-    is_ice_restart,
-    parse_trickle_fragment,
-)
+from media.core.sdp import Direction, OfferSummary, check_offer
+from media.core.trickle import TrickleFragment, is_ice_restart, parse_trickle_fragment
 from media.errors import IceRestartUnsupported, StaleEtag
-from media.web.common import preflight, read_text_body, require_content_type
+from media.web.middleware import preflight
+from media.web.request_bodies import read_text_body, require_content_type
 
 SDP = "application/sdp"
 TRICKLE = "application/trickle-ice-sdpfrag"

@@ -1,5 +1,6 @@
 """WHEP (draft-ietf-wish-whep) HTTP handlers: players of a session's agent audio, or of the
-publisher's own audio (``?source=publisher``). Errors become 4xx in ``media.web.common``."""
+publisher's own audio (``?source=publisher``). Errors become 4xx in
+``media.web.error_responses``."""
 
 from __future__ import annotations
 
@@ -137,8 +138,8 @@ def _source(request: web.Request) -> Source:
     value = request.query.get("source", Source.AGENT.value)
     try:
         return Source(value)
-    except ValueError:
+    except ValueError as exc:
         raise InvalidRequest(
             f"source must be {Source.AGENT.value!r} (the agent's audio, the default) or "
             f"{Source.PUBLISHER.value!r} (the publisher's own audio), got {value[:40]!r}"
-        ) from None
+        ) from exc

@@ -1,6 +1,6 @@
 """WHIP (RFC 9725) HTTP handlers: publish, trickle, delete.
 
-Errors become 4xx in ``media.web.common``."""
+Errors become 4xx in ``media.web.error_responses``."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from media.core.events import CloseReason, SessionState
 from media.core.sdp import OfferSummary
 from media.core.session import Origin
 from media.errors import PublisherExists, SessionConflict, Unauthorized
+from media.logs import session_logger
 from media.rtc.publisher import PublisherPeer
 from media.server.session_table import Entry, Registry, new_session_id, tokens_match
-from media.web.common import bearer_token
+from media.web.request_bodies import bearer_token
 from media.web.signaling import (
     answer_response,
     check_not_restart,
@@ -188,6 +189,6 @@ class WhipHandlers:
             )
 
     def _created(self, entry: Entry, answer: str) -> web.Response:
-        logger.info("session %s: publisher accepted", entry.session.id)
+        session_logger(logger, entry.session.id).info("publisher accepted")
         location = f"/whip/{entry.session.id}"
         return answer_response(answer, location, entry.etag, self._ice_servers)

@@ -8,14 +8,8 @@ from aiortc.sdp import candidate_from_sdp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from media.core.sdp import (
-    Direction,
-    TrickleCandidate,
-    check_offer,
-    is_ice_restart,
-    parse_trickle_fragment,
-    stack_offer,
-)
+from media.core.sdp import Direction, check_offer, stack_offer
+from media.core.trickle import TrickleCandidate, is_ice_restart, parse_trickle_fragment
 from media.errors import HarkError, InvalidOffer, InvalidTrickle, OfferTooLarge, UnsupportedOffer
 
 FINGERPRINT = (
@@ -193,6 +187,13 @@ OFFER_ERRORS: list[tuple[str, str, Direction, type[HarkError], str]] = [
         "publish",
         InvalidOffer,
         "line 4 is not of the form x=value: 'this is not sdp'",
+    ),
+    (
+        "a carriage return inside a line (aiortc would split the line there)",
+        edit("a=extmap:1 ", "a=extmap\r1 "),
+        "publish",
+        InvalidOffer,
+        r"line \d+ has a line break inside it \(SDP lines end with CRLF\): 'a=extmap\\r1 ",
     ),
     (
         "a long bad line is quoted truncated",
@@ -638,6 +639,8 @@ def test_an_ice_restart_is_a_change_of_credentials(
         ("", "trickle fragment is empty"),
         ("  \r\n\r\n", "trickle fragment is empty"),
         ("nonsense", "line 1 is not of the form x=value: 'nonsense'"),
+        ("a=mid:0\ra=candidate:1 1 udp 5 192.0.2.1 9 typ host", "line 1 has a line break inside"),
+        ("a=mid:0\x0ca=end-of-candidates", "line 1 has a line break inside"),
         ("a=mid:0\r\n\r\n a=candidate:1 1 udp 1 192.0.2.1 9 typ host", "line 3 is not of the form"),
         ("a=candidate:1 1 udp 5 192.0.2.1", "line 1: a candidate needs foundation, component"),
         ("a=candidate", "a candidate needs"),
