@@ -105,8 +105,8 @@ async def test_wait_for_ready_fails_precondition_when_the_session_closes() -> No
             )
         )
         # the waiter subscribes to the session's events: it is counted once it is waiting
-        watchers = app.registry.lookup(created.id).watchers
-        await eventually(lambda: len(watchers) == 1, "StartListening is waiting for READY")
+        live = app.sessions.get(created.id)
+        await eventually(lambda: live.watcher_count == 1, "StartListening is waiting for READY")
         await stub.EndSession(pb.EndSessionRequest(session_id=created.id))
         with pytest.raises(grpc.aio.AioRpcError) as closed:
             await waiting
