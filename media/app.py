@@ -4,6 +4,7 @@ stop."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -418,9 +419,8 @@ class HarkApp:
         self._health_dirty.set()
         live = self.sessions.live_count()
         logger.info("draining: %d live sessions, waiting up to %g s", live, timeout)
-        deadline = self.clock.now() + timeout
-        while self.sessions.live_count() and self.clock.now() < deadline:
-            await asyncio.sleep(0.1)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.sessions.wait_all_closed(), timeout)
 
     async def stop(self) -> None:
         """Close every session with SHUTDOWN (watchers are told), then stop the servers."""

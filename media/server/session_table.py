@@ -85,6 +85,7 @@ class SessionTable:
         self._releasing: set[asyncio.Task[None]] = set()
         self._draining = False
         self._shut = False
+        self._a_session_closed = asyncio.Event()
 
     # lifecycle
 
@@ -105,6 +106,12 @@ class SessionTable:
         self._deadlines.clear()
         while self._releasing:
             await asyncio.wait(set(self._releasing))
+
+    async def wait_all_closed(self) -> None:
+        """Return once no session is open (what ``drain`` waits for)."""
+        while self.live_count():
+            self._a_session_closed.clear()
+            await self._a_session_closed.wait()
 
     # admission
 
@@ -328,6 +335,7 @@ class SessionTable:
                 live.log.debug("r%d %s", event.revision, event.payload.state.name)
                 closed = closed or event.payload.state is SessionState.CLOSED
         if closed:
+            self._a_session_closed.set()
             self._release(live)
         self._schedule(live)
 
