@@ -45,6 +45,18 @@ class PublisherConnection(Protocol):
     async def close(self) -> None: ...
 
 
+class BoundPlayerEvents:
+    """One player's reports, bound to its session and its id."""
+
+    def __init__(self, live: LiveSession, player_id: str) -> None:
+        self._live = live
+        self._player_id = player_id
+
+    def gone(self, reason: str) -> None:
+        """The player's liveness rule gave up on it, or its connection ended."""
+        self._live.remove_player(self._player_id, reason)
+
+
 class LiveSession:
     """One live session and everything it owns. Runs on the event loop."""
 
@@ -189,9 +201,9 @@ class LiveSession:
         self.log.info("WHEP player %s left (%s)", player_id, reason)
         self._release(player.close(), f"hark-close-player-{player_id}")
 
-    def player_gone(self, player: PlayerPeer, reason: str) -> None:
-        """A player's liveness rule gave up on it, or its connection ended."""
-        self.remove_player(player.id, reason)
+    def player_events(self, player_id: str) -> BoundPlayerEvents:
+        """What player ``player_id``'s peer reports to (rtc's ``PlayerEvents``)."""
+        return BoundPlayerEvents(self, player_id)
 
     # liveness and closing
 

@@ -70,11 +70,13 @@ class WhepHandlers:
             request, "play", max_bytes=self._max_offer_bytes, max_m_lines=self._max_m_lines
         )
         live.check_player_room()
+        player_id = secrets.token_urlsafe(9)
+        events = live.player_events(player_id)
         player = PlayerPeer(
             live.id,
-            secrets.token_urlsafe(9),
+            player_id,
             source,
-            live.player_gone,
+            lambda _, reason: events.gone(reason),
             ice_servers=self._ice_servers,
             media_timeout=self._media_timeout,
             connect_timeout=self._connect_timeout,
