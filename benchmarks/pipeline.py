@@ -4,7 +4,7 @@
 
 1. CPU: for every 20 ms Opus packet of the speech fixture, the floor is PyAV decode + PyAV resample
    to 16 kHz mono + webrtcvad, called alone in a tight loop; Hark is PyAV decode + all the server
-   does per decoded frame (``Registry.audio_decoded``: metrics, session clock, downmix/resample,
+   does per decoded frame (``LiveSession.audio_decoded``: metrics, session clock, downmix/resample,
    framing, webrtcvad, segmenter, speech events, a StreamAudio subscriber). Both run in the same
    process, interleaved pass by pass; the median pass is reported, with the ratio.
 2. Onset latency: a real server on loopback, aiortc publishers sending the fixture without
@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from media.audio.speech_pipeline import AudioMode  # noqa: E402
 from media.core.clock import Clock  # noqa: E402
 from media.core.session import Origin, Timeouts  # noqa: E402
-from media.server.session_table import Registry  # noqa: E402
+from media.server.session_table import SessionTable  # noqa: E402
 from tests.support import FIXTURES, SPEECH, truth  # noqa: E402
 
 
@@ -58,21 +58,26 @@ def floor_pass(packets: list[av.Packet]) -> float:
 
 def hark_pass(packets: list[av.Packet]) -> float:
     """Decode, then everything the server does per frame: metrics, session, pipeline, events."""
+    return asyncio.run(_hark_pass(packets))
+
+
+async def _hark_pass(packets: list[av.Packet]) -> float:
     decoder = av.CodecContext.create("opus", "r")
-    registry = Registry(Clock(), timeouts=Timeouts(), closed_retention=60, max_sessions=10)
-    entry = registry.create(Origin.WHIP)
-    sid = entry.session.id
-    entry.session.publisher_attached(0.0)
-    entry.audio.subscribe(AudioMode.SPEECH, 0)
+    sessions = SessionTable(Clock(), timeouts=Timeouts(), closed_retention=60, max_sessions=10)
+    live = sessions.create(Origin.WHIP)
+    live.session.publisher_attached(0.0)
+    live.pipeline.subscribe(AudioMode.SPEECH, 0)
     first = True
     start = time.perf_counter()
     for packet in packets:
         for frame in decoder.decode(packet):
-            registry.audio_decoded(sid, frame)
+            live.audio_decoded(frame)
             if first:
-                registry.start_listening(sid)
+                live.start_listening()
                 first = False
-    return time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    await sessions.shutdown()
+    return elapsed
 
 
 def cpu(passes: int) -> dict[str, float]:
@@ -160,7 +165,7 @@ def main() -> None:
     ratio = result["hark_us"] / result["floor_us"]
     print(f"fixture: {result['frames']:.0f} Opus packets of 20 ms ({FIXTURES.name}/speech.ogg)")
     print(f"floor (PyAV decode + resample + webrtcvad): {result['floor_us']:.1f} us per 20 ms")
-    print(f"hark  (PyAV decode + Registry.audio_decoded): {result['hark_us']:.1f} us per 20 ms")
+    print(f"hark  (PyAV decode + LiveSession.audio_decoded): {result['hark_us']:.1f} us per 20 ms")
     print(f"ratio: {ratio:.2f}x (target <= 1.5x)")
 
     import logging

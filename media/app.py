@@ -1,4 +1,5 @@
-"""Composition root: the registry, the HTTP app, the gRPC server and metrics; start, drain, stop."""
+"""Composition root: the session table, the HTTP app, the gRPC server and metrics; start, drain,
+stop."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from media.aio import cancel_and_wait
 from media.config import Config
 from media.core.clock import Clock
 from media.core.events import SessionEvent, SessionState, StateChanged
@@ -31,7 +33,7 @@ from media.rpc.interceptors import BearerAuth, MalformedRequests, RpcMetrics
 from media.rpc.service import SERVICE_NAME, MediaService
 from media.rtc.compat import DecodeErrorCounter, restrict_host_candidates
 from media.rtc.publisher import PublisherPeer
-from media.server.session_table import OVERLOAD_RETRY_AFTER_S, Registry
+from media.server.session_table import OVERLOAD_RETRY_AFTER_S, SessionTable
 from media.v1 import media_pb2_grpc
 from media.web.connection_limit import ConnectionLimit
 from media.web.error_responses import ClientProtocolErrors
@@ -96,7 +98,7 @@ class HarkApp:
         self.clock = Clock()
         self.metrics = Metrics()
         self.metrics.max_sessions.set(config.max_sessions)
-        self.registry = Registry(
+        self.sessions = SessionTable(
             self.clock,
             timeouts=Timeouts(config.ready_timeout, config.media_timeout, config.session_ttl),
             closed_retention=config.closed_retention,
@@ -109,9 +111,9 @@ class HarkApp:
             max_playback_queue_ms=int(config.max_playback_queue_s * 1000),
             governor=LoadGovernor(config.max_loop_lag_ms / 1000),
         )
-        self.metrics.watch_sessions(lambda: (e.session for e in self.registry.entries()))
+        self.metrics.watch_sessions(lambda: (live.session for live in self.sessions.all()))
         self.metrics.watch_playback_queues(
-            lambda: (e.voice.queue for e in self.registry.entries() if not e.session.closed)
+            lambda: (live.voice.queue for live in self.sessions.all() if not live.closed)
         )
         self.http_port = 0
         self.grpc_port = 0
@@ -144,9 +146,9 @@ class HarkApp:
     def ready(self) -> bool:
         """Takes new sessions: not draining, below --max-sessions, not overloaded."""
         return (
-            not self.registry.draining
-            and self.registry.live_count() < self.config.max_sessions
-            and not self.registry.governor.overloaded
+            not self.sessions.draining
+            and self.sessions.live_count() < self.config.max_sessions
+            and not self.sessions.governor.overloaded
         )
 
     # HTTP
@@ -163,7 +165,7 @@ class HarkApp:
         app[BODY_TIMEOUT] = self.config.http_body_timeout
         app.on_response_prepare.append(cors_on_prepare(self.config.effective_cors_origins))
         whip = WhipHandlers(
-            self.registry,
+            self.sessions,
             server_token=self.config.token,
             ice_servers=self.config.ice_servers,
             base_url=lambda: self.base_url,
@@ -176,7 +178,7 @@ class HarkApp:
             route.resource for route in app.router.routes() if route.method == "POST"
         }
         WhepHandlers(
-            self.registry,
+            self.sessions,
             authorize=whip.authorize_session,
             ice_servers=self.config.ice_servers,
             media_timeout=self.config.player_timeout,
@@ -185,7 +187,7 @@ class HarkApp:
             max_m_lines=self.config.max_m_lines,
         ).add_routes(app)
         SessionEventsHandlers(
-            self.registry,
+            self.sessions,
             authorize=whip.authorize_session,
             base_url=lambda: self.base_url,
             heartbeat_interval=self.config.heartbeat_interval,
@@ -207,16 +209,16 @@ class HarkApp:
         return web.Response(text="ok\n")
 
     async def _readyz(self, request: web.Request) -> web.Response:
-        if self.registry.draining:
+        if self.sessions.draining:
             return web.Response(status=503, text="draining\n", headers={"Retry-After": "5"})
-        live = self.registry.live_count()
+        live = self.sessions.live_count()
         if live >= self.config.max_sessions:
             text = (
                 f"at capacity: {live} live sessions (--max-sessions {self.config.max_sessions})\n"
             )
             return web.Response(status=503, text=text, headers={"Retry-After": "2"})
-        if self.registry.governor.overloaded:
-            text = self.registry.overload_detail() + "\n"
+        if self.sessions.governor.overloaded:
+            text = self.sessions.overload_detail() + "\n"
             retry_after = str(OVERLOAD_RETRY_AFTER_S)
             return web.Response(status=503, text=text, headers={"Retry-After": retry_after})
         return web.Response(text="ready\n")
@@ -233,9 +235,9 @@ class HarkApp:
 
     async def _read_received_traffic(self) -> None:
         readings: dict[str, tuple[int, int]] = {}
-        for entry in list(self.registry.entries()):
-            if isinstance(entry.media, PublisherPeer):
-                readings[entry.session.id] = await entry.media.received()
+        for live in list(self.sessions.all()):
+            if isinstance(live.publisher, PublisherPeer):
+                readings[live.id] = await live.publisher.received()
         self.metrics.received.update(readings)
 
     async def _metrics(self, request: web.Request) -> web.Response:
@@ -295,7 +297,7 @@ class HarkApp:
         interceptors.append(MalformedRequests())  # innermost: after auth, before decoding
         server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
         service = MediaService(
-            self.registry,
+            self.sessions,
             base_url=lambda: self.base_url,
             heartbeat_interval=self.config.heartbeat_interval,
         )
@@ -344,12 +346,12 @@ class HarkApp:
             self._health_dirty.set()
 
     def _on_loop_lag(self, lag_s: float) -> None:
-        governor = self.registry.governor
+        governor = self.sessions.governor
         now = self.clock.now()
         if governor.observe(now, lag_s):
             self._health_dirty.set()
             if governor.overloaded:
-                logger.warning("%s", self.registry.overload_detail())
+                logger.warning("%s", self.sessions.overload_detail())
             else:
                 logger.warning("load back under --max-loop-lag-ms: taking new sessions again")
         self.metrics.overloaded.set(governor.overloaded)
@@ -380,8 +382,7 @@ class HarkApp:
             restrict_host_candidates(self.config.ice_addresses)
         logging.getLogger("aiortc.rtcrtpreceiver").addFilter(self._decode_errors)
         logging.getLogger("aiohttp.server").addFilter(self._protocol_errors)
-        self.registry.start()
-        self.registry.observers.append(self._on_event)
+        self.sessions.observers.append(self._on_event)
         self.http_port = await self._serve_http(self.build_http_app(), self.config.http_port)
         if self.config.metrics_port is not None:
             metrics_app = web.Application()
@@ -416,25 +417,20 @@ class HarkApp:
     async def drain(self, timeout: float | None = None) -> None:
         """Refuse new sessions, report not ready, and wait for live sessions to end or time out."""
         timeout = self.config.drain_timeout if timeout is None else timeout
-        self.registry.drain()
+        self.sessions.drain()
         self._health_dirty.set()
-        live = self.registry.live_count()
+        live = self.sessions.live_count()
         logger.info("draining: %d live sessions, waiting up to %g s", live, timeout)
-        deadline = asyncio.get_running_loop().time() + timeout
-        while self.registry.live_count() and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.1)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.sessions.wait_all_closed(), timeout)
 
     async def stop(self) -> None:
         """Close every session with SHUTDOWN (watchers are told), then stop the servers."""
-        self.registry.drain()
+        self.sessions.drain()
         for name in ("", SERVICE_NAME):
             await self._health.set(name, NOT_SERVING)
-        await self.registry.shutdown()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self.sessions.shutdown()
+        await cancel_and_wait(*self._tasks)
         self._tasks = []
         if self._grpc is not None:
             await self._grpc.stop(grace=2.0)

@@ -83,6 +83,7 @@ class Session:
         self.close_detail = ""
         self._connecting_time: float | None = None
         self._last_media_time: float | None = None
+        self._stall_credit = 0.0
         self._log: deque[SessionEvent] = deque(maxlen=retain_events)
         self._emit(now, StateChanged(SessionState.NEW, None))
 
@@ -113,11 +114,11 @@ class Session:
 
     def media_received(self, now: float) -> None:
         """RTP arrived; keeps the session from ``MEDIA_TIMEOUT``."""
-        self._last_media_time = now
+        self._media_arrived(now)
 
     def audio_decoded(self, now: float) -> list[SessionEvent]:
         """An audio frame was decoded; the first one makes the session READY."""
-        self._last_media_time = now
+        self._media_arrived(now)
         if self.state in (SessionState.READY, SessionState.CLOSED, SessionState.NEW):
             return []
         events = self.transport_connected(now)
@@ -159,13 +160,34 @@ class Session:
         self.close_detail = detail
         return [self._emit(now, StateChanged(SessionState.CLOSED, previous, reason, detail))]
 
+    def next_deadline(self) -> float | None:
+        """When a timeout may next run out (ask ``handle_timer`` then); ``None`` once closed."""
+        t = self.timeouts
+        if self.state is SessionState.NEW:
+            return self.created_time + t.session_ttl
+        if self.state in (SessionState.CONNECTING, SessionState.CONNECTED):
+            assert self._connecting_time is not None
+            return self._connecting_time + t.ready
+        if self.state is SessionState.READY:
+            assert self._last_media_time is not None
+            return self._last_media_time + t.media + self._stall_credit
+        return None
+
+    def handle_timer(
+        self, now: float, loop_stalled: Callable[[float], float] | None = None
+    ) -> list[SessionEvent]:
+        """Close the session if a timeout has run out at ``now`` (see ``due_timeout``)."""
+        due = self.due_timeout(now, loop_stalled)
+        return [] if due is None else self.close(*due, now)
+
     def due_timeout(
         self, now: float, loop_stalled: Callable[[float], float] | None = None
     ) -> tuple[CloseReason, str] | None:
         """The timeout that has run out at ``now``, with a detail for people, if any.
 
         ``loop_stalled(since)`` says how long the server itself was stalled after ``since``; that
-        time does not count towards ``MEDIA_TIMEOUT``, since the media may have been waiting.
+        time does not count towards ``MEDIA_TIMEOUT``, since the media may have been waiting, and
+        it moves ``next_deadline`` on by as much until media arrives again.
         """
         t = self.timeouts
         if self.state is SessionState.NEW and now - self.created_time >= t.session_ttl:
@@ -181,7 +203,8 @@ class Session:
             assert self._last_media_time is not None
             silent = now - self._last_media_time
             if silent >= t.media and loop_stalled is not None:
-                silent -= loop_stalled(self._last_media_time)
+                self._stall_credit = loop_stalled(self._last_media_time)
+                silent -= self._stall_credit
             if silent >= t.media:
                 return CloseReason.MEDIA_TIMEOUT, f"no RTP received for {t.media:g} s"
         return None
@@ -209,6 +232,10 @@ class Session:
             close_detail=self.close_detail,
             metadata=self.metadata,
         )
+
+    def _media_arrived(self, now: float) -> None:
+        self._last_media_time = now
+        self._stall_credit = 0.0
 
     def _check_open(self) -> None:
         if self.closed:

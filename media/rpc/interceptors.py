@@ -15,7 +15,7 @@ import grpc
 from media.errors import HarkError, MalformedRequest, Unauthorized
 from media.metrics import Metrics
 from media.rpc.error_status import abort_with
-from media.server.session_table import tokens_match
+from media.server.auth import tokens_match
 
 logger = logging.getLogger(__name__)
 

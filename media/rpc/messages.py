@@ -19,7 +19,7 @@ from media.core.events import (
 )
 from media.core.session import SessionSnapshot
 from media.errors import ERROR_DOMAIN, HarkError
-from media.server.session_table import SnapshotItem, WatchItem
+from media.server.watch import SnapshotItem, WatchItem
 from media.v1 import media_pb2 as pb
 
 

@@ -11,30 +11,30 @@ from typing import Any, Final
 
 import grpc
 
+from media.aio import cancel_and_wait
 from media.audio.pcm import PcmConverter
 from media.audio.speech_pipeline import (
     STREAM_ENDED,
     AudioMode,
 )
-from media.core.events import CloseReason, InterruptReason, SessionEvent, SessionState
+from media.core.events import CloseReason, InterruptReason
 from media.core.playback_queue import RATE, Playback, PlaybackMode, check_playback_id
 from media.core.segmenter import SegmenterConfig
 from media.core.session import Origin, SessionSnapshot
 from media.errors import (
     HarkError,
     InvalidRequest,
-    ReadyDeadlineExceeded,
 )
 from media.rpc.error_status import streaming, unary
 from media.rpc.messages import (
     chunk_pb,
     event_pb,
-    is_closed_event,
     session_pb,
     timestamp,
 )
 from media.rtc.agent_voice import AgentVoice
-from media.server.session_table import END, Registry, SnapshotItem
+from media.server.session_table import SessionTable
+from media.server.watch import SnapshotItem
 from media.v1 import media_pb2 as pb
 from media.v1 import media_pb2_grpc
 
@@ -138,9 +138,9 @@ def _check_metadata(metadata: Mapping[str, str]) -> None:
 
 class MediaService(media_pb2_grpc.MediaServiceServicer):
     def __init__(
-        self, registry: Registry, *, base_url: Callable[[], str], heartbeat_interval: float
+        self, sessions: SessionTable, *, base_url: Callable[[], str], heartbeat_interval: float
     ) -> None:
-        self._registry = registry
+        self._sessions = sessions
         self._base_url = base_url
         self._heartbeat = heartbeat_interval
 
@@ -159,29 +159,29 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
             raise InvalidRequest(
                 f"ttl_seconds must be 0..{MAX_TTL_S:g}, got {request.ttl_seconds}", "ttl_seconds"
             )
-        entry = self._registry.create(
+        live = self._sessions.create(
             Origin.API,
             metadata=dict(request.metadata),
             ttl=request.ttl_seconds or None,
             with_token=True,
         )
-        snap = entry.session.snapshot()
-        return session_pb(snap, self.whip_url(snap.id), token=entry.token)
+        snap = live.snapshot()
+        return session_pb(snap, self.whip_url(snap.id), token=live.token)
 
     @unary
     async def GetSession(
         self, request: pb.GetSessionRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.Session:
-        return self._pb(self._registry.lookup(_session_id(request)).session.snapshot())
+        return self._pb(self._sessions.get(_session_id(request)).snapshot())
 
     @unary
     async def ListSessions(
         self, request: pb.ListSessionsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListSessionsResponse:
         sessions = [
-            self._pb(e.session.snapshot())
-            for e in self._registry.entries()
-            if request.include_closed or not e.session.closed
+            self._pb(live.snapshot())
+            for live in self._sessions.all()
+            if request.include_closed or not live.closed
         ]
         return pb.ListSessionsResponse(sessions=sessions)
 
@@ -190,29 +190,30 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
         self, request: pb.EndSessionRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.Session:
         detail = request.detail[:256] or "ended through the API"
-        return self._pb(self._registry.close(_session_id(request), CloseReason.API_END, detail))
+        return self._pb(self._sessions.close(_session_id(request), CloseReason.API_END, detail))
 
     @unary
     async def StartListening(
         self, request: pb.StartListeningRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.Session:
         session_id = _session_id(request)
-        session = self._registry.lookup(session_id).session
-        segmenter, aggressiveness = vad_overrides(request.vad, self._registry.speech.segmenter)
-        if request.wait_for_ready and session.state is not SessionState.READY:
-            remaining = context.time_remaining()
-            timeout = None if remaining is None else max(0.0, remaining - 0.05)
-            try:
-                await asyncio.wait_for(self._registry.wait_ready(session_id), timeout)
-            except TimeoutError as exc:
-                raise ReadyDeadlineExceeded(session_id, session.state.name) from exc
-        return self._pb(self._registry.start_listening(session_id, segmenter, aggressiveness))
+        self._sessions.get(session_id)
+        segmenter, aggressiveness = vad_overrides(request.vad, self._sessions.speech.segmenter)
+        remaining = context.time_remaining()
+        snapshot = await self._sessions.start_listening(
+            session_id,
+            wait=request.wait_for_ready,
+            wait_limit=None if remaining is None else max(0.0, remaining - 0.05),
+            segmenter=segmenter,
+            aggressiveness=aggressiveness,
+        )
+        return self._pb(snapshot)
 
     @unary
     async def StopListening(
         self, request: pb.StopListeningRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.Session:
-        return self._pb(self._registry.stop_listening(_session_id(request)))
+        return self._pb(self._sessions.stop_listening(_session_id(request)))
 
     @streaming
     async def WatchSession(
@@ -220,53 +221,26 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
     ) -> AsyncIterator[pb.SessionEvent]:
         session_id = _session_id(request)
         whip_url = self.whip_url(session_id)
-        initial, sub = self._registry.subscribe(session_id, request.since_revision)
-        gauge = self._registry.metrics.watch_streams
-        gauge.inc()
-        try:
-            for item in initial:
-                yield event_pb(item, whip_url)
-            if sub is None:
-                return
-            while True:
-                event = await sub.get(self._heartbeat)
-                if event is END:
-                    return
-                if event is None:
-                    yield self._heartbeat_pb(session_id, sub.delivered_revision)
-                    continue
-                assert isinstance(event, SessionEvent)
-                yield event_pb(event, whip_url)
-                if is_closed_event(event):
-                    return
-        finally:
-            gauge.dec()
-            if sub is not None:
-                self._registry.unsubscribe(session_id, sub)
+        since = request.since_revision
+        with self._sessions.watch(session_id, since, heartbeat_s=self._heartbeat) as watch:
+            async for item in watch:
+                if item is None:
+                    yield self._heartbeat_pb(session_id, watch.delivered_revision)
+                else:
+                    yield event_pb(item, whip_url)
 
     @streaming
     async def WatchSessions(
         self, request: pb.WatchSessionsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.SessionEvent]:
-        initial, sub = self._registry.subscribe_all(request.include_closed)
-        gauge = self._registry.metrics.watch_streams
-        gauge.inc()
-        try:
-            for item in initial:
-                sid = item.snapshot.id if isinstance(item, SnapshotItem) else item.session_id
-                yield event_pb(item, self.whip_url(sid))
-            while True:
-                event = await sub.get(self._heartbeat)
-                if event is END:
-                    return
-                if event is None:
+        include_closed = request.include_closed
+        with self._sessions.watch_all(include_closed, heartbeat_s=self._heartbeat) as watch:
+            async for item in watch:
+                if item is None:
                     yield self._heartbeat_pb("", 0)
                     continue
-                assert isinstance(event, SessionEvent)
-                yield event_pb(event, self.whip_url(event.session_id))
-        finally:
-            gauge.dec()
-            self._registry.unsubscribe_all(sub)
+                sid = item.snapshot.id if isinstance(item, SnapshotItem) else item.session_id
+                yield event_pb(item, self.whip_url(sid))
 
     @streaming
     async def StreamAudio(
@@ -283,12 +257,12 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
                 f"sample_rate must be 0 or one of {rates}, got {request.sample_rate}",
                 "sample_rate",
             )
-        pipeline = self._registry.lookup_open(session_id).audio
+        pipeline = self._sessions.get_open(session_id).pipeline
         subscriber = pipeline.subscribe(
             AudioMode(request.mode or AudioMode.SPEECH), request.sample_rate
         )
         sequence = 0
-        gauge = self._registry.metrics.audio_subscribers
+        gauge = self._sessions.metrics.audio_subscribers
         gauge.inc()
         try:
             while (item := await subscriber.get()) is not STREAM_ENDED:
@@ -338,7 +312,7 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
             raise InvalidRequest(str(exc), "start.playback_id") from exc
         interrupt = start.interrupt_on_speech if start.HasField("interrupt_on_speech") else True
         converter = PcmConverter(start.sample_rate, channels, RATE)
-        voice = self._registry.lookup_open(session_id).voice
+        voice = self._sessions.get_open(session_id).voice
         playback = voice.begin(
             PlaybackMode(start.mode or PlaybackMode.ENQUEUE), interrupt, start.playback_id
         )
@@ -354,9 +328,7 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
                     voice.fail(playback)  # the caller hears its error, the user nothing more
                     raise
         finally:
-            for task in (reading, ended):
-                task.cancel()
-            await asyncio.gather(reading, ended, return_exceptions=True)
+            await cancel_and_wait(reading, ended)
             voice.end_input(playback)
         result = await voice.wait_result(playback)
         return pb.PlayAudioResponse(
@@ -370,13 +342,13 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
     async def StopPlayback(
         self, request: pb.StopPlaybackRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.StopPlaybackResponse:
-        voice = self._registry.lookup_open(_session_id(request)).voice
+        voice = self._sessions.get_open(_session_id(request)).voice
         return pb.StopPlaybackResponse(playback_ids=voice.interrupt(InterruptReason.STOP_PLAYBACK))
 
     def _heartbeat_pb(self, session_id: str, revision: int) -> pb.SessionEvent:
         return pb.SessionEvent(
             session_id=session_id,
             revision=revision,
-            time=timestamp(self._registry.clock.now()),
+            time=timestamp(self._sessions.clock.now()),
             heartbeat=pb.Heartbeat(),
         )

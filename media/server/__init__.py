@@ -1,1 +1,1 @@
-"""Live sessions: the session table, watch subscriptions, auth."""
+"""Live sessions: LiveSession (one per session), the session table, watch streams, auth."""

@@ -7,7 +7,6 @@ mapping), with the SSE ``id:`` set to the revision so ``Last-Event-ID`` resumes 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Callable
@@ -16,10 +15,13 @@ from typing import Final, Protocol
 from aiohttp import web
 from google.protobuf import json_format
 
-from media.core.events import SessionEvent, SessionState
-from media.errors import InvalidRequest, NotReady, SubscriberTooSlow
-from media.rpc.messages import event_pb, is_closed_event, session_pb
-from media.server.session_table import END, Entry, Registry, WatchItem
+from media.core.events import SessionEvent
+from media.errors import InvalidRequest, NotReady, ReadyDeadlineExceeded, SubscriberTooSlow
+from media.logs import session_logger
+from media.rpc.messages import event_pb, session_pb
+from media.server.live_session import LiveSession
+from media.server.session_table import SessionTable
+from media.server.watch import WatchItem
 from media.web.middleware import preflight
 from media.web.request_bodies import read_text_body, require_content_type
 
@@ -30,21 +32,21 @@ MAX_LAST_EVENT_ID: Final = 2**63
 
 class Authorize(Protocol):
     def __call__(
-        self, request: web.Request, entry: Entry, *, query_token: bool = False
+        self, request: web.Request, live: LiveSession, *, query_token: bool = False
     ) -> None: ...
 
 
 class SessionEventsHandlers:
     def __init__(
         self,
-        registry: Registry,
+        sessions: SessionTable,
         *,
         authorize: Authorize,
         base_url: Callable[[], str],
         heartbeat_interval: float,
         wait_limit: float,
     ) -> None:
-        self._registry = registry
+        self._sessions = sessions
         self._authorize = authorize
         self._base_url = base_url
         self._heartbeat = heartbeat_interval
@@ -63,12 +65,10 @@ class SessionEventsHandlers:
         return f"{self._base_url()}/whip/{session_id}"
 
     async def events(self, request: web.Request) -> web.StreamResponse:
-        entry = self._registry.lookup(request.match_info["id"])
-        self._authorize(request, entry, query_token=True)
-        session_id = entry.session.id
-        initial, sub = self._registry.subscribe(session_id, _since_revision(request))
-        gauge = self._registry.metrics.watch_streams
-        gauge.inc()
+        live = self._sessions.get(request.match_info["id"])
+        self._authorize(request, live, query_token=True)
+        log = session_logger(logger, live.id)
+        since_revision = _since_revision(request)
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -76,30 +76,19 @@ class SessionEventsHandlers:
                 "X-Accel-Buffering": "no",
             }
         )
-        try:
-            await response.prepare(request)
-            for item in initial:
-                await self._send(response, item)
-            while sub is not None:
-                event = await sub.get(self._heartbeat)
-                if event is END:
-                    break
-                if event is None:
-                    await response.write(b": heartbeat\n\n")
-                    continue
-                assert isinstance(event, SessionEvent)
-                await self._send(response, event)
-                if is_closed_event(event):
-                    break
-        except (ConnectionResetError, asyncio.CancelledError):
-            logger.debug("session %s: SSE watcher went away", session_id)
-        except SubscriberTooSlow as exc:
-            # EventSource reconnects by itself, sending Last-Event-ID: nothing is lost.
-            logger.info("session %s: SSE watcher ended: %s", session_id, exc)
-        finally:
-            gauge.dec()
-            if sub is not None:
-                self._registry.unsubscribe(session_id, sub)
+        with self._sessions.watch(live.id, since_revision, heartbeat_s=self._heartbeat) as watch:
+            try:
+                await response.prepare(request)
+                async for item in watch:
+                    if item is None:
+                        await response.write(b": heartbeat\n\n")
+                    else:
+                        await self._send(response, item)
+            except ConnectionResetError:
+                log.debug("SSE watcher went away")
+            except SubscriberTooSlow as exc:
+                # EventSource reconnects by itself, sending Last-Event-ID: nothing is lost.
+                log.info("SSE watcher ended: %s", exc)
         return response
 
     async def _send(self, response: web.StreamResponse, item: WatchItem) -> None:
@@ -112,23 +101,22 @@ class SessionEventsHandlers:
         return item.session_id if isinstance(item, SessionEvent) else item.snapshot.id
 
     async def listening(self, request: web.Request) -> web.Response:
-        entry = self._registry.lookup_open(request.match_info["id"])
-        self._authorize(request, entry)
+        live = self._sessions.get_open(request.match_info["id"])
+        self._authorize(request, live)
         require_content_type(request, "application/json")
         listening, wait_for_ready = _listening_request(
             await read_text_body(request, "listening request")
         )
-        session_id = entry.session.id
         if listening:
-            if wait_for_ready and entry.session.state is not SessionState.READY:
-                try:
-                    await asyncio.wait_for(self._registry.wait_ready(session_id), self._wait_limit)
-                except TimeoutError:
-                    raise NotReady(session_id, entry.session.state.name) from None
-            snapshot = self._registry.start_listening(session_id)
+            try:
+                snapshot = await self._sessions.start_listening(
+                    live.id, wait=wait_for_ready, wait_limit=self._wait_limit
+                )
+            except ReadyDeadlineExceeded as exc:
+                raise NotReady(exc.session_id, exc.state) from None
         else:
-            snapshot = self._registry.stop_listening(session_id)
-        body = json_format.MessageToDict(session_pb(snapshot, self._whip_url(session_id)))
+            snapshot = live.stop_listening()
+        body = json_format.MessageToDict(session_pb(snapshot, self._whip_url(live.id)))
         return web.json_response(body)
 
 

@@ -18,7 +18,8 @@ from media.errors import (
     SessionOver,
 )
 from media.rtc.player import PlayerPeer, Source
-from media.server.session_table import Entry, Registry
+from media.server.live_session import LiveSession
+from media.server.session_table import SessionTable
 from media.web.signaling import (
     answer_response,
     check_not_restart,
@@ -30,13 +31,13 @@ from media.web.signaling import (
 
 logger = logging.getLogger(__name__)
 
-Authorize = Callable[[web.Request, Entry], None]
+Authorize = Callable[[web.Request, LiveSession], None]
 
 
 class WhepHandlers:
     def __init__(
         self,
-        registry: Registry,
+        sessions: SessionTable,
         *,
         authorize: Authorize,
         ice_servers: Sequence[IceServer],
@@ -45,7 +46,7 @@ class WhepHandlers:
         max_offer_bytes: int = 65536,
         max_m_lines: int = 4,
     ) -> None:
-        self._registry = registry
+        self._sessions = sessions
         self._authorize = authorize
         self._ice_servers = tuple(ice_servers)
         self._media_timeout = media_timeout
@@ -63,18 +64,20 @@ class WhepHandlers:
         app.router.add_route("OPTIONS", "/whep/{id}/{player}", self.options)
 
     async def play(self, request: web.Request) -> web.Response:
-        entry = self._open_entry(request)
-        self._authorize(request, entry)
+        live = self._open_session(request)
+        self._authorize(request, live)
         source = _source(request)
         offer, summary = await read_offer(
             request, "play", max_bytes=self._max_offer_bytes, max_m_lines=self._max_m_lines
         )
-        self._registry.check_player_room(entry)
+        live.check_player_room()
+        player_id = secrets.token_urlsafe(9)
+        events = live.player_events(player_id)
         player = PlayerPeer(
-            entry.session.id,
-            secrets.token_urlsafe(9),
+            live.id,
+            player_id,
             source,
-            self._registry.player_gone,
+            lambda _, reason: events.gone(reason),
             ice_servers=self._ice_servers,
             media_timeout=self._media_timeout,
             connect_timeout=self._connect_timeout,
@@ -83,15 +86,15 @@ class WhepHandlers:
         player.etag = new_etag()
         try:
             answer = await player.negotiate(offer)
-            self._registry.add_player(self._open_entry(request), player)
+            self._open_session(request).add_player(player)
         except BaseException:
             await player.close()
             raise
-        location = f"/whep/{entry.session.id}/{player.id}"
+        location = f"/whep/{live.id}/{player.id}"
         return answer_response(answer, location, player.etag, self._ice_servers)
 
     async def trickle(self, request: web.Request) -> web.Response:
-        entry, player = self._player(request)
+        _, player = self._player(request)
         fragment = await read_trickle(
             request,
             etag=player.etag,
@@ -103,12 +106,12 @@ class WhepHandlers:
         return web.Response(status=204)
 
     async def delete(self, request: web.Request) -> web.Response:
-        entry, player = self._player(request)
-        self._registry.remove_player(entry.session.id, player.id, "DELETE")
+        live, player = self._player(request)
+        live.remove_player(player.id, "DELETE")
         return web.Response(status=200)
 
     async def get_endpoint(self, request: web.Request) -> web.Response:
-        self._open_entry(request)
+        self._open_session(request)
         return web.Response(status=204)
 
     async def get_player(self, request: web.Request) -> web.Response:
@@ -118,20 +121,20 @@ class WhepHandlers:
     async def options(self, request: web.Request) -> web.Response:
         return options_response(self._ice_servers, resource="player" in request.match_info)
 
-    def _open_entry(self, request: web.Request) -> Entry:
+    def _open_session(self, request: web.Request) -> LiveSession:
         try:
-            return self._registry.lookup_open(request.match_info["id"])
+            return self._sessions.get_open(request.match_info["id"])
         except SessionClosed as exc:
             raise SessionOver(f"{exc}; a player can only join a live session") from exc
 
-    def _player(self, request: web.Request) -> tuple[Entry, PlayerPeer]:
+    def _player(self, request: web.Request) -> tuple[LiveSession, PlayerPeer]:
         """The player a request names, once its session's token is checked."""
-        entry = self._registry.lookup(request.match_info["id"])
-        self._authorize(request, entry)
-        player = entry.players.get(request.match_info["player"])
+        live = self._sessions.get(request.match_info["id"])
+        self._authorize(request, live)
+        player = live.players.get(request.match_info["player"])
         if player is None:
-            raise PlayerNotFound(entry.session.id, request.match_info["player"])
-        return entry, player
+            raise PlayerNotFound(live.id, request.match_info["player"])
+        return live, player
 
 
 def _source(request: web.Request) -> Source:

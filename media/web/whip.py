@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from aiohttp import web
+from av import AudioFrame
 
 from media.config import IceServer
 from media.core.events import CloseReason, SessionState
@@ -15,8 +16,11 @@ from media.core.sdp import OfferSummary
 from media.core.session import Origin
 from media.errors import PublisherExists, SessionConflict, Unauthorized
 from media.logs import session_logger
+from media.metrics import Metrics
 from media.rtc.publisher import PublisherPeer
-from media.server.session_table import Entry, Registry, new_session_id, tokens_match
+from media.server.auth import new_session_id, tokens_match
+from media.server.live_session import LiveSession
+from media.server.session_table import SessionTable
 from media.web.request_bodies import bearer_token
 from media.web.signaling import (
     answer_response,
@@ -33,7 +37,7 @@ logger = logging.getLogger(__name__)
 class WhipHandlers:
     def __init__(
         self,
-        registry: Registry,
+        sessions: SessionTable,
         *,
         server_token: str | None,
         ice_servers: Sequence[IceServer],
@@ -45,7 +49,7 @@ class WhipHandlers:
         self._jitter_frames = jitter_frames
         self._max_offer_bytes = max_offer_bytes
         self._max_m_lines = max_m_lines
-        self._registry = registry
+        self._sessions = sessions
         self._token = server_token
         self._ice_servers = tuple(ice_servers)
         self._base_url = base_url
@@ -72,7 +76,7 @@ class WhipHandlers:
             raise Unauthorized("wrong bearer token")
 
     def authorize_session(
-        self, request: web.Request, entry: Entry, *, query_token: bool = False
+        self, request: web.Request, live: LiveSession, *, query_token: bool = False
     ) -> None:
         """The server token or the session's own token; none needed when neither exists.
 
@@ -81,57 +85,60 @@ class WhipHandlers:
         given = bearer_token(request)
         if given is None and query_token:
             given = request.query.get("token") or None
-        if self._token is None and entry.token is None:
+        if self._token is None and live.token is None:
             return
-        if tokens_match(given, self._token) or tokens_match(given, entry.token):
+        if tokens_match(given, self._token) or tokens_match(given, live.token):
             return
         if given is None:
             raise Unauthorized("missing bearer token: send Authorization: Bearer <token>")
-        raise Unauthorized(f"wrong bearer token for session {entry.session.id!r}")
+        raise Unauthorized(f"wrong bearer token for session {live.id!r}")
 
     # handlers
 
     async def publish(self, request: web.Request) -> web.Response:
         self.authorize_server(request)
-        self._registry.check_capacity()
+        self._sessions.check_capacity()
         offer = await self._read_offer(request)
-        peer, answer = await self._negotiate(new_session_id(), offer)
+        bound = _BoundEvents(self._sessions.metrics)
+        peer, answer = await self._negotiate(new_session_id(), offer, bound)
         try:
-            entry = self._registry.create(Origin.WHIP, session_id=peer.session_id)
-            self._registry.attach_publisher(entry, peer, new_etag())
+            live = self._sessions.create(Origin.WHIP, session_id=peer.session_id)
+            bound.live = live
+            live.attach_publisher(peer, new_etag())
         except BaseException:
             await peer.close()
             raise
-        return self._created(entry, answer)
+        return self._created(live, answer)
 
     async def publish_precreated(self, request: web.Request) -> web.Response:
-        entry = self._registry.lookup_open(request.match_info["id"])
-        self.authorize_session(request, entry)
-        self._check_no_publisher(entry)
+        live = self._sessions.get_open(request.match_info["id"])
+        self.authorize_session(request, live)
+        self._check_no_publisher(live)
         offer = await self._read_offer(request)
-        peer, answer = await self._negotiate(entry.session.id, offer)
+        peer, answer = await self._negotiate(
+            live.id, offer, _BoundEvents(self._sessions.metrics, live)
+        )
         try:
-            self._check_no_publisher(entry)
-            self._registry.attach_publisher(entry, peer, new_etag())
+            self._check_no_publisher(live)
+            live.attach_publisher(peer, new_etag())
         except BaseException:
             await peer.close()
             raise
-        return self._created(entry, answer)
+        return self._created(live, answer)
 
     async def trickle(self, request: web.Request) -> web.Response:
-        entry = self._registry.lookup_open(request.match_info["id"])
-        self.authorize_session(request, entry)
-        peer = entry.media
+        live = self._sessions.get_open(request.match_info["id"])
+        self.authorize_session(request, live)
+        peer = live.publisher
         fragment = await read_trickle(
             request,
-            etag=entry.etag,
-            resource=f"session {entry.session.id!r}",
+            etag=live.etag,
+            resource=f"session {live.id!r}",
             max_bytes=self._max_offer_bytes,
         )
         if not isinstance(peer, PublisherPeer):
             raise SessionConflict(
-                f"session {entry.session.id!r} has no publisher to trickle to "
-                f"({entry.session.state.name})"
+                f"session {live.id!r} has no publisher to trickle to ({live.session.state.name})"
             )
         check_not_restart(
             fragment, peer.remote_ice, "DELETE this session and publish again with POST /whip"
@@ -140,16 +147,16 @@ class WhipHandlers:
         return web.Response(status=204)
 
     async def delete(self, request: web.Request) -> web.Response:
-        entry = self._registry.lookup_open(request.match_info["id"])
-        self.authorize_session(request, entry)
-        self._registry.close(entry.session.id, CloseReason.CLIENT_DELETE, "publisher sent DELETE")
+        live = self._sessions.get_open(request.match_info["id"])
+        self.authorize_session(request, live)
+        live.close(CloseReason.CLIENT_DELETE, "publisher sent DELETE")
         return web.Response(status=200)
 
     async def get_endpoint(self, request: web.Request) -> web.Response:
         return web.Response(status=204)
 
     async def get_resource(self, request: web.Request) -> web.Response:
-        self._registry.lookup_open(request.match_info["id"])
+        self._sessions.get_open(request.match_info["id"])
         return web.Response(status=204)
 
     async def options(self, request: web.Request) -> web.Response:
@@ -163,12 +170,12 @@ class WhipHandlers:
         )
 
     async def _negotiate(
-        self, session_id: str, offer: tuple[str, OfferSummary]
+        self, session_id: str, offer: tuple[str, OfferSummary], events: _BoundEvents
     ) -> tuple[PublisherPeer, str]:
         sdp, summary = offer
         peer = PublisherPeer(
             session_id,
-            self._registry,
+            events,
             self._ice_servers,
             self._jitter_frames,
             opus_payload_type=summary.opus_payload_type,
@@ -181,14 +188,52 @@ class WhipHandlers:
             raise
         return peer, answer
 
-    def _check_no_publisher(self, entry: Entry) -> None:
-        if entry.session.state is not SessionState.NEW:
+    def _check_no_publisher(self, live: LiveSession) -> None:
+        if live.session.state is not SessionState.NEW:
             raise PublisherExists(
-                f"session {entry.session.id!r} already has a publisher "
-                f"({entry.session.state.name}); DELETE it first or create a new session"
+                f"session {live.id!r} already has a publisher "
+                f"({live.session.state.name}); DELETE it first or create a new session"
             )
 
-    def _created(self, entry: Entry, answer: str) -> web.Response:
-        session_logger(logger, entry.session.id).info("publisher accepted")
-        location = f"/whip/{entry.session.id}"
-        return answer_response(answer, location, entry.etag, self._ice_servers)
+    def _created(self, live: LiveSession, answer: str) -> web.Response:
+        session_logger(logger, live.id).info("publisher accepted")
+        location = f"/whip/{live.id}"
+        return answer_response(answer, location, live.etag, self._ice_servers)
+
+
+class _BoundEvents:
+    """Today's PublisherPeer reports by session id; this hands its reports to the one
+    LiveSession it belongs to (``live`` is set once the session exists). It goes away when the
+    peer reports to a bound ``PublisherEvents`` itself."""
+
+    def __init__(self, metrics: Metrics, live: LiveSession | None = None) -> None:
+        self.live = live
+        self._metrics = metrics
+
+    def transport_connected(self, session_id: str) -> None:
+        if self.live is not None:
+            self.live.transport_connected()
+
+    def transport_failed(self, session_id: str, detail: str) -> None:
+        if self.live is not None:
+            self.live.transport_failed(detail)
+
+    def internal_error(self, session_id: str, detail: str) -> None:
+        if self.live is not None:
+            self.live.internal_error(detail)
+
+    def media_received(self, session_id: str) -> None:
+        """Decoded audio counts as media arrival (``audio_decoded``)."""
+
+    def rtp_stats(self, session_id: str, lost: int, jitter_s: float) -> None:
+        if lost > 0:
+            self._metrics.rtp_packets_lost.inc(lost)
+        self._metrics.rtp_jitter.observe(jitter_s)
+
+    def audio_decoded(self, session_id: str, frame: AudioFrame) -> None:
+        if self.live is not None:
+            self.live.audio_decoded(frame)
+
+    def opus_received(self, session_id: str, payload: bytes, timestamp: int) -> None:
+        if self.live is not None:
+            self.live.opus_received(payload, timestamp)

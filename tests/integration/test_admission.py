@@ -84,7 +84,7 @@ async def test_an_overloaded_node_refuses_new_sessions_and_keeps_the_ones_it_has
             return int(reply.status)
 
         admitted = await publish(app.base_url)
-        await app.registry.wait_ready(admitted.session_id)
+        await app.sessions.wait_ready(admitted.session_id)
         assert (await readyz(http, app)).status == 200
 
         hog.start()
@@ -124,7 +124,7 @@ async def test_an_overloaded_node_refuses_new_sessions_and_keeps_the_ones_it_has
         await eventually(ready_again, "/readyz 200 once the lag is gone")
         assert await serving() == health_pb2.HealthCheckResponse.SERVING
         newcomer = await publish(app.base_url)
-        await app.registry.wait_ready(newcomer.session_id)
+        await app.sessions.wait_ready(newcomer.session_id)
         refusals = app.metrics.sessions_refused.labels("overloaded")._value.get()
         assert refusals == 2
         for publisher in (admitted, newcomer):
@@ -135,13 +135,13 @@ async def test_an_overloaded_node_refuses_new_sessions_and_keeps_the_ones_it_has
 async def test_a_stalled_loop_does_not_close_live_sessions_as_media_timeout() -> None:
     async with running_server(media_timeout=1.0) as app, grpc_stub(app) as stub:
         publisher = await publish(app.base_url)
-        await app.registry.wait_ready(publisher.session_id)
+        await app.sessions.wait_ready(publisher.session_id)
         asyncio.get_running_loop().call_soon(time.sleep, 2.5)  # the node stalls, not the peer
         await asyncio.sleep(0)
         before = frames_decoded(app)
 
         async def audio_flows() -> bool:
-            return frames_decoded(app) >= before + 100 or not app.registry.live_count()
+            return frames_decoded(app) >= before + 100 or not app.sessions.live_count()
 
         await eventually(audio_flows, "audio flowing again after the stall")
         session = await stub.GetSession(pb.GetSessionRequest(session_id=publisher.session_id))

@@ -73,7 +73,7 @@ async def test_churn_leaves_no_sessions_tasks_threads_or_descriptors() -> None:
 
             async def vanished() -> None:
                 publisher = await publish(app.base_url)
-                await app.registry.wait_ready(publisher.session_id)
+                await app.sessions.wait_ready(publisher.session_id)
                 await publisher.vanish()
 
             async def expired() -> None:
@@ -119,7 +119,7 @@ async def test_churn_leaves_no_sessions_tasks_threads_or_descriptors() -> None:
 
 async def settle(app: HarkApp) -> None:
     """Wait until every session is closed and forgotten, and its media released."""
-    await eventually(lambda: not list(app.registry.entries()), "every session forgotten", 30)
+    await eventually(lambda: not list(app.sessions.all()), "every session forgotten", 30)
     await eventually(lambda: not peer_tasks(), "every peer connection closed", 30)
 
 

@@ -45,7 +45,7 @@ async def test_publish_sessions_and_watch() -> None:
         first = (await asyncio.wait_for(publisher.stdout.readline(), 20)).decode()
         assert first.startswith("session ") and "publishing" in first
         session_id = first.split()[1]
-        await app.registry.wait_ready(session_id)
+        await app.sessions.wait_ready(session_id)
 
         code, table, _ = await run("sessions", "--target", target)
         assert code == 0
@@ -75,7 +75,7 @@ async def test_publish_sessions_and_watch() -> None:
         closed = json.loads(rest.decode().splitlines()[-1])
         assert closed["stateChanged"]["closeReason"] == "CLIENT_DELETE"
         assert watcher.returncode == 0
-        assert app.registry.lookup(session_id).session.state is SessionState.CLOSED
+        assert app.sessions.get(session_id).session.state is SessionState.CLOSED
 
 
 async def test_client_commands_report_problems_plainly() -> None:
@@ -190,11 +190,11 @@ async def test_sigterm_to_publish_deletes_the_session_as_ctrl_c_does() -> None:
         assert publisher.stdout is not None
         first = (await asyncio.wait_for(publisher.stdout.readline(), 20)).decode()
         session_id = first.split()[1]
-        await app.registry.wait_ready(session_id)
+        await app.sessions.wait_ready(session_id)
         publisher.terminate()
         rest, _ = await asyncio.wait_for(publisher.communicate(), 20)
         assert "session closed (DELETE 200)" in rest.decode()
-        session = app.registry.lookup(session_id).session
+        session = app.sessions.get(session_id).session
         assert session.state is SessionState.CLOSED
         assert session.close_reason is CloseReason.CLIENT_DELETE
 

@@ -83,8 +83,8 @@ async def test_a_watch_survives_a_cut_connection_without_losing_or_repeating_eve
                     await stop_each.wait()
                 for round_ in range(3):
                     await relay.cut()  # events below happen while the watch is disconnected
-                    app.registry.stop_listening(sid)
-                    app.registry.start_listening(sid)
+                    app.sessions.stop_listening(sid)
+                    app.sessions.get(sid).start_listening()
                     await eventually(
                         lambda: toggles(seen) == 1 + 2 * (round_ + 1),  # noqa: B023
                         f"the watch reconnected and caught up after cut {round_ + 1}",
@@ -123,8 +123,8 @@ async def test_wait_ready_returns_the_ready_session_or_raises_clearly() -> None:
             doomed = await hark.create_session()
             waiting = asyncio.ensure_future(hark.wait_ready(doomed.id, timeout=10))
             # the waiter watches the session: it is counted once it is waiting
-            watchers = app.registry.lookup(doomed.id).watchers
-            await eventually(lambda: len(watchers) == 1, "wait_ready is waiting")
+            live = app.sessions.get(doomed.id)
+            await eventually(lambda: live.watcher_count == 1, "wait_ready is waiting")
             await hark.end_session(doomed.id, "changed my mind")
             with pytest.raises(SessionClosed) as closed:
                 await waiting

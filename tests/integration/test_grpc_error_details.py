@@ -184,7 +184,7 @@ async def test_limits_and_drain_are_named(app: HarkApp) -> None:
             await stub.CreateSession(pb.CreateSessionRequest())
         full = await failure(stub.CreateSession(pb.CreateSessionRequest()))
         expect(full, grpc.StatusCode.RESOURCE_EXHAUSTED, "CAPACITY_EXCEEDED", retry_after_s="2")
-        app.registry.drain()
+        app.sessions.drain()
         draining = await failure(stub.CreateSession(pb.CreateSessionRequest()))
         expect(draining, grpc.StatusCode.UNAVAILABLE, "DRAINING")
 

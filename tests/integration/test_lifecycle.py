@@ -9,6 +9,7 @@ import grpc
 import pytest
 
 from media.v1 import media_pb2 as pb
+from tests.offers import OFFER
 from tests.support import (
     collect_until_closed,
     eventually,
@@ -105,8 +106,8 @@ async def test_wait_for_ready_fails_precondition_when_the_session_closes() -> No
             )
         )
         # the waiter subscribes to the session's events: it is counted once it is waiting
-        watchers = app.registry.lookup(created.id).watchers
-        await eventually(lambda: len(watchers) == 1, "StartListening is waiting for READY")
+        live = app.sessions.get(created.id)
+        await eventually(lambda: live.watcher_count == 1, "StartListening is waiting for READY")
         await stub.EndSession(pb.EndSessionRequest(session_id=created.id))
         with pytest.raises(grpc.aio.AioRpcError) as closed:
             await waiting
@@ -302,3 +303,39 @@ async def test_shutdown_closes_sessions_with_shutdown_and_completes_watchers() -
         [closed] = await collect_until_closed(watch)
         assert closed.state_changed.close_reason == R.SHUTDOWN
         await stopping
+
+
+def polling_tasks() -> list[str]:
+    """Tasks that look like a timeout reaper: deadlines must be scheduled, not polled for."""
+    return [task.get_name() for task in asyncio.all_tasks() if "reap" in task.get_name()]
+
+
+async def test_timeouts_and_retention_fire_from_scheduled_deadlines_with_nothing_polling() -> None:
+    async with (
+        running_server(ready_timeout=0.5, session_ttl=0.5, closed_retention=0.5) as app,
+        grpc_stub(app) as stub,
+        aiohttp.ClientSession() as http,
+    ):
+        assert polling_tasks() == []
+        created = await stub.CreateSession(pb.CreateSessionRequest())
+        # an offer is answered, but no peer ever connects: stuck in CONNECTING
+        async with http.post(
+            app.base_url + "/whip", data=OFFER, headers={"Content-Type": "application/sdp"}
+        ) as answered:
+            assert answered.status == 201, await answered.text()
+            stuck = answered.headers["Location"].rsplit("/", 1)[-1]
+        for session_id, reason in ((created.id, R.EXPIRED), (stuck, R.READY_TIMEOUT)):
+            watch = stub.WatchSession(pb.WatchSessionRequest(session_id=session_id))
+            await collect_until_closed(watch, timeout=10)
+            session = await stub.GetSession(pb.GetSessionRequest(session_id=session_id))
+            assert (session.state, session.close_reason) == (S.CLOSED, reason)
+        assert polling_tasks() == []
+
+        async def forgotten() -> bool:
+            try:
+                await stub.GetSession(pb.GetSessionRequest(session_id=stuck))
+            except grpc.aio.AioRpcError as exc:
+                return exc.code() == grpc.StatusCode.NOT_FOUND
+            return False
+
+        await eventually(forgotten, "the closed session forgotten after its retention")

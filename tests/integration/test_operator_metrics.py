@@ -34,7 +34,7 @@ async def test_whip_post_latency_packets_bytes_and_playback_queue_depth() -> Non
         before = await scrape(url)
         publisher = await publish(app.base_url)
         sid = publisher.session_id
-        await app.registry.wait_ready(sid)
+        await app.sessions.wait_ready(sid)
         receiving = await scrape_until(
             url, lambda s: value(s, "hark_rtp_packets_received_total") > 50
         )

@@ -339,7 +339,7 @@ async def test_a_player_hears_nothing_from_another_sessions_publisher() -> None:
 async def test_a_caller_faster_than_real_time_is_held_back_and_loses_nothing() -> None:
     async with running_server(max_playback_queue_s=1.0) as app, grpc_stub(app) as stub:
         session = await stub.CreateSession(pb.CreateSessionRequest())
-        voice = app.registry.lookup(session.id).voice
+        voice = app.sessions.get(session.id).voice
         queued: list[int] = []
 
         async def sample() -> None:
@@ -362,7 +362,7 @@ async def test_a_caller_faster_than_real_time_is_held_back_and_loses_nothing() -
 async def test_a_caller_still_sending_is_not_held_back_by_audio_queued_behind_it() -> None:
     async with running_server(max_playback_queue_s=1.0) as app, grpc_stub(app) as stub:
         session = await stub.CreateSession(pb.CreateSessionRequest())
-        voice = app.registry.lookup(session.id).voice
+        voice = app.sessions.get(session.id).voice
         more = asyncio.Event()
 
         # the start and 500 ms, then more once released, as a TTS engine still synthesising

@@ -69,7 +69,7 @@ async def test_the_backend_example_starts_listening_once_a_publisher_is_ready(
             await publisher.vanish()
         assert example.returncode == 0, err.decode()
         assert out.decode() == f"listening to {publisher.session_id}\n"
-        assert app.registry.lookup(publisher.session_id).session.listening
+        assert app.sessions.get(publisher.session_id).session.listening
 
 
 async def test_the_backend_example_names_the_reason_of_a_session_closed_before_its_watch(

@@ -52,14 +52,14 @@ async def test_closed_sessions_release_threads_and_sockets_during_retention() ->
     async with running_server(closed_retention=300.0) as app:
         async with grpc_stub(app) as stub:
             warmup = await publish(app.base_url)
-            await app.registry.wait_ready(warmup.session_id)
+            await app.sessions.wait_ready(warmup.session_id)
             assert await warmup.delete() == 200
             await warmup.vanish()
             threads, sockets = native_threads(), udp_sockets()
 
             publishers = [await publish(app.base_url) for _ in range(SESSIONS)]
             for publisher in publishers:
-                await app.registry.wait_ready(publisher.session_id)
+                await app.sessions.wait_ready(publisher.session_id)
                 await stub.StartListening(pb.StartListeningRequest(session_id=publisher.session_id))
             assert native_threads() > threads and udp_sockets() > sockets
             for publisher in publishers:

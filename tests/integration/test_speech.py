@@ -172,7 +172,7 @@ async def test_listening_started_after_the_onset_still_delivers_the_first_syllab
     first_start, _ = UTTERANCES[0]
     async with running_server() as app, grpc_stub(app) as stub:
         async with observed(stub, app) as (session_id, heard):
-            token = app.registry.lookup(session_id).token
+            token = app.sessions.get(session_id).token
             async with listening(app.base_url, session_id, token=token, source="publisher") as user:
                 # the server has the user's first 200 ms of speech when this player has heard it
                 await eventually(lambda: len(loud(user.heard)) >= 10, "the user starts talking")

@@ -519,13 +519,13 @@ def received_ms(app: HarkApp, session_id: str) -> int:
         for sample in metric.samples
         if sample.name.endswith("_total")
     ]
-    return int(played) * 20 + app.registry.lookup(session_id).voice.queue.queued_ms
+    return int(played) * 20 + app.sessions.get(session_id).voice.queue.queued_ms
 
 
 async def test_a_33rd_playback_on_a_session_is_resource_exhausted_and_replace_still_works() -> None:
     async with running_server() as app, grpc_stub(app) as stub:
         session = await stub.CreateSession(pb.CreateSessionRequest())
-        voice = app.registry.lookup(session.id).voice
+        voice = app.sessions.get(session.id).voice
         release = asyncio.Event()
         held = [
             asyncio.ensure_future(

@@ -198,3 +198,53 @@ def test_snapshot_reflects_the_current_state() -> None:
     snap = session.snapshot()
     assert (snap.state, snap.listening, snap.revision) == (SessionState.READY, True, 5)
     assert snap.ready_time == 100.2
+
+
+def test_the_next_deadline_follows_the_state() -> None:
+    session = new(now=100.0)
+    assert session.next_deadline() == 160.0, "a pre-created session expires after its TTL"
+    session.publisher_attached(150.0)
+    assert session.next_deadline() == 160.0, "the offer starts the READY timeout"
+    session.transport_connected(151.0)
+    assert session.next_deadline() == 160.0
+    session.audio_decoded(152.0)
+    assert session.next_deadline() == 157.0, "READY: the media timeout from the last audio"
+    session.audio_decoded(153.0)
+    assert session.next_deadline() == 158.0
+    session.close(CloseReason.API_END, "", 154.0)
+    assert session.next_deadline() is None
+
+
+def test_handle_timer_closes_once_the_deadline_is_reached_and_not_before() -> None:
+    session = new(now=100.0)
+    deadline = session.next_deadline()
+    assert deadline is not None
+    assert session.handle_timer(deadline - 0.1) == []
+    assert session.state is SessionState.NEW
+    events = session.handle_timer(deadline)
+    assert states(events) == [SessionState.CLOSED]
+    assert session.close_reason is CloseReason.EXPIRED
+    assert session.handle_timer(deadline + 100) == [], "a closed session has no more timers"
+
+
+def test_handle_timer_ends_a_publisher_that_never_becomes_ready() -> None:
+    session = new(now=100.0)
+    session.publisher_attached(101.0)
+    assert session.handle_timer(110.9) == []
+    events = session.handle_timer(111.0)
+    assert states(events) == [SessionState.CLOSED]
+    assert session.close_reason is CloseReason.READY_TIMEOUT
+
+
+def test_a_stall_moves_the_media_deadline_on_until_media_arrives_again() -> None:
+    session = ready(new(now=100.0))
+    session.media_received(120.0)
+    governor = LoadGovernor(0.1)
+    governor.observe(124.5, 4.3)  # the loop was blocked from 120.2 to 124.5
+    assert session.handle_timer(125.0, governor.stalled_since) == []
+    deadline = session.next_deadline()
+    assert deadline is not None and deadline > 129.0, "the stall does not count as silence"
+    session.audio_decoded(126.0)
+    assert session.next_deadline() == 131.0, "fresh media takes the credit back"
+    events = session.handle_timer(131.0, governor.stalled_since)
+    assert session.close_reason is CloseReason.MEDIA_TIMEOUT and events
