@@ -1,3 +1,3 @@
-from media.cli.main import main
+from media.app import main
 
 raise SystemExit(main())

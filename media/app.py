@@ -9,9 +9,12 @@ import errno
 import logging
 import os
 import pathlib
+import signal
 import socket
 import ssl
+import sys
 import time
+from collections.abc import Sequence
 
 import grpc
 from aiohttp import web
@@ -22,6 +25,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from media.aio import cancel_and_wait
+from media.cli.main import main as cli_main
 from media.config import Config
 from media.core.clock import Clock
 from media.core.events import SessionEvent, SessionState, StateChanged
@@ -448,3 +452,31 @@ class HarkApp:
         if self._started:
             logger.info("hark stopped")
             self._started = False
+
+
+async def serve(config: Config) -> int:
+    """``hark serve``: run until SIGINT or SIGTERM, drain, then close what is left."""
+    app = HarkApp(config)
+    signals = asyncio.Queue[int]()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, signals.put_nowait, sig)
+    try:
+        await app.start()
+    except OSError as exc:
+        print(f"hark serve: {exc}", file=sys.stderr)
+        return 2
+    first = await signals.get()
+    logger.info("%s: draining; a second signal skips the wait", signal.Signals(first).name)
+    drain = asyncio.create_task(app.drain())
+    second = asyncio.create_task(signals.get())
+    await asyncio.wait({drain, second}, return_when=asyncio.FIRST_COMPLETED)
+    await cancel_and_wait(drain, second)
+    logger.info("closing every remaining session with SHUTDOWN")
+    await app.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``hark`` command."""
+    return cli_main(argv, serve)

@@ -1,5 +1,3 @@
-"""The ``hark`` command."""
+"""The ``hark`` command: argument parsing, logging set-up and the client commands.
 
-from media.cli.main import main
-
-__all__ = ["main"]
+The entry point is ``media.app.main``, which hands ``hark serve`` the composition root."""

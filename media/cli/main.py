@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import os
 import re
-import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from media import __version__
@@ -248,33 +246,6 @@ def configure_logging(level: str, fmt: str) -> None:
         logging.getLogger(noisy).setLevel(max(logging.getLevelName(level), logging.WARNING))
 
 
-async def serve(config: Config) -> int:
-    from media.app import HarkApp
-
-    app = HarkApp(config)
-    signals = asyncio.Queue[int]()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, signals.put_nowait, sig)
-    try:
-        await app.start()
-    except OSError as exc:
-        print(f"hark serve: {exc}", file=sys.stderr)
-        return 2
-    first = await signals.get()
-    logger.info("%s: draining; a second signal skips the wait", signal.Signals(first).name)
-    drain = asyncio.create_task(app.drain())
-    second = asyncio.create_task(signals.get())
-    await asyncio.wait({drain, second}, return_when=asyncio.FIRST_COMPLETED)
-    for task in (drain, second):
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    logger.info("closing every remaining session with SHUTDOWN")
-    await app.stop()
-    return 0
-
-
 def _run_client_command(args: argparse.Namespace) -> int:
     from media.cli import commands
     from media.errors import HarkError
@@ -302,7 +273,8 @@ def _run_client_command(args: argparse.Namespace) -> int:
         return 130
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None, serve: Callable[[Config], Coroutine[Any, Any, int]]) -> int:
+    """The ``hark`` command; ``serve`` runs a server (the composition root's, ``media.app``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command in ("sessions", "watch", "listen", "publish", "play"):
