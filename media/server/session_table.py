@@ -56,7 +56,44 @@ OVERLOAD_RETRY_AFTER_S: Final = 5
 class MediaHandle(Protocol):
     """What the registry needs of a session's media (its peer connection)."""
 
+    def forward_opus(self) -> None: ...
+
     async def close(self) -> None: ...
+
+
+class SessionPublisherEvents:
+    """A publisher peer's events, bound to its session (the table's stand-in for a LiveSession)."""
+
+    def __init__(self, registry: Registry, session_id: str) -> None:
+        self._registry = registry
+        self._session_id = session_id
+
+    def transport_connected(self) -> None:
+        self._registry.transport_connected(self._session_id)
+
+    def transport_failed(self, detail: str) -> None:
+        self._registry.transport_failed(self._session_id, detail)
+
+    def internal_error(self, detail: str) -> None:
+        self._registry.internal_error(self._session_id, detail)
+
+    def audio_decoded(self, frame: AudioFrame) -> None:
+        self._registry.audio_decoded(self._session_id, frame)
+
+    def opus_received(self, payload: bytes, timestamp: int) -> None:
+        self._registry.opus_received(self._session_id, payload, timestamp)
+
+
+class SessionPlayerEvents:
+    """A player peer's events, bound to its session and player."""
+
+    def __init__(self, registry: Registry, session_id: str, player_id: str) -> None:
+        self._registry = registry
+        self._session_id = session_id
+        self._player_id = player_id
+
+    def gone(self, reason: str) -> None:
+        self._registry.remove_player(self._session_id, self._player_id, reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,10 +337,20 @@ class Registry:
     def entries(self) -> Iterable[Entry]:
         return self._entries.values()
 
+    def publisher_events(self, session_id: str) -> SessionPublisherEvents:
+        """What the publisher peer of ``session_id`` reports to."""
+        return SessionPublisherEvents(self, session_id)
+
+    def player_events(self, session_id: str, player_id: str) -> SessionPlayerEvents:
+        """What the WHEP player ``player_id`` of ``session_id`` reports to."""
+        return SessionPlayerEvents(self, session_id, player_id)
+
     def attach_publisher(self, entry: Entry, media: MediaHandle, etag: str) -> None:
         events = entry.session.publisher_attached(self.clock.now())
         entry.media = media
         entry.etag = etag
+        if entry.relay.has_players:
+            media.forward_opus()
         self._publish(entry, events)
 
     def transport_connected(self, session_id: str) -> None:
@@ -322,11 +369,6 @@ class Registry:
         if entry is not None and not entry.session.closed:
             self.close(session_id, reason, detail)
 
-    def media_received(self, session_id: str) -> None:
-        entry = self._entries.get(session_id)
-        if entry is not None:
-            entry.session.media_received(self.clock.now())
-
     def audio_decoded(self, session_id: str, frame: AudioFrame) -> None:
         entry = self._entries.get(session_id)
         if entry is None or entry.session.closed:
@@ -341,11 +383,6 @@ class Registry:
         entry = self._entries.get(session_id)
         if entry is not None:
             entry.relay.forward(payload, timestamp)
-
-    def rtp_stats(self, session_id: str, lost: int, jitter_s: float) -> None:
-        if lost > 0:
-            self.metrics.rtp_packets_lost.inc(lost)
-        self.metrics.rtp_jitter.observe(jitter_s)
 
     def start_listening(
         self,
@@ -403,6 +440,8 @@ class Registry:
             entry.voice.add_player(player.track)
         else:
             entry.relay.add_player(player.track)
+            if entry.media is not None:
+                entry.media.forward_opus()
         self.metrics.players.labels(player.source.value).inc()
         logger.info(
             "session %s: WHEP player %s (%s) joined", session.id, player.id, player.source.value
@@ -419,9 +458,6 @@ class Registry:
         self.metrics.players_closed.labels(reason).inc()
         logger.info("session %s: WHEP player %s left (%s)", session_id, player_id, reason)
         self._own(player.close(), f"hark-close-player-{player_id}")
-
-    def player_gone(self, player: PlayerPeer, reason: str) -> None:
-        self.remove_player(player.session_id, player.id, reason)
 
     def close(self, session_id: str, reason: CloseReason, detail: str = "") -> SessionSnapshot:
         """Close the session (idempotent) and release its media."""

@@ -69,11 +69,12 @@ class WhepHandlers:
             request, "play", max_bytes=self._max_offer_bytes, max_m_lines=self._max_m_lines
         )
         self._registry.check_player_room(entry)
+        player_id = secrets.token_urlsafe(9)
         player = PlayerPeer(
             entry.session.id,
-            secrets.token_urlsafe(9),
+            player_id,
             source,
-            self._registry.player_gone,
+            self._registry.player_events(entry.session.id, player_id),
             ice_servers=self._ice_servers,
             media_timeout=self._media_timeout,
             connect_timeout=self._connect_timeout,

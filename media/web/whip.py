@@ -167,7 +167,7 @@ class WhipHandlers:
         sdp, summary = offer
         peer = PublisherPeer(
             session_id,
-            self._registry,
+            self._registry.publisher_events(session_id),
             self._ice_servers,
             self._jitter_frames,
             opus_payload_type=summary.opus_payload_type,

@@ -19,6 +19,7 @@ from media.core.events import SpeechStarted
 from media.core.segmenter import Segmenter, SegmenterConfig
 from media.rtc.compat import ice_connections, tap_opus_packets
 from media.v1 import media_pb2 as pb
+from tests.integration.test_operations import scrape, value
 from tests.listening import (
     SILENCE_DBFS,
     Heard,
@@ -312,6 +313,33 @@ def metric(app: Any, name: str, labels: str) -> float:
         if line.startswith(f"{name}{{{labels}}} "):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"{name}{{{labels}}} is not exported")
+
+
+async def test_a_publisher_is_read_packet_by_packet_only_once_a_source_publisher_player_joins() -> (
+    None
+):
+    async with running_server() as app, grpc_stub(app) as stub:
+        url = app.base_url + "/metrics"
+        session = await stub.CreateSession(pb.CreateSessionRequest())
+        publisher = await publish(app.base_url, f"/whip/{session.id}", token=session.token)
+        try:
+            async with listening(app.base_url, session.id, token=session.token) as agent_player:
+                await eventually(lambda: len(agent_player.heard) >= 10, "an agent player hears")
+                async with asyncio.timeout(20):
+                    while (
+                        value(receiving := await scrape(url), "hark_rtp_packets_received_total")
+                        < 50
+                    ):
+                        await asyncio.sleep(0.1)
+            assert value(receiving, "hark_publisher_packets_tapped_total") == 0
+            async with listening(
+                app.base_url, session.id, token=session.token, source="publisher"
+            ) as player:
+                await eventually(lambda: len(player.heard) >= 10, "the publisher player hears")
+                tapped = await scrape(url)
+            assert value(tapped, "hark_publisher_packets_tapped_total") >= 10
+        finally:
+            await publisher.delete()
 
 
 async def test_a_player_hears_nothing_from_another_sessions_publisher() -> None:
