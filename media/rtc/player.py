@@ -134,12 +134,17 @@ class PlayerPeer:
         state = self._pc.connectionState
         if state == "connected" and self._connected_at is None:
             self._connected_at = asyncio.get_running_loop().time()
+            if not self._closed:
+                self._check_in(self._media_timeout)  # from now on, the media timeout counts
         elif state == "failed":
             self._gone("CONNECTION_FAILED")
         elif state == "closed":
             self._gone("CONNECTION_CLOSED")  # the player closed its connection (DTLS close)
 
     def _check_in(self, delay: float) -> None:
+        """(Re-)arm the one liveness timer."""
+        if self._timer is not None:
+            self._timer.cancel()
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(max(delay, 0.0) + RECHECK_MARGIN_S, self._on_timer)
 

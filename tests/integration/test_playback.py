@@ -481,6 +481,28 @@ async def test_a_playback_that_asked_not_to_be_interrupted_plays_through_the_use
     assert reply.played_ms == 3000 and not reply.interrupted
 
 
+async def test_a_vanished_player_is_removed_for_its_media_timeout_not_the_connect_timeout() -> None:
+    server = running_server(player_timeout=1.0, ready_timeout=60.0)
+    async with server as app, grpc_stub(app) as stub:
+        session = await stub.CreateSession(pb.CreateSessionRequest())
+        publisher = await publish(app.base_url, f"/whip/{session.id}", token=session.token)
+        vanishing = await listen(app.base_url, session.id, token=session.token, source="publisher")
+        try:
+            await eventually(lambda: bool(vanishing.heard), "the player hears")
+            for connection in ice_connections(vanishing.pc):
+                for protocol in connection._protocols:  # stop answering, say nothing
+                    protocol.transport.close()
+            await eventually(
+                lambda: (
+                    metric(app, "hark_whep_players_closed_total", 'reason="MEDIA_TIMEOUT"') == 1
+                ),
+                "the vanished player is closed long before the 60 s connect timeout",
+            )
+        finally:
+            await vanishing.close()
+            await publisher.delete()
+
+
 async def test_a_player_that_closes_its_connection_without_delete_is_removed_at_once() -> None:
     async with running_server(player_timeout=30.0) as app, grpc_stub(app) as stub:
         session = await stub.CreateSession(pb.CreateSessionRequest())
