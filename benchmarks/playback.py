@@ -135,7 +135,7 @@ async def count_frames(track: Any, player: Player) -> None:
 
 
 async def close_player(player: Player) -> None:
-    from media.rtc.publisher import close_peer_connection
+    from media.rtc.negotiation import close_peer_connection
 
     if player.task is not None:
         player.task.cancel()

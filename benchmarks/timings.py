@@ -34,7 +34,7 @@ import grpc
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from media.rtc.publisher import tap_opus_packets  # noqa: E402
+from media.rtc.compat import tap_opus_packets  # noqa: E402
 from media.v1 import media_pb2 as pb  # noqa: E402
 from media.v1 import media_pb2_grpc  # noqa: E402
 from tests.listening import (  # noqa: E402

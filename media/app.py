@@ -14,14 +14,14 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import grpc
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from aiohttp.web_urldispatcher import AbstractResource
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
+from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from media.aio import cancel_and_wait
@@ -35,6 +35,7 @@ from media.core.session import Session, Timeouts
 from media.metrics import Metrics
 from media.rpc.interceptors import BearerAuth, MalformedRequests, RpcMetrics
 from media.rpc.service import SERVICE_NAME, MediaService
+from media.rtc import compat
 from media.rtc.compat import DecodeErrorCounter, restrict_host_candidates
 from media.rtc.publisher import PublisherPeer
 from media.server.session_table import OVERLOAD_RETRY_AFTER_S, SessionTable
@@ -128,10 +129,11 @@ class HarkApp:
             config.max_connections_per_ip, self.metrics.http_connections_refused.inc
         )
         self._grpc: grpc.aio.Server | None = None
-        self._health = HealthServicer()
+        self._health = health_aio.HealthServicer()
         self._health_dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._decode_errors = DecodeErrorCounter(self.metrics.decode_errors.inc)
+        self._undo_host_restriction: Callable[[], None] | None = None
         self._protocol_errors = ClientProtocolErrors()
         self._started = False
         self._whip_posts: set[AbstractResource | None] = set()
@@ -238,10 +240,15 @@ class HarkApp:
         return response
 
     async def _read_received_traffic(self) -> None:
+        """Traffic, RTP loss and jitter from aiortc's receiver stats, read when scraped."""
         readings: dict[str, tuple[int, int]] = {}
         for live in list(self.sessions.all()):
             if isinstance(live.publisher, PublisherPeer):
-                readings[live.id] = await live.publisher.received()
+                reading = await live.publisher.read_stats()
+                readings[live.id] = (reading.packets, reading.octets)
+                self.metrics.rtp_packets_lost.inc(reading.lost_since_last)
+                if reading.jitter_s is not None:
+                    self.metrics.rtp_jitter.observe(reading.jitter_s)
         self.metrics.received.update(readings)
 
     async def _metrics(self, request: web.Request) -> web.Response:
@@ -382,8 +389,9 @@ class HarkApp:
             raise
 
     async def _start(self) -> None:
+        await compat.check()
         if self.config.ice_addresses:
-            restrict_host_candidates(self.config.ice_addresses)
+            self._undo_host_restriction = restrict_host_candidates(self.config.ice_addresses)
         logging.getLogger("aiortc.rtcrtpreceiver").addFilter(self._decode_errors)
         logging.getLogger("aiohttp.server").addFilter(self._protocol_errors)
         self.sessions.observers.append(self._on_event)
@@ -449,6 +457,9 @@ class HarkApp:
         self._listeners = []
         logging.getLogger("aiortc.rtcrtpreceiver").removeFilter(self._decode_errors)
         logging.getLogger("aiohttp.server").removeFilter(self._protocol_errors)
+        if self._undo_host_restriction is not None:
+            self._undo_host_restriction()
+            self._undo_host_restriction = None
         if self._started:
             logger.info("hark stopped")
             self._started = False

@@ -222,7 +222,8 @@ class Metrics:
         )
         self.rtp_jitter = Histogram(
             "hark_rtp_jitter_seconds",
-            "Interarrival jitter of incoming audio, sampled per session every second.",
+            "Interarrival jitter of incoming audio (receiver stats), one sample per publisher at "
+            "each scrape of /metrics.",
             buckets=JITTER_BUCKETS,
             registry=r,
         )
@@ -302,6 +303,12 @@ class Metrics:
         self.relayed_packets = Counter(
             "hark_relayed_packets",
             "Publisher packets forwarded to source=publisher players (one per player).",
+            registry=r,
+        )
+        self.publisher_packets_tapped = Counter(
+            "hark_publisher_packets_tapped",
+            "Publisher Opus packets read for source=publisher players (publishers are read only "
+            "once such a player joins).",
             registry=r,
         )
         self.player_packets_dropped = Counter(

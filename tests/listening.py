@@ -21,7 +21,7 @@ from av import AudioFrame
 
 from media.audio.pcm import Downmixer
 from media.rtc.compat import set_jitter_frames
-from media.rtc.publisher import close_peer_connection
+from media.rtc.negotiation import close_peer_connection
 from media.v1 import media_pb2 as pb
 
 RATE = 48000

@@ -20,7 +20,7 @@ from aiortc.contrib.media import MediaPlayer
 
 from media.app import HarkApp
 from media.config import Config
-from media.rtc.publisher import close_peer_connection
+from media.rtc.negotiation import close_peer_connection
 from media.v1 import media_pb2 as pb
 from media.v1 import media_pb2_grpc
 

@@ -18,7 +18,8 @@ from typing import Final
 import webrtcvad
 from av import AudioFrame
 
-from media.audio.pcm import VAD_SAMPLE_RATES, Downmixer, Framer, PcmConverter
+from media.audio.framing import Framer
+from media.audio.pcm import VAD_SAMPLE_RATES, Downmixer, PcmConverter
 from media.core.events import EndReason, SpeechEnded, SpeechStarted
 from media.core.rtp_clock import RTP_WRAP, TimestampUnwrapper
 from media.core.segmenter import Segmenter, SegmenterConfig

@@ -10,7 +10,6 @@ a playback, and belongs to the :class:`AgentVoice`, whose ``close()`` ends it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fractions
 import functools
 import logging
@@ -20,6 +19,7 @@ from typing import Final
 import av
 from av import AudioFrame
 
+from media.aio import cancel_and_wait
 from media.core.events import InterruptReason, PlaybackEvent
 from media.core.playback_queue import (
     FRAME_BYTES,
@@ -31,6 +31,7 @@ from media.core.playback_queue import (
     PlaybackQueue,
     PlaybackResult,
 )
+from media.logs import session_logger
 from media.metrics import Metrics
 from media.rtc.tracks import PacketTrack, opus_packet
 
@@ -94,6 +95,7 @@ class AgentVoice:
         max_queue_ms: int = 60_000,
     ) -> None:
         self.session_id = session_id
+        self._log = session_logger(logger, session_id)
         self.queue = PlaybackQueue()
         self.max_queue_ms = max_queue_ms
         self._on_events = on_events
@@ -163,9 +165,7 @@ class AgentVoice:
         self.shut()
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
 
     # playout
 
@@ -179,7 +179,7 @@ class AgentVoice:
 
     def _playout_ended(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
-            logger.error("session %s: playout failed", self.session_id, exc_info=task.exception())
+            self._log.error("playout failed", exc_info=task.exception())
             self._emit(self.queue.interrupt(InterruptReason.SESSION_CLOSED))
 
     async def _playout(self) -> None:

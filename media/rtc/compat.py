@@ -9,17 +9,22 @@ loudly instead of changing behaviour silently.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import inspect
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 import aioice.ice
-from aiortc import RTCPeerConnection, RTCRtpReceiver
+import aiortc.rtcrtpreceiver
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
+
+from media.aio import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
 ORPHAN_WATCH_POLLS: Final = 5
+JITTER_BUFFER: Final = "_RTCRtpReceiver__jitter_buffer"
 
 
 def set_jitter_frames(receiver: RTCRtpReceiver, frames: int) -> bool:
@@ -28,7 +33,7 @@ def set_jitter_frames(receiver: RTCRtpReceiver, frames: int) -> bool:
     aiortc has no API for it; every held frame is 20 ms of latency before the VAD sees the audio.
     Returns False when this aiortc version keeps the buffer elsewhere (then its default stays).
     """
-    buffer = getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None)
+    buffer = getattr(receiver, JITTER_BUFFER, None)
     if buffer is None or not isinstance(getattr(buffer, "_prefetch", None), int):
         return False
     buffer._prefetch = frames
@@ -81,9 +86,7 @@ async def stop_orphaned_consent_checks(connections: Sequence[Any]) -> None:
         for connection in connections:
             task = getattr(connection, "_query_consent_task", None)
             if getattr(connection, "_closing", False) and isinstance(task, asyncio.Task):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await cancel_and_wait(task)
 
 
 async def _start_nothing(*args: Any) -> None:
@@ -102,18 +105,25 @@ def start_nothing_once_closing(pc: RTCPeerConnection) -> None:
         transceiver.sender.send = _start_nothing  # type: ignore[method-assign,assignment]
 
 
-def restrict_host_candidates(addresses: Sequence[str]) -> None:
-    """Offer only ``addresses`` as ICE host candidates, for every peer connection in the process.
+def restrict_host_candidates(addresses: Sequence[str]) -> Callable[[], None]:
+    """Offer only ``addresses`` as ICE host candidates, for every peer connection in the process,
+    until the returned callable is called.
 
     aioice offers every interface but loopback and has no setting for it; a multi-homed host, or
     a test that must stay on 127.0.0.1, needs to choose.
     """
     chosen = list(addresses)
+    original = aioice.ice.get_host_addresses
 
     def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
         return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
 
+    def undo() -> None:
+        if aioice.ice.get_host_addresses is host_addresses:
+            aioice.ice.get_host_addresses = original
+
     aioice.ice.get_host_addresses = host_addresses
+    return undo
 
 
 class DecodeErrorCounter(logging.Filter):
@@ -132,3 +142,130 @@ class DecodeErrorCounter(logging.Filter):
             self._on_error()
             return False
         return True
+
+
+@dataclass(frozen=True, slots=True)
+class Hook:
+    """One reliance on aiortc/aioice internals: what it needs, and what is lost without it."""
+
+    name: str
+    lost: str
+    applies: Callable[[RTCPeerConnection], bool]
+
+
+def _has_jitter_buffer(pc: RTCPeerConnection) -> bool:
+    receiver = pc.getTransceivers()[0].receiver
+    buffer = getattr(receiver, JITTER_BUFFER, None)
+    return isinstance(getattr(buffer, "_prefetch", None), int)
+
+
+def _has_packet_handler(pc: RTCPeerConnection) -> bool:
+    handler = getattr(pc.getTransceivers()[0].receiver, "_handle_rtp_packet", None)
+    return handler is not None and asyncio.iscoroutinefunction(handler)
+
+
+def _has_ice_connection(pc: RTCPeerConnection) -> bool:
+    return len(ice_connections(pc)) == 1
+
+
+def _has_consent_task(pc: RTCPeerConnection) -> bool:
+    connections = ice_connections(pc)
+    return bool(connections) and all(
+        hasattr(c, "_query_consent_task") and isinstance(getattr(c, "_closing", None), bool)
+        for c in connections
+    )
+
+
+def _starts_transceivers_by_send_and_receive(pc: RTCPeerConnection) -> bool:
+    connect = getattr(RTCPeerConnection, "_RTCPeerConnection__connect", None)
+    if connect is None:
+        return False
+    source = inspect.getsource(connect)
+    return "transceiver.sender.send(" in source and "transceiver.receiver.receive(" in source
+
+
+def _has_host_addresses(pc: RTCPeerConnection) -> bool:
+    found = getattr(aioice.ice, "get_host_addresses", None)
+    return callable(found) and list(inspect.signature(found).parameters) == [
+        "use_ipv4",
+        "use_ipv6",
+    ]
+
+
+def _logs_decode_failures(pc: RTCPeerConnection) -> bool:
+    return "failed to decode" in inspect.getsource(aiortc.rtcrtpreceiver)
+
+
+def _sends_packets_as_they_are(pc: RTCPeerConnection) -> bool:
+    send = getattr(RTCRtpSender, "_next_encoded_frame", None)
+    return send is not None and "self.__encoder.pack(data)" in inspect.getsource(send)
+
+
+HOOKS: Final = (
+    Hook(
+        "jitter buffer",
+        "aiortc's jitter buffer is not where Hark expects: --jitter-frames has no effect",
+        _has_jitter_buffer,
+    ),
+    Hook(
+        "packet tap",
+        "aiortc's RTP packet handler is not where Hark expects: source=publisher WHEP players "
+        "hear nothing",
+        _has_packet_handler,
+    ),
+    Hook(
+        "ICE connections",
+        "aiortc's ICE connection is not where Hark expects: consent checks that outlive a "
+        "closed peer connection are not stopped",
+        _has_ice_connection,
+    ),
+    Hook(
+        "orphaned consent checks",
+        "aioice's consent task is not where Hark expects: consent checks that outlive a closed "
+        "peer connection are not stopped",
+        _has_consent_task,
+    ),
+    Hook(
+        "transceiver start",
+        "aiortc starts transceivers another way: a close that races DTLS may leave RTCP tasks "
+        "running",
+        _starts_transceivers_by_send_and_receive,
+    ),
+    Hook(
+        "host addresses",
+        "aioice's host address lookup is not where Hark expects: --ice-address has no effect",
+        _has_host_addresses,
+    ),
+    Hook(
+        "decode error log",
+        "aiortc no longer logs decode failures: hark_audio_decode_errors stays at 0",
+        _logs_decode_failures,
+    ),
+    Hook(
+        "packets sent as they are",
+        "aiortc's sender no longer passes Opus packets through: every WHEP player re-encodes",
+        _sends_packets_as_they_are,
+    ),
+)
+
+
+async def check(hooks: Sequence[Hook] = HOOKS) -> list[Hook]:
+    """Check ``hooks`` against the installed aiortc and aioice; log a WARNING naming what is lost
+    for each one that cannot apply, and return those."""
+    pc = RTCPeerConnection()
+    try:
+        pc.addTransceiver("audio", direction="recvonly")
+        failed = [hook for hook in hooks if not _applies(hook, pc)]
+    finally:
+        await pc.close()
+    for hook in failed:
+        logger.warning("%s", hook.lost)
+    return failed
+
+
+def _applies(hook: Hook, pc: RTCPeerConnection) -> bool:
+    try:
+        return hook.applies(pc)
+    except Exception:  # an upgrade may change what is there in any way: that is the finding
+        logger.debug("checking the %s hook failed", hook.name, exc_info=True)
+        return False

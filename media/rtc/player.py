@@ -3,23 +3,26 @@
 A player is alive while it answers what it is sent with RTCP receiver reports; one that vanishes
 without a DELETE stops reporting, and after ``media_timeout`` seconds without a report while
 packets were going out it is reported gone, as is one not connected within ``connect_timeout``.
-Owns its peer connection and watch task; ``close()`` ends both.
+Nothing polls: one timer is armed for the moment the player would be late, and checks aiortc's
+public sender stats when it fires. Owns its peer connection, timer and check; ``close()`` ends them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import datetime
 import enum
 import logging
-from collections.abc import Callable, Sequence
-from typing import Any, Final
+import math
+from collections.abc import Sequence
+from typing import Any, Final, Protocol
 
 from aiortc import RTCPeerConnection, RTCRtpSender
 
+from media.aio import cancel_and_wait
 from media.config import IceServer
 from media.core.trickle import TrickleCandidate
-from media.rtc.publisher import (
+from media.rtc.negotiation import (
     RemoteCandidates,
     answer_audio_offer,
     close_peer_connection,
@@ -29,12 +32,25 @@ from media.rtc.tracks import PacketTrack
 
 logger = logging.getLogger(__name__)
 
-LIVENESS_POLL_S: Final = 1.0
+RECHECK_MARGIN_S: Final = 0.05
 
 
 class Source(enum.Enum):
     AGENT = "agent"
     PUBLISHER = "publisher"
+
+
+class PlayerEvents(Protocol):
+    """What a player peer reports, to an object bound to its session and player."""
+
+    def gone(self, reason: str) -> None:
+        """The player went away without a DELETE (``reason`` as in hark_whep_players_closed)."""
+
+
+def _seconds_since(report: Any) -> float:
+    """Age of an aiortc stats entry, whose timestamps are UTC datetimes."""
+    age: datetime.timedelta = datetime.datetime.now(datetime.UTC) - report.timestamp
+    return age.total_seconds()
 
 
 class PlayerPeer:
@@ -45,7 +61,7 @@ class PlayerPeer:
         session_id: str,
         player_id: str,
         source: Source,
-        on_gone: Callable[[PlayerPeer, str], None],
+        events: PlayerEvents,
         *,
         ice_servers: Sequence[IceServer] = (),
         media_timeout: float = 15.0,
@@ -57,13 +73,16 @@ class PlayerPeer:
         self.track = PacketTrack()
         self.etag = ""
         self.remote_ice: tuple[str, str | None] = ("", None)
-        self._on_gone = on_gone
+        self._events = events
         self._media_timeout = media_timeout
         self._connect_timeout = connect_timeout
         self._pc = RTCPeerConnection(rtc_configuration(ice_servers))
         self._remote = RemoteCandidates(self._pc, f"{session_id}-{player_id}")
         self._sender: RTCRtpSender | None = None
-        self._watch: asyncio.Task[None] | None = None
+        self._started = 0.0
+        self._connected_at: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._check: asyncio.Task[None] | None = None
         self._closed = False
         self._close_done: asyncio.Future[None] | None = None
         self._pc.on("connectionstatechange", self._on_connection_state)
@@ -79,16 +98,16 @@ class PlayerPeer:
             self._pc, offer_sdp, "sendonly", self.session_id, self._remote, send_track
         )
         assert self._sender is not None
-        self._watch = asyncio.get_running_loop().create_task(
-            self._watch_liveness(self._sender), name=f"hark-player-watch-{self.id}"
-        )
+        if not self._closed:
+            self._started = asyncio.get_running_loop().time()
+            self._check_in(self._connect_timeout)
         return answer
 
     async def add_candidates(self, candidates: Sequence[TrickleCandidate], end: bool) -> None:
         await self._remote.add(candidates, end)
 
     async def close(self) -> None:
-        """Stop the track, the watch task and the peer connection; safe to call again."""
+        """Stop the track, the liveness timer and the peer connection; safe to call again."""
         if self._close_done is not None:
             await asyncio.shield(self._close_done)
             return
@@ -96,10 +115,11 @@ class PlayerPeer:
         self._closed = True
         try:
             self.track.stop()
-            if self._watch is not None:
-                self._watch.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._watch
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if self._check is not None:
+                await cancel_and_wait(self._check)
             await self._remote.close()
             await close_peer_connection(self._pc)
         finally:
@@ -108,37 +128,58 @@ class PlayerPeer:
     def _gone(self, reason: str) -> None:
         if not self._closed:
             self._closed = True
-            self._on_gone(self, reason)
+            self._events.gone(reason)
 
     def _on_connection_state(self) -> None:
-        if self._pc.connectionState == "failed":
+        state = self._pc.connectionState
+        if state == "connected" and self._connected_at is None:
+            self._connected_at = asyncio.get_running_loop().time()
+            if not self._closed:
+                self._check_in(self._media_timeout)  # from now on, the media timeout counts
+        elif state == "failed":
             self._gone("CONNECTION_FAILED")
-        elif self._pc.connectionState == "closed":
+        elif state == "closed":
             self._gone("CONNECTION_CLOSED")  # the player closed its connection (DTLS close)
 
-    async def _watch_liveness(self, sender: RTCRtpSender) -> None:
+    def _check_in(self, delay: float) -> None:
+        """(Re-)arm the one liveness timer."""
+        if self._timer is not None:
+            self._timer.cancel()
         loop = asyncio.get_running_loop()
-        start = heard = loop.time()
-        last_report: Any = None
-        sent = 0
-        while True:
-            await asyncio.sleep(LIVENESS_POLL_S)
-            now = loop.time()
-            if self._pc.connectionState != "connected":
-                heard = now
-                if now - start > self._connect_timeout:
-                    self._gone("CONNECTION_FAILED")
-                    return
-                continue
-            for stats in (await sender.getStats()).values():
-                kind = getattr(stats, "type", None)
-                if kind == "outbound-rtp":
-                    if stats.packetsSent == sent:
-                        heard = now  # nothing went out, so no report is owed
-                    sent = stats.packetsSent
-                elif kind == "remote-inbound-rtp" and stats.timestamp != last_report:
-                    last_report = stats.timestamp
-                    heard = now
-            if now - heard > self._media_timeout:
-                self._gone("MEDIA_TIMEOUT")
-                return
+        self._timer = loop.call_later(max(delay, 0.0) + RECHECK_MARGIN_S, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if not self._closed:
+            self._check = asyncio.get_running_loop().create_task(
+                self._check_liveness(), name=f"hark-player-liveness-{self.id}"
+            )
+
+    async def _check_liveness(self) -> None:
+        now = asyncio.get_running_loop().time()
+        if self._pc.connectionState != "connected":
+            connect_deadline = self._started + self._connect_timeout
+            if now >= connect_deadline:
+                self._gone("CONNECTION_FAILED")
+            else:
+                self._check_in(connect_deadline - now)
+            return
+        silence = min(now - self._report_owed_since(now), await self._report_age())
+        if silence > self._media_timeout:
+            self._gone("MEDIA_TIMEOUT")
+        elif not self._closed:
+            self._check_in(self._media_timeout - silence)
+
+    def _report_owed_since(self, now: float) -> float:
+        """Since when the player owes a receiver report: packets have been going out since then."""
+        sending_since = self.track.sending_since(now)
+        if sending_since is None:
+            return now  # nothing went out lately, so no report is owed
+        return max(sending_since, self._connected_at or now)
+
+    async def _report_age(self) -> float:
+        assert self._sender is not None
+        for stats in (await self._sender.getStats()).values():
+            if getattr(stats, "type", None) == "remote-inbound-rtp":
+                return _seconds_since(stats)
+        return math.inf

@@ -16,6 +16,10 @@ class PublisherRelay:
         self._clock = TimestampUnwrapper()
         self._metrics = metrics
 
+    @property
+    def has_players(self) -> bool:
+        return bool(self._tracks)
+
     def add_player(self, track: PacketTrack) -> None:
         self._tracks.add(track)
 
@@ -23,6 +27,7 @@ class PublisherRelay:
         self._tracks.discard(track)
 
     def forward(self, payload: bytes, timestamp: int) -> None:
+        self._metrics.publisher_packets_tapped.inc()
         pts = self._clock.unwrap(timestamp)
         if not self._tracks:
             return

@@ -18,6 +18,7 @@ from av.packet import Packet
 OpusPacket: TypeAlias = "Packet[Any]"  # generic only in PyAV's stubs
 OPUS_TIME_BASE: Final = fractions.Fraction(1, 48000)
 TRACK_QUEUE_PACKETS: Final = 10  # 200 ms: a sender further behind than that loses the oldest
+SENDING_GAP_S: Final = 1.0  # a longer pause between two packets ends a run of sending
 
 
 def opus_packet(payload: bytes, pts: int) -> OpusPacket:
@@ -38,6 +39,8 @@ class PacketTrack(MediaStreamTrack):
         self._limit = limit
         self._wake = asyncio.Event()
         self._reading = False
+        self._last_sent: float | None = None
+        self._sending_since = 0.0
 
     def push(self, packet: OpusPacket) -> int:
         """Queue ``packet``; returns how many older packets it pushed out (0 or 1).
@@ -62,7 +65,20 @@ class PacketTrack(MediaStreamTrack):
                 raise MediaStreamError
             self._wake.clear()
             await self._wake.wait()
+        self._sent(asyncio.get_running_loop().time())
         return self._packets.popleft()
+
+    def sending_since(self, now: float) -> float | None:
+        """When the current run of packets handed to the sender began (loop time); None when
+        nothing was sent in the last ``SENDING_GAP_S``."""
+        if self._last_sent is None or now - self._last_sent > SENDING_GAP_S:
+            return None
+        return self._sending_since
+
+    def _sent(self, now: float) -> None:
+        if self._last_sent is None or now - self._last_sent > SENDING_GAP_S:
+            self._sending_since = now
+        self._last_sent = now
 
     def flush(self) -> None:
         """Drop the packets not yet read."""

@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 class PublisherConnection(Protocol):
     """What a live session needs of its publisher's peer connection."""
 
+    def forward_opus(self) -> None: ...
+
     async def close(self) -> None: ...
 
 
@@ -116,6 +118,8 @@ class LiveSession:
         events = self.session.publisher_attached(self._clock.now())
         self.publisher = publisher
         self.etag = etag
+        if self.relay.has_players:
+            publisher.forward_opus()
         self._publish(events)
 
     def transport_connected(self) -> None:
@@ -187,6 +191,8 @@ class LiveSession:
             self.voice.add_player(player.track)
         else:
             self.relay.add_player(player.track)
+            if self.publisher is not None:
+                self.publisher.forward_opus()
         self._metrics.players.labels(player.source.value).inc()
         self.log.info("WHEP player %s (%s) joined", player.id, player.source.value)
 

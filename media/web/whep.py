@@ -72,12 +72,11 @@ class WhepHandlers:
         )
         live.check_player_room()
         player_id = secrets.token_urlsafe(9)
-        events = live.player_events(player_id)
         player = PlayerPeer(
             live.id,
             player_id,
             source,
-            lambda _, reason: events.gone(reason),
+            live.player_events(player_id),
             ice_servers=self._ice_servers,
             media_timeout=self._media_timeout,
             connect_timeout=self._connect_timeout,

@@ -16,8 +16,7 @@ from media.core.sdp import OfferSummary
 from media.core.session import Origin
 from media.errors import PublisherExists, SessionConflict, Unauthorized
 from media.logs import session_logger
-from media.metrics import Metrics
-from media.rtc.publisher import PublisherPeer
+from media.rtc.publisher import PublisherEvents, PublisherPeer
 from media.server.auth import new_session_id, tokens_match
 from media.server.live_session import LiveSession
 from media.server.session_table import SessionTable
@@ -99,7 +98,7 @@ class WhipHandlers:
         self.authorize_server(request)
         self._sessions.check_capacity()
         offer = await self._read_offer(request)
-        bound = _BoundEvents(self._sessions.metrics)
+        bound = _SessionToBe()
         peer, answer = await self._negotiate(new_session_id(), offer, bound)
         try:
             live = self._sessions.create(Origin.WHIP, session_id=peer.session_id)
@@ -115,9 +114,7 @@ class WhipHandlers:
         self.authorize_session(request, live)
         self._check_no_publisher(live)
         offer = await self._read_offer(request)
-        peer, answer = await self._negotiate(
-            live.id, offer, _BoundEvents(self._sessions.metrics, live)
-        )
+        peer, answer = await self._negotiate(live.id, offer, live)
         try:
             self._check_no_publisher(live)
             live.attach_publisher(peer, new_etag())
@@ -170,7 +167,7 @@ class WhipHandlers:
         )
 
     async def _negotiate(
-        self, session_id: str, offer: tuple[str, OfferSummary], events: _BoundEvents
+        self, session_id: str, offer: tuple[str, OfferSummary], events: PublisherEvents
     ) -> tuple[PublisherPeer, str]:
         sdp, summary = offer
         peer = PublisherPeer(
@@ -201,39 +198,30 @@ class WhipHandlers:
         return answer_response(answer, location, live.etag, self._ice_servers)
 
 
-class _BoundEvents:
-    """Today's PublisherPeer reports by session id; this hands its reports to the one
-    LiveSession it belongs to (``live`` is set once the session exists). It goes away when the
-    peer reports to a bound ``PublisherEvents`` itself."""
+class _SessionToBe:
+    """The reports of a publisher negotiated before its session exists (``POST /whip`` creates
+    the session only once the offer is answered); they reach the LiveSession once ``live`` is set,
+    and none can come before the answer is sent."""
 
-    def __init__(self, metrics: Metrics, live: LiveSession | None = None) -> None:
-        self.live = live
-        self._metrics = metrics
+    def __init__(self) -> None:
+        self.live: LiveSession | None = None
 
-    def transport_connected(self, session_id: str) -> None:
+    def transport_connected(self) -> None:
         if self.live is not None:
             self.live.transport_connected()
 
-    def transport_failed(self, session_id: str, detail: str) -> None:
+    def transport_failed(self, detail: str) -> None:
         if self.live is not None:
             self.live.transport_failed(detail)
 
-    def internal_error(self, session_id: str, detail: str) -> None:
+    def internal_error(self, detail: str) -> None:
         if self.live is not None:
             self.live.internal_error(detail)
 
-    def media_received(self, session_id: str) -> None:
-        """Decoded audio counts as media arrival (``audio_decoded``)."""
-
-    def rtp_stats(self, session_id: str, lost: int, jitter_s: float) -> None:
-        if lost > 0:
-            self._metrics.rtp_packets_lost.inc(lost)
-        self._metrics.rtp_jitter.observe(jitter_s)
-
-    def audio_decoded(self, session_id: str, frame: AudioFrame) -> None:
+    def audio_decoded(self, frame: AudioFrame) -> None:
         if self.live is not None:
             self.live.audio_decoded(frame)
 
-    def opus_received(self, session_id: str, payload: bytes, timestamp: int) -> None:
+    def opus_received(self, payload: bytes, timestamp: int) -> None:
         if self.live is not None:
             self.live.opus_received(payload, timestamp)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import inspect
+import logging
 
+import pytest
 from aiortc import RTCPeerConnection, RTCRtpSender
 
-from media.rtc.compat import set_jitter_frames, tap_opus_packets
+from media.rtc import compat
+from media.rtc.compat import Hook, set_jitter_frames, tap_opus_packets
+from tests.support import running_server
 
 
 async def test_the_audio_jitter_buffer_can_still_be_shortened() -> None:
@@ -44,3 +48,48 @@ def test_a_connection_still_starts_its_transceivers_through_send_and_receive() -
         "aiortc starts transceivers another way: close_peer_connection no longer stops a close "
         "that races DTLS from leaving RTCP tasks running"
     )
+
+
+@pytest.mark.parametrize("hook", compat.HOOKS, ids=lambda hook: hook.name)
+async def test_every_hook_still_applies_to_the_installed_aiortc_and_aioice(hook: Hook) -> None:
+    pc = RTCPeerConnection()
+    try:
+        pc.addTransceiver("audio", direction="recvonly")
+        assert hook.applies(pc), hook.lost
+    finally:
+        await pc.close()
+
+
+async def test_the_start_up_check_warns_of_nothing_with_the_pinned_versions(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger=compat.__name__):
+        assert await compat.check() == []
+    assert not caplog.records
+
+
+async def test_a_hook_that_cannot_apply_is_named_in_one_warning_at_start_up(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    moved = Hook("moved", "aiortc moved it: something has no effect", lambda pc: False)
+    with caplog.at_level(logging.WARNING, logger=compat.__name__):
+        assert await compat.check((*compat.HOOKS, moved)) == [moved]
+    assert [r.getMessage() for r in caplog.records] == [moved.lost]
+
+
+async def offered_host_addresses() -> set[str]:
+    pc = RTCPeerConnection()
+    try:
+        pc.addTransceiver("audio", direction="sendrecv")
+        await pc.setLocalDescription(await pc.createOffer())
+        lines = pc.localDescription.sdp.splitlines()
+        return {line.split()[4] for line in lines if line.startswith("a=candidate:")}
+    finally:
+        await pc.close()
+
+
+async def test_a_servers_choice_of_ice_addresses_ends_when_it_stops() -> None:
+    before = await offered_host_addresses()
+    async with running_server(ice_addresses=("127.0.0.2",)):
+        assert await offered_host_addresses() == {"127.0.0.2"}
+    assert await offered_host_addresses() == before == {"127.0.0.1"}

@@ -14,7 +14,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaPlayer
 
 from media.app import HarkApp
-from media.rtc.publisher import close_peer_connection
+from media.rtc.negotiation import close_peer_connection
 from media.v1 import media_pb2 as pb
 from tests.integration.test_tls import issue, write
 from tests.listening import recvonly_offer

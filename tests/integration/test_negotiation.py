@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, assume, given, settings
 
 from media.core.sdp import check_offer
 from media.errors import HarkError
-from media.rtc.publisher import RemoteCandidates, answer_audio_offer, close_peer_connection
+from media.rtc.negotiation import RemoteCandidates, answer_audio_offer, close_peer_connection
 from media.v1 import media_pb2 as pb
 from tests.support import SPEECH, collect_until_closed, grpc_stub, running_server
 from tests.unit.test_sdp import CHROME_OFFER_LINES, mutated

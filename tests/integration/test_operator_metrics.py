@@ -62,3 +62,17 @@ async def test_whip_post_latency_packets_bytes_and_playback_queue_depth() -> Non
     assert value(before, "hark_playback_queued_seconds") == 0
     assert 2 <= value(queued, "hark_playback_queue_max_seconds") <= 5
     assert value(after, "hark_playback_queued_seconds") == 0
+
+
+async def test_rtp_jitter_and_loss_are_read_from_the_receivers_at_each_scrape() -> None:
+    async with running_server() as app:
+        url = app.base_url + "/metrics"
+        publisher = await publish(app.base_url)
+        await app.sessions.wait_ready(publisher.session_id)
+        first = await scrape_until(url, lambda s: value(s, "hark_rtp_jitter_seconds_count") >= 1)
+        second = await scrape(url)
+        await publisher.delete()
+    assert value(second, "hark_rtp_jitter_seconds_count") == (
+        value(first, "hark_rtp_jitter_seconds_count") + 1
+    ), "one sample per publisher per scrape"
+    assert ("hark_rtp_packets_lost_total", ()) in second

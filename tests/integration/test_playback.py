@@ -19,6 +19,7 @@ from media.core.events import SpeechStarted
 from media.core.segmenter import Segmenter, SegmenterConfig
 from media.rtc.compat import ice_connections, tap_opus_packets
 from media.v1 import media_pb2 as pb
+from tests.integration.test_operations import scrape, value
 from tests.listening import (
     SILENCE_DBFS,
     Heard,
@@ -314,6 +315,33 @@ def metric(app: Any, name: str, labels: str) -> float:
     raise AssertionError(f"{name}{{{labels}}} is not exported")
 
 
+async def test_a_publisher_is_read_packet_by_packet_only_once_a_source_publisher_player_joins() -> (
+    None
+):
+    async with running_server() as app, grpc_stub(app) as stub:
+        url = app.base_url + "/metrics"
+        session = await stub.CreateSession(pb.CreateSessionRequest())
+        publisher = await publish(app.base_url, f"/whip/{session.id}", token=session.token)
+        try:
+            async with listening(app.base_url, session.id, token=session.token) as agent_player:
+                await eventually(lambda: len(agent_player.heard) >= 10, "an agent player hears")
+                async with asyncio.timeout(20):
+                    while (
+                        value(receiving := await scrape(url), "hark_rtp_packets_received_total")
+                        < 50
+                    ):
+                        await asyncio.sleep(0.1)
+            assert value(receiving, "hark_publisher_packets_tapped_total") == 0
+            async with listening(
+                app.base_url, session.id, token=session.token, source="publisher"
+            ) as player:
+                await eventually(lambda: len(player.heard) >= 10, "the publisher player hears")
+                tapped = await scrape(url)
+            assert value(tapped, "hark_publisher_packets_tapped_total") >= 10
+        finally:
+            await publisher.delete()
+
+
 async def test_a_player_hears_nothing_from_another_sessions_publisher() -> None:
     async with running_server() as app, grpc_stub(app) as stub:
         quiet = await stub.CreateSession(pb.CreateSessionRequest())
@@ -451,6 +479,28 @@ async def test_a_playback_that_asked_not_to_be_interrupted_plays_through_the_use
     assert kinds.index("playback_started") < kinds.index("speech_started"), kinds
     assert "playback_interrupted" not in kinds
     assert reply.played_ms == 3000 and not reply.interrupted
+
+
+async def test_a_vanished_player_is_removed_for_its_media_timeout_not_the_connect_timeout() -> None:
+    server = running_server(player_timeout=1.0, ready_timeout=60.0)
+    async with server as app, grpc_stub(app) as stub:
+        session = await stub.CreateSession(pb.CreateSessionRequest())
+        publisher = await publish(app.base_url, f"/whip/{session.id}", token=session.token)
+        vanishing = await listen(app.base_url, session.id, token=session.token, source="publisher")
+        try:
+            await eventually(lambda: bool(vanishing.heard), "the player hears")
+            for connection in ice_connections(vanishing.pc):
+                for protocol in connection._protocols:  # stop answering, say nothing
+                    protocol.transport.close()
+            await eventually(
+                lambda: (
+                    metric(app, "hark_whep_players_closed_total", 'reason="MEDIA_TIMEOUT"') == 1
+                ),
+                "the vanished player is closed long before the 60 s connect timeout",
+            )
+        finally:
+            await vanishing.close()
+            await publisher.delete()
 
 
 async def test_a_player_that_closes_its_connection_without_delete_is_removed_at_once() -> None:

@@ -19,7 +19,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from multidict import CIMultiDictProxy
 
 from media.app import HarkApp
-from media.rtc.publisher import close_peer_connection
+from media.rtc.negotiation import close_peer_connection
 from media.v1 import media_pb2 as pb
 from tests.listening import (
     auth,

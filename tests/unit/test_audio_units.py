@@ -9,7 +9,7 @@ import fractions
 import pytest
 from av import AudioFrame
 
-from media.audio.pcm import Framer
+from media.audio.framing import Framer
 from media.audio.speech_pipeline import (
     Audio,
     AudioMode,

@@ -62,15 +62,6 @@ KNOWN_VIOLATIONS = {
 }
 
 
-# Named in the README's table of concepts, added by the parallel work of issue 14 (server/ and
-# rtc/, audio/): the last test fails once they exist, so the entry is deleted with the merge.
-NOT_YET_MERGED = {
-    "media/audio/framing.py",
-    "media/rtc/negotiation.py",
-    "media/rtc/track_reader.py",
-}
-
-
 @dataclass(frozen=True)
 class Import:
     importer: str  # dotted module name
@@ -226,5 +217,4 @@ def test_the_readme_names_the_module_of_every_concept_and_only_modules_that_exis
         if p.name not in ("__init__.py", "__main__.py")
     }
     assert modules - named == set(), "add these to the README's Development table"
-    assert named - modules - NOT_YET_MERGED == set(), "the README names modules that do not exist"
-    assert NOT_YET_MERGED & modules == set(), "merged: delete these from NOT_YET_MERGED"
+    assert named - modules == set(), "the README names modules that do not exist"
