@@ -10,7 +10,8 @@ import { promisify } from "node:util";
 
 import { HarkError, HarkSession } from "../../media/static/sdk/hark.js";
 
-const FOLLOW = fileURLToPath(new URL("follow.mjs", import.meta.url));
+const FOLLOW_URL = new URL("follow.mjs", import.meta.url).href;
+const FOLLOW = fileURLToPath(FOLLOW_URL);
 
 /** A local server answering every request with `answer(request, response)`; counts requests. */
 async function serving(answer) {
@@ -77,8 +78,13 @@ test("an unreachable Hark ends in CONNECTION_LOST, and reconnect waits leave no 
 test("hark.js runs without a global CustomEvent (Node 18)", async (t) => {
   const hark = await serving((request, response) => response.writeHead(404).end("no session S3"));
   t.after(() => hark.close());
+  // as Node 18 without a flag (and without relying on a flag this Node may not know)
+  const withoutCustomEvent = `delete globalThis.CustomEvent; await import(${JSON.stringify(FOLLOW_URL)});`;
   const { stdout } = await promisify(execFile)(process.execPath, [
-    "--no-experimental-global-customevent",
+    "--input-type=module",
+    "--eval",
+    withoutCustomEvent,
+    "--",
     FOLLOW,
     "t0ken",
     `${hark.base}/whip/S3`,
