@@ -15,6 +15,8 @@ export async function talk(token: string): Promise<string> {
     token,
     audio: { echoCancellation: false },
     iceServers: [{ urls: "stun:stun.example.net" }],
+    redirectOrigins: ["https://node2.hark.example"],
+    connectionLostAfterMs: 30_000,
   });
   session.addEventListener("speechstart", (event) => {
     const started: HarkEvent = event.detail;
@@ -22,7 +24,8 @@ export async function talk(token: string): Promise<string> {
   });
   session.addEventListener("state", () => {
     const state: SessionState = session.state;
-    if (state === "CLOSED") console.log(session.closeReason, session.closeDetail);
+    if (state === "CLOSED" && session.closeReason === "CONNECTION_LOST") console.log("no events");
+    else if (state === "CLOSED") console.log(session.closeReason, session.closeDetail);
   });
   session.addEventListener("event", (event) => console.log(Number(event.detail.revision ?? 0)));
   try {

@@ -9,6 +9,8 @@ import {
   iceCredentials,
   parseIceServerLinks,
   payloadOf,
+  retryAfterDelay,
+  tokenRedirect,
   trickleFragment,
 } from "../../media/static/sdk/core.js";
 
@@ -112,4 +114,39 @@ test("trickle fragments carry the ICE credentials, the mid and end-of-candidates
     "a=ice-ufrag:abcd\r\na=ice-pwd:secretsecretsecretsecret\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\n" +
       "a=mid:0\r\na=candidate:1 1 udp 2122260223 127.0.0.1 5000 typ host\r\na=end-of-candidates\r\n",
   );
+});
+
+test("redirect: the token follows to the same host, never from https to http, never elsewhere", () => {
+  const allowed = (from, to, origins) => tokenRedirect(from, to, origins).allowed;
+  assert.ok(allowed("https://hark.example/whip", "https://hark.example:8443/whip"));
+  assert.ok(allowed("http://127.0.0.1:8000/whip", "http://127.0.0.1:9000/whip"));
+  assert.ok(allowed("http://hark.example/whip", "https://hark.example/whip"));
+  assert.ok(!allowed("https://hark.example/whip", "http://hark.example/whip"));
+  assert.ok(!allowed("https://hark.example/whip", "http://node2.hark.example/whip", ["http://node2.hark.example"]));
+  assert.ok(!allowed("https://hark.example/whip", "https://evil.example/whip"));
+  assert.ok(!allowed("https://hark.example/whip", "https://node2.hark.example/whip"));
+  assert.ok(allowed("https://hark.example/whip", "https://node2.hark.example/whip", ["https://node2.hark.example/"]));
+  assert.ok(!allowed("https://hark.example/whip", "https://node2.hark.example:8443/whip", ["https://node2.hark.example"]));
+});
+
+test("redirect: a refusal says why, naming the origin and never the token", () => {
+  const downgrade = tokenRedirect("https://hark.example/whip", "http://hark.example/whip");
+  assert.match(downgrade.why, /https to http/);
+  const foreign = tokenRedirect("https://hark.example/whip", "https://evil.example/x");
+  assert.match(foreign.why, /https:\/\/evil\.example.*redirectOrigins/);
+});
+
+test("Retry-After: delta-seconds, an HTTP-date, garbage, kept between the backoff and the cap", () => {
+  const now = Date.parse("Tue, 01 Dec 2026 01:00:00 GMT");
+  const delay = (header, minMs = 500) => retryAfterDelay(header, { minMs, maxMs: 60000, now });
+  assert.equal(delay("3"), 3000);
+  assert.equal(delay(" 7 "), 7000);
+  assert.equal(delay("Tue, 01 Dec 2026 01:00:20 GMT"), 20000);
+  assert.equal(delay("Tue, 01 Dec 2026 00:59:00 GMT"), 500); // in the past
+  assert.equal(delay("0"), 500);
+  assert.equal(delay("soon"), 500);
+  assert.equal(delay(null), 500);
+  assert.equal(delay("99999999999"), 60000); // setTimeout would overflow
+  assert.equal(delay("Fri, 31 Dec 9999 23:59:59 GMT"), 60000);
+  assert.equal(delay("2", 5000), 5000); // never shorter than the backoff
 });

@@ -200,3 +200,40 @@ export function iceCredentials(sdp) {
   const pwd = /^a=ice-pwd:(.+)$/m.exec(sdp);
   return { ufrag: ufrag ? ufrag[1].trim() : null, pwd: pwd ? pwd[1].trim() : null };
 }
+
+/**
+ * Whether the bearer token may be sent again to `finalUrl`, where a redirect from `originalUrl`
+ * led (browsers drop it when a redirect crosses origins). Never over a downgrade from https to
+ * http; otherwise only to the same host (any port) or to an origin the caller listed in
+ * `allowedOrigins`. Answers `{allowed, why}`, `why` saying what was refused.
+ */
+export function tokenRedirect(originalUrl, finalUrl, allowedOrigins = []) {
+  const from = new URL(originalUrl);
+  const to = new URL(finalUrl);
+  if (from.protocol === "https:" && to.protocol !== "https:") {
+    return { allowed: false, why: `a redirect from https to ${to.protocol.slice(0, -1)} (${to.origin})` };
+  }
+  if (!["https:", "http:"].includes(to.protocol)) {
+    return { allowed: false, why: `a redirect to a ${to.protocol} URL` };
+  }
+  if (to.hostname === from.hostname) return { allowed: true, why: "" };
+  const listed = allowedOrigins.map((origin) => new URL(origin).origin);
+  if (listed.includes(to.origin)) return { allowed: true, why: "" };
+  return { allowed: false, why: `a redirect to another host (${to.origin}) not in redirectOrigins` };
+}
+
+/**
+ * How long to wait after a response with `Retry-After` (RFC 9110 section 10.2.3: delta-seconds
+ * or an HTTP-date), kept between `minMs` (the backoff delay: never a tight loop) and `maxMs`.
+ * A missing or unreadable header gives `minMs`.
+ */
+export function retryAfterDelay(header, { minMs = 0, maxMs = 60000, now = Date.now() } = {}) {
+  const text = (header || "").trim();
+  let wait = minMs;
+  if (/^\d+$/.test(text)) wait = Number(text) * 1000;
+  else if (text) {
+    const at = Date.parse(text);
+    if (!Number.isNaN(at)) wait = at - now;
+  }
+  return Math.min(Math.max(wait, minMs), Math.max(minMs, maxMs));
+}

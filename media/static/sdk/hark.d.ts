@@ -75,13 +75,27 @@ export interface PublishOptions {
   /** Microphone constraints, over the defaults (echo cancellation, noise suppression and
    * auto gain on). */
   audio?: MediaTrackConstraints;
+  /** Origins (e.g. "https://node2.hark.example") a redirect may lead to with the token, besides
+   * the WHIP URL's own host; never over a downgrade from https to http. */
+  redirectOrigins?: string[];
+  /** How long the event stream may fail to reach Hark before the session is closed here with
+   * "CONNECTION_LOST" (default 120000). */
+  connectionLostAfterMs?: number;
 }
 
 /** `code`: the HTTP status of a refused request (0 when Hark could not be reached), the close
- * reason of a session that closed, or "TIMEOUT"; `reason`: Hark's own text. */
+ * reason of a session that closed ("CONNECTION_LOST" when its event stream gave up), "TIMEOUT",
+ * or "REDIRECT_REFUSED" (the token was not sent on to where a redirect led); `reason`: the text. */
 export declare class HarkError extends Error {
   constructor(code: number | string, reason: string);
-  readonly code: number | CloseReason | "TIMEOUT" | "NO_AUDIO" | string;
+  readonly code:
+    | number
+    | CloseReason
+    | "CONNECTION_LOST"
+    | "TIMEOUT"
+    | "NO_AUDIO"
+    | "REDIRECT_REFUSED"
+    | string;
   readonly reason: string;
 }
 
@@ -107,7 +121,8 @@ export declare class HarkSession extends EventTarget {
   readonly url: string;
   readonly state: SessionState;
   readonly listening: boolean;
-  readonly closeReason: CloseReason | null;
+  /** "CONNECTION_LOST": the SDK closed it after its event stream failed for connectionLostAfterMs. */
+  readonly closeReason: CloseReason | "CONNECTION_LOST" | null;
   readonly closeDetail: string;
   /** The revision of the latest event applied. */
   readonly revision: number;

@@ -14,6 +14,8 @@ import {
   iceCredentials,
   parseIceServerLinks,
   payloadOf,
+  retryAfterDelay,
+  tokenRedirect,
   trickleFragment,
 } from "./core.js";
 
@@ -30,12 +32,25 @@ export class HarkError extends Error {
   }
 }
 
+// Node 18 has no global CustomEvent (without a flag): an Event with a `detail` is all it takes.
+const DetailEvent =
+  globalThis.CustomEvent ??
+  class DetailEvent extends Event {
+    constructor(type, { detail = null, ...init } = {}) {
+      super(type, init);
+      this.detail = detail;
+    }
+  };
+
 const DEFAULT_AUDIO = { echoCancellation: true, noiseSuppression: true, autoGainControl: true };
 const HANG_UP_WAIT_MS = 3000;
 const TRICKLE_ATTEMPTS = 5;
 // Hark sends a heartbeat every few seconds (--heartbeat-interval, 5 s by default): a stream silent
 // for this long is dead even if TCP has not noticed (a NAT that forgot the connection).
 const STREAM_IDLE_MS = 45000;
+// An event stream that has heard nothing from Hark for this long (every reconnect failing) gives
+// up: the session is closed here with CONNECTION_LOST instead of retrying forever.
+const CONNECTION_LOST_AFTER_MS = 120000;
 
 /**
  * Publishes the microphone (or `options.stream`) to a WHIP endpoint. Resolves with the session
@@ -44,6 +59,7 @@ const STREAM_IDLE_MS = 45000;
  */
 export async function publish(whipUrl, options = {}) {
   const { token = null, stream = null, iceServers = null, audio = {} } = options;
+  const { redirectOrigins = [], connectionLostAfterMs = CONNECTION_LOST_AFTER_MS } = options;
   const media =
     stream || (await navigator.mediaDevices.getUserMedia({ audio: { ...DEFAULT_AUDIO, ...audio } }));
   const ownsStream = !stream;
@@ -55,8 +71,17 @@ export async function publish(whipUrl, options = {}) {
     const link = await negotiate(pc, new URL(whipUrl, globalThis.location?.href).href, {
       token,
       linkServers: !iceServers,
+      redirectOrigins,
     });
-    const session = new HarkSession({ url: link.url, etag: link.etag, token, pc, iceServers });
+    const session = new HarkSession({
+      url: link.url,
+      etag: link.etag,
+      token,
+      pc,
+      iceServers,
+      redirectOrigins,
+      connectionLostAfterMs,
+    });
     session._ownStream(media, ownsStream);
     session._follow();
     return session;
@@ -73,9 +98,9 @@ export async function publish(whipUrl, options = {}) {
  * PATCH and `If-Match`. The offer is sent before gathering starts, so the servers Hark announces
  * are the ones gathered with.
  */
-async function negotiate(pc, endpoint, { token, linkServers }) {
+async function negotiate(pc, endpoint, { token, linkServers, redirectOrigins }) {
   const offer = await pc.createOffer();
-  const response = await postOffer(endpoint, offer.sdp, token);
+  const response = await postOffer(endpoint, offer.sdp, token, redirectOrigins);
   const answer = await response.text();
   if (response.status !== 201) throw new HarkError(response.status, answer.trim() || response.statusText);
   const location = response.headers.get("Location");
@@ -100,14 +125,20 @@ async function negotiate(pc, endpoint, { token, linkServers }) {
 /**
  * A browser follows a 307 by itself but drops `Authorization` when the redirect crosses origins
  * (Fetch standard), so the owner answers 401; the final URL is known then, and the offer is sent
- * there again with the token. `redirect: "manual"` cannot help: its Location is unreadable.
+ * there again with the token, unless that would hand it to another host or over plain http
+ * (tokenRedirect). `redirect: "manual"` cannot help: its Location is unreadable.
  */
-async function postOffer(endpoint, sdp, token) {
+async function postOffer(endpoint, sdp, token, redirectOrigins = []) {
   const send = (url) =>
     request(url, { method: "POST", headers: { "Content-Type": "application/sdp" }, body: sdp }, token);
-  let response = await send(endpoint);
-  if (response.status === 401 && response.redirected && token) response = await send(response.url);
-  return response;
+  const response = await send(endpoint);
+  if (response.status !== 401 || !response.redirected || !token) return response;
+  const { allowed, why } = tokenRedirect(endpoint, response.url, redirectOrigins);
+  if (!allowed) {
+    await response.body?.cancel();
+    throw new HarkError("REDIRECT_REFUSED", `the token was not sent again after ${why}`);
+  }
+  return send(response.url);
 }
 
 async function request(url, init, token, keepalive = false) {
@@ -178,10 +209,19 @@ class Trickle {
 
 const READY = "READY";
 const CLOSED = "CLOSED";
+const CONNECTION_LOST = "CONNECTION_LOST";
 
 /** One published session: its state, listening flag and events, mirrored from Hark's SSE. */
 export class HarkSession extends EventTarget {
-  constructor({ url, etag, token, pc, iceServers }) {
+  constructor({
+    url,
+    etag,
+    token,
+    pc,
+    iceServers,
+    redirectOrigins = [],
+    connectionLostAfterMs = CONNECTION_LOST_AFTER_MS,
+  }) {
     super();
     this.url = url;
     this.id = url.split("/").pop();
@@ -194,6 +234,9 @@ export class HarkSession extends EventTarget {
     this._etag = etag;
     this._token = token;
     this._iceServers = iceServers;
+    this._redirectOrigins = redirectOrigins;
+    this._connectionLostAfterMs = connectionLostAfterMs;
+    this._lastContact = Date.now();
     this._players = new Set();
     this._tracker = new RevisionTracker();
     this._failure = null;
@@ -264,7 +307,11 @@ export class HarkSession extends EventTarget {
     });
     const endpoint = this.url.replace(/\/whip\/([^/]+)$/, "/whep/$1");
     try {
-      const { url } = await negotiate(pc, endpoint, { token: this._token, linkServers: !this._iceServers });
+      const { url } = await negotiate(pc, endpoint, {
+        token: this._token,
+        linkServers: !this._iceServers,
+        redirectOrigins: this._redirectOrigins,
+      });
       const player = new HarkPlayer(this, url, pc, element);
       this._players.add(player);
       return player;
@@ -315,13 +362,14 @@ export class HarkSession extends EventTarget {
   }
 
   // The event stream: SSE over fetch (so the token travels in Authorization, never in a URL),
-  // resumed with Last-Event-ID after every cut, with backoff and jitter between attempts.
+  // resumed with Last-Event-ID after every cut, with backoff and jitter between attempts, until
+  // nothing was heard from Hark for connectionLostAfterMs.
 
   async _follow() {
     let attempt = 0;
     while (!this._abort.signal.aborted) {
       let delivered = false;
-      let retryAfterMs = 0;
+      let retryAfter = null;
       const connection = new AbortController();
       const stop = () => connection.abort();
       this._abort.signal.addEventListener("abort", stop);
@@ -337,7 +385,7 @@ export class HarkSession extends EventTarget {
           return;
         }
         if (!response.ok) {
-          retryAfterMs = 1000 * Number(response.headers.get("Retry-After") || 0);
+          retryAfter = response.headers.get("Retry-After");
           await response.body?.cancel();
         } else {
           delivered = await this._read(response, connection);
@@ -348,9 +396,20 @@ export class HarkSession extends EventTarget {
         this._abort.signal.removeEventListener("abort", stop);
       }
       if (this.state === CLOSED) return;
+      if (Date.now() - this._lastContact >= this._connectionLostAfterMs) {
+        this._loseConnection();
+        return;
+      }
       attempt = delivered ? 0 : attempt + 1;
-      await this._sleep(Math.max(retryAfterMs, backoffDelay(attempt)));
+      await this._sleep(retryAfterDelay(retryAfter, { minMs: backoffDelay(attempt) }));
     }
+  }
+
+  _loseConnection() {
+    const seconds = Math.round(this._connectionLostAfterMs / 1000);
+    const detail = `the event stream could not reach Hark for ${seconds} s`;
+    request(this.url, { method: "DELETE" }, this._token).catch(() => {}); // if only events were cut
+    this._close(CONNECTION_LOST, detail, new HarkError(CONNECTION_LOST, detail));
   }
 
   _openStream(signal) {
@@ -372,6 +431,7 @@ export class HarkSession extends EventTarget {
         idle = setTimeout(() => connection.abort(), STREAM_IDLE_MS);
         const { value, done } = await reader.read();
         if (done) return delivered;
+        this._lastContact = Date.now();
         for (const message of parser.feed(decoder.decode(value, { stream: true }))) {
           const verdict = this._tracker.accept(JSON.parse(message.data));
           if (verdict === "gap") return delivered; // reconnect from the last revision
@@ -389,12 +449,15 @@ export class HarkSession extends EventTarget {
   }
 
   _sleep(ms) {
+    const signal = this._abort.signal;
     return new Promise((resolve) => {
-      const timer = setTimeout(resolve, ms);
-      this._abort.signal.addEventListener("abort", () => {
+      const wake = () => {
         clearTimeout(timer);
+        signal.removeEventListener("abort", wake);
         resolve();
-      });
+      };
+      const timer = setTimeout(wake, ms);
+      signal.addEventListener("abort", wake, { once: true });
     });
   }
 
@@ -460,7 +523,7 @@ export class HarkSession extends EventTarget {
   }
 
   _emit(type, detail) {
-    this.dispatchEvent(new CustomEvent(type, { detail }));
+    this.dispatchEvent(new DetailEvent(type, { detail }));
   }
 }
 
