@@ -192,6 +192,12 @@ class Metrics:
             "HTTP connections refused because their address had --max-connections-per-ip open.",
             registry=r,
         )
+        self.client_errors_unlogged = Counter(
+            "hark_http_client_errors_unlogged",
+            "Refused HTTP requests left out of the log (over its budget of about 5 lines a "
+            "second); every one is still counted in hark_http_requests_total.",
+            registry=r,
+        )
         self.grpc_requests = Counter(
             "hark_grpc_requests",
             "gRPC calls by method and status code.",

@@ -10,8 +10,9 @@ event that fires while it is being set up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Final
 
 from media.audio.speech_pipeline import SpeechSettings
@@ -84,6 +85,7 @@ class SessionTable:
         self._all_watchers: set[Subscription] = set()
         self._releasing: set[asyncio.Task[None]] = set()
         self._draining = False
+        self._negotiating = 0
         self._shut = False
         self._a_session_closed = asyncio.Event()
 
@@ -122,15 +124,29 @@ class SessionTable:
     def live_count(self) -> int:
         return sum(1 for live in self._sessions.values() if not live.closed)
 
-    def check_capacity(self) -> None:
+    @contextlib.contextmanager
+    def reserve(self) -> Iterator[None]:
+        """Hold a place for a session whose offer is being negotiated: peers that are being built
+        count against --max-sessions, so a burst of POSTs cannot build more than fit."""
+        self.check_capacity()
+        self._negotiating += 1
+        try:
+            yield
+        finally:
+            self._negotiating -= 1
+
+    def check_capacity(self, *, reserved: bool = False) -> None:
+        """Refuse a new session when draining, full or overloaded; ``reserved``: the caller holds
+        one of the places being negotiated, so it does not count against itself."""
         if self._draining:
             self.metrics.sessions_refused.labels("draining").inc()
             raise Draining("server is draining and takes no new sessions")
-        live = self.live_count()
+        live = self.live_count() + self._negotiating - (1 if reserved else 0)
         if live >= self.max_sessions:
             self.metrics.sessions_refused.labels("max_sessions").inc()
             raise CapacityExceeded(
-                f"at capacity: {live} live sessions (--max-sessions {self.max_sessions})",
+                f"at capacity: {live} live or negotiating sessions "
+                f"(--max-sessions {self.max_sessions})",
                 retry_after_s=2,
             )
         if self.governor.overloaded:
@@ -157,8 +173,9 @@ class SessionTable:
         metadata: Mapping[str, str] | None = None,
         ttl: float | None = None,
         with_token: bool = False,
+        reserved: bool = False,
     ) -> LiveSession:
-        self.check_capacity()
+        self.check_capacity(reserved=reserved)
         sid = session_id or new_session_id()
         timeouts = self.timeouts
         if ttl:

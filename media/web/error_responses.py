@@ -95,9 +95,13 @@ def error_response(exc: HarkError) -> web.Response:
     return response
 
 
+LOGGED_REASON_CHARS: Final = 200
+
+
 def loggable(exc: HarkError) -> str:
     """What a log line may say about a client mistake: a 415's message quotes the request's
     Content-Type, and no header value ever reaches a log."""
     if isinstance(exc, UnsupportedContentType):
         return type(exc).__name__
-    return str(exc)
+    text = str(exc)
+    return text if len(text) <= LOGGED_REASON_CHARS else text[: LOGGED_REASON_CHARS - 1] + "…"

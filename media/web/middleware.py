@@ -22,6 +22,10 @@ EXPOSED_HEADERS: Final = (
 )
 ALLOWED_HEADERS: Final = "Authorization, Content-Type, If-Match, Last-Event-ID"
 ALLOWED_METHODS: Final = "GET, POST, PATCH, DELETE, OPTIONS"
+# Each refused request is logged at INFO, up to a budget: a flood of bad requests cannot flood the
+# log (what is over it is counted in hark_http_client_errors_unlogged_total).
+CLIENT_MISTAKES_LOGGED_PER_S: Final = 5.0
+CLIENT_MISTAKES_LOG_BURST: Final = 50
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -76,6 +80,8 @@ def make_middlewares(
             raise response
         return response
 
+    log_budget = RateLimiter(CLIENT_MISTAKES_LOGGED_PER_S, CLIENT_MISTAKES_LOG_BURST)
+
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
@@ -91,9 +97,16 @@ def make_middlewares(
                     )
             return await handler(request)
         except HarkError as exc:
-            logger.info(
-                "%s %s -> %d: %s", request.method, route_of(request), status_for(exc), loggable(exc)
-            )
+            if log_budget.check("client mistakes", time.monotonic()) == 0:
+                logger.info(
+                    "%s %s -> %d: %s",
+                    request.method,
+                    route_of(request),
+                    status_for(exc),
+                    loggable(exc),
+                )
+            else:
+                metrics.client_errors_unlogged.inc()
             return error_response(exc)
 
     return [count, cors, errors]

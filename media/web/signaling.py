@@ -45,12 +45,17 @@ def answer_response(
 
 
 def options_response(ice_servers: Sequence[IceServer], *, resource: bool) -> web.Response:
-    """Preflight for an endpoint (takes offers) or a resource (also takes trickle PATCHes)."""
+    """Preflight for an endpoint (takes offers) or a resource (also takes trickle PATCHes).
+
+    Anyone may send OPTIONS (a CORS preflight carries no credentials), so it names only ICE
+    servers without credentials; TURN credentials travel in the authenticated 201 alone.
+    """
     response = preflight(accept_post=SDP)
     if resource:
         response.headers["Accept-Patch"] = TRICKLE
     for server in ice_servers:
-        response.headers.add("Link", server.link_header())
+        if server.username is None and server.credential is None:
+            response.headers.add("Link", server.link_header())
     return response
 
 

@@ -98,15 +98,16 @@ class WhipHandlers:
         self.authorize_server(request)
         self._sessions.check_capacity()
         offer = await self._read_offer(request)
-        bound = _SessionToBe()
-        peer, answer = await self._negotiate(new_session_id(), offer, bound)
-        try:
-            live = self._sessions.create(Origin.WHIP, session_id=peer.session_id)
-            bound.live = live
-            live.attach_publisher(peer, new_etag())
-        except BaseException:
-            await peer.close()
-            raise
+        with self._sessions.reserve():
+            bound = _SessionToBe()
+            peer, answer = await self._negotiate(new_session_id(), offer, bound)
+            try:
+                live = self._sessions.create(Origin.WHIP, session_id=peer.session_id, reserved=True)
+                bound.live = live
+                live.attach_publisher(peer, new_etag())
+            except BaseException:
+                await peer.close()
+                raise
         return self._created(live, answer)
 
     async def publish_precreated(self, request: web.Request) -> web.Response:

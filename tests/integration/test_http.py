@@ -8,6 +8,7 @@ import pytest
 
 from media.config import IceServer
 from media.v1 import media_pb2 as pb
+from tests.offers import OFFER
 from tests.support import grpc_stub, publish, running_server
 
 SDP = {"Content-Type": "application/sdp"}
@@ -110,18 +111,26 @@ async def test_get_and_options_follow_rfc_9725() -> None:
             assert response.headers["Access-Control-Allow-Origin"] == "*"
 
 
-async def test_ice_servers_are_announced_in_link_headers() -> None:
+async def test_ice_servers_are_announced_in_link_headers_and_turn_credentials_only_in_a_201() -> (
+    None
+):
     stun = IceServer.parse("stun:stun.example.net:3478")
     turn = IceServer.parse("turn:ann:pw@turn.example.net:3478?transport=udp")
+    stun_link = '<stun:stun.example.net:3478>; rel="ice-server"'
+    turn_link = (
+        '<turn:turn.example.net:3478?transport=udp>; rel="ice-server"; username="ann"; '
+        'credential="pw"; credential-type="password"'
+    )
     async with running_server(ice_servers=(stun, turn)) as app:
         async with aiohttp.ClientSession() as http:
             async with http.options(app.base_url + "/whip") as response:
-                links = response.headers.getall("Link")
-        assert links == [
-            '<stun:stun.example.net:3478>; rel="ice-server"',
-            '<turn:turn.example.net:3478?transport=udp>; rel="ice-server"; username="ann"; '
-            'credential="pw"; credential-type="password"',
-        ]
+                preflight_links = response.headers.getall("Link")
+            sdp = {"Content-Type": "application/sdp"}
+            async with http.post(app.base_url + "/whip", headers=sdp, data=OFFER) as response:
+                assert response.status == 201, await response.text()
+                answer_links = response.headers.getall("Link")
+    assert preflight_links == [stun_link]
+    assert answer_links == [stun_link, turn_link]
 
 
 async def test_a_server_token_guards_whip_and_grpc() -> None:

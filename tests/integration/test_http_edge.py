@@ -9,6 +9,7 @@ import logging
 import pathlib
 from collections.abc import Iterator
 
+import aiohttp
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaPlayer
@@ -386,3 +387,27 @@ async def test_a_tls_client_that_never_handshakes_is_disconnected(tmp_path: path
                 await closed_by_server(reader)
         finally:
             writer.close()
+
+
+async def test_a_flood_of_bad_requests_cannot_flood_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each refused request is logged up to a budget; the rest are counted, and still answered."""
+    caplog.set_level(logging.INFO, logger="media.web.middleware")
+    async with running_server() as app, aiohttp.ClientSession() as http:
+        statuses = []
+        for _ in range(120):
+            async with http.post(app.base_url + "/whip", data="x" * 500) as response:
+                statuses.append(response.status)
+        async with http.get(app.base_url + "/metrics") as response:
+            metrics = await response.text()
+    lines = [r for r in caplog.records if r.name == "media.web.middleware"]
+    assert statuses == [415] * 120
+    assert 50 <= len(lines) < 120
+    assert all(len(r.getMessage()) < 300 for r in lines)
+    unlogged = next(
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith("hark_http_client_errors_unlogged_total")
+    )
+    assert unlogged == 120 - len(lines)
