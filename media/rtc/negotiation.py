@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Final
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import candidate_from_sdp
@@ -36,6 +36,14 @@ def _ice_candidate(trickled: TrickleCandidate) -> Any:
     return candidate
 
 
+MAX_MDNS_LOOKUPS: Final = 16  # distinct .local candidates resolved per peer connection
+
+
+def _lookup_key(candidate: Any) -> str:
+    """The same name, port, transport and component is looked up once per connection."""
+    return f"{candidate.ip} {candidate.port} {candidate.protocol} {candidate.component}"
+
+
 class RemoteCandidates:
     """Adds a peer's candidates to ``pc``; mDNS ones are resolved concurrently in owned tasks.
 
@@ -50,10 +58,22 @@ class RemoteCandidates:
         self._pc = pc
         self._name = name
         self._resolving: set[asyncio.Task[None]] = set()
+        self._looked_up: set[str] = set()
         self._saw_mdns = False
 
     async def add(self, candidates: Sequence[TrickleCandidate], end: bool) -> None:
+        """Add trickled candidates; refuses (before adding any) a fragment that would take this
+        peer past ``MAX_MDNS_LOOKUPS`` distinct mDNS candidates."""
         parsed = [(c, _ice_candidate(c)) for c in candidates]
+        new_mdns = {
+            _lookup_key(c) for t, c in parsed if is_mdns_candidate(t.candidate)
+        } - self._looked_up
+        if len(self._looked_up) + len(new_mdns) > MAX_MDNS_LOOKUPS:
+            raise InvalidTrickle(
+                f"too many mDNS candidates: at most {MAX_MDNS_LOOKUPS} distinct .local "
+                f"candidates are resolved per connection ({len(self._looked_up)} so far, "
+                f"{len(new_mdns)} more in this fragment)"
+            )
         for trickled, candidate in parsed:
             if is_mdns_candidate(trickled.candidate):
                 self._saw_mdns = True
@@ -64,11 +84,20 @@ class RemoteCandidates:
             await self._pc.addIceCandidate(None)
 
     def resolve_later(self, candidates: Sequence[TrickleCandidate]) -> None:
+        """Resolve an offer's mDNS candidates after the answer (past the limit, the rest are left
+        out: the connection can still form through peer-reflexive candidates)."""
         for trickled in candidates:
             self._saw_mdns = True
             self._resolve_later(_ice_candidate(trickled))
 
     def _resolve_later(self, candidate: Any) -> None:
+        key = _lookup_key(candidate)
+        if key in self._looked_up:
+            return
+        if len(self._looked_up) >= MAX_MDNS_LOOKUPS:
+            logger.debug("%s: mDNS candidate over the limit left out", self._name)
+            return
+        self._looked_up.add(key)
         task = asyncio.get_running_loop().create_task(
             self._pc.addIceCandidate(candidate), name=f"hark-mdns-{self._name}"
         )

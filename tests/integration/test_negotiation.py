@@ -143,6 +143,33 @@ async def test_a_trickle_patch_of_mdns_names_is_answered_while_they_resolve() ->
             assert all(t.cancelled() for t in pending)
 
 
+async def test_a_patch_past_the_mdns_limit_is_refused_and_repeats_are_looked_up_once() -> None:
+    def fragment(first: int, count: int) -> str:
+        return "a=mid:0\r\n" + "".join(
+            f"a=candidate:{n} 1 udp 2122260223 {n:08x}-aaaa-4bbb-8ccc-123456789abc.local "
+            f"{50000 + n} typ host\r\n"
+            for n in range(first, first + count)
+        )
+
+    async with running_server() as app:
+        async with offering(app.base_url, "/whip", still_gathering) as (pc, reply, answer):
+            assert reply.status == 201, answer
+            url = app.base_url + reply.headers["Location"]
+            headers = {"Content-Type": "application/trickle-ice-sdpfrag", "If-Match": "*"}
+            async with aiohttp.ClientSession() as http:
+                async with http.patch(url, data=fragment(0, 12), headers=headers) as patched:
+                    assert patched.status == 204, await patched.text()
+                async with http.patch(url, data=fragment(0, 12), headers=headers) as again:
+                    assert again.status == 204, await again.text()
+                assert len(resolving_tasks()) == 12  # the same candidates are not looked up twice
+                async with http.patch(url, data=fragment(12, 100), headers=headers) as refused:
+                    text = await refused.text()
+                assert refused.status == 400 and "at most 16" in text, text
+                assert len(resolving_tasks()) == 12  # a refused fragment adds nothing
+                async with http.delete(url) as deleted:
+                    assert deleted.status == 200
+
+
 async def test_an_actpass_offer_is_answered_passive_so_hark_is_the_dtls_server() -> None:
     async with running_server() as app:
         async with offering(app.base_url, "/whip", lambda sdp: sdp) as (_, reply, answer):
