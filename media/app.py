@@ -37,7 +37,6 @@ from media.rpc.interceptors import BearerAuth, MalformedRequests, RpcMetrics
 from media.rpc.service import SERVICE_NAME, MediaService
 from media.rtc import compat
 from media.rtc.compat import DecodeErrorCounter, restrict_host_candidates
-from media.rtc.publisher import PublisherPeer
 from media.server.session_table import OVERLOAD_RETRY_AFTER_S, SessionTable
 from media.v1 import media_pb2_grpc
 from media.web.connection_limit import ConnectionLimit
@@ -241,15 +240,17 @@ class HarkApp:
 
     async def _read_received_traffic(self) -> None:
         """Traffic, RTP loss and jitter from aiortc's receiver stats, read when scraped."""
-        readings: dict[str, tuple[int, int]] = {}
+        reading_ids = []
         for live in list(self.sessions.all()):
-            if isinstance(live.publisher, PublisherPeer):
+            if live.publisher is not None:
                 reading = await live.publisher.read_stats()
-                readings[live.id] = (reading.packets, reading.octets)
-                self.metrics.rtp_packets_lost.inc(reading.lost_since_last)
+                self.metrics.observe_receiver(
+                    live.id, reading.packets, reading.octets, reading.lost_since_last
+                )
                 if reading.jitter_s is not None:
                     self.metrics.rtp_jitter.observe(reading.jitter_s)
-        self.metrics.received.update(readings)
+                reading_ids.append(live.id)
+        self.metrics.received.keep_only(reading_ids)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         await self._read_received_traffic()

@@ -114,26 +114,28 @@ class _PlaybackQueueCollector(Collector):
 class ReceivedTraffic(Collector):
     """Packets and bytes received from publishers, as aiortc's own stats count them.
 
-    Read at scrape time (``update``) rather than counted per packet; a session's last reading is
-    kept once it is gone, so the totals never go down.
+    Read at scrape time and once more when a publisher is released (``note``) rather than
+    counted per packet; a session's last reading is kept once it is gone, so the totals never go
+    down.
     """
 
     def __init__(self) -> None:
         self._gone = (0, 0)
         self._live: dict[str, tuple[int, int]] = {}
 
-    def update(self, readings: dict[str, tuple[int, int]]) -> None:
-        """``readings``: session id -> (RTP packets, bytes) for every session still readable."""
+    def note(self, session_id: str, packets: int, octets: int) -> None:
+        """A reading of one publisher's totals (RTP packets, bytes) so far."""
+        before_packets, before_octets = self._live.get(session_id, (0, 0))
+        self._live[session_id] = (max(packets, before_packets), max(octets, before_octets))
+
+    def keep_only(self, session_ids: Iterable[str]) -> None:
+        """Fold the last reading of every session not in ``session_ids`` into the gone total."""
+        keep = set(session_ids)
         packets, octets = self._gone
-        for session_id, (gone_packets, gone_octets) in self._live.items():
-            if session_id not in readings:
-                packets, octets = packets + gone_packets, octets + gone_octets
+        for session_id in [s for s in self._live if s not in keep]:
+            gone_packets, gone_octets = self._live.pop(session_id)
+            packets, octets = packets + gone_packets, octets + gone_octets
         self._gone = (packets, octets)
-        live: dict[str, tuple[int, int]] = {}
-        for session_id, (now_packets, now_octets) in readings.items():
-            before_packets, before_octets = self._live.get(session_id, (0, 0))
-            live[session_id] = (max(now_packets, before_packets), max(now_octets, before_octets))
-        self._live = live
 
     def collect(self) -> Iterable[Metric]:
         packets = self._gone[0] + sum(p for p, _ in self._live.values())
@@ -340,6 +342,13 @@ class Metrics:
 
     def watch_playback_queues(self, queues: Callable[[], Iterable[PlaybackQueue]]) -> None:
         self.registry.register(_PlaybackQueueCollector(queues))
+
+    def observe_receiver(
+        self, session_id: str, packets: int, octets: int, lost_since_last: int
+    ) -> None:
+        """One reading of a publisher's receiver stats (at a scrape, or when it is released)."""
+        self.received.note(session_id, packets, octets)
+        self.rtp_packets_lost.inc(lost_since_last)
 
     def observe_event(self, event: SessionEvent, session: Session) -> None:
         payload = event.payload

@@ -33,6 +33,7 @@ from media.logs import session_logger
 from media.metrics import Metrics
 from media.rtc.agent_voice import AgentVoice
 from media.rtc.player import PlayerPeer, Source
+from media.rtc.publisher import ReceiverReading
 from media.rtc.relay import PublisherRelay
 from media.server.watch import Subscription
 
@@ -43,6 +44,8 @@ class PublisherConnection(Protocol):
     """What a live session needs of its publisher's peer connection."""
 
     def forward_opus(self) -> None: ...
+
+    async def read_stats(self) -> ReceiverReading: ...
 
     async def close(self) -> None: ...
 
@@ -242,6 +245,8 @@ class LiveSession:
             for player_id in list(self.players):
                 self.remove_player(player_id, "SESSION_CLOSED")
             self.relay.close()
+            if self.publisher is not None:
+                await self._last_reading(self.publisher)
             publisher, self.publisher = self.publisher, None
             if publisher is not None:
                 self._release(publisher.close(), f"hark-close-publisher-{self.id}")
@@ -253,6 +258,13 @@ class LiveSession:
             raise
         finally:
             self._closing.set_result(None)
+
+    async def _last_reading(self, publisher: PublisherConnection) -> None:
+        """What the publisher sent since the last scrape still counts once it is released."""
+        reading = await publisher.read_stats()
+        self._metrics.observe_receiver(
+            self.id, reading.packets, reading.octets, reading.lost_since_last
+        )
 
     def _release(self, closing: Coroutine[None, None, None], name: str) -> None:
         task = asyncio.get_running_loop().create_task(closing, name=name)

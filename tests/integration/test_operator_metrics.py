@@ -9,7 +9,7 @@ from media import __version__
 from media.v1 import media_pb2 as pb
 from tests.integration.test_operations import scrape, value
 from tests.listening import hold_open, play_requests, tone
-from tests.support import grpc_stub, publish, running_server
+from tests.support import collect_until_closed, eventually, grpc_stub, publish, running_server
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -76,3 +76,18 @@ async def test_rtp_jitter_and_loss_are_read_from_the_receivers_at_each_scrape() 
         value(first, "hark_rtp_jitter_seconds_count") + 1
     ), "one sample per publisher per scrape"
     assert ("hark_rtp_packets_lost_total", ()) in second
+
+
+async def test_what_a_session_received_counts_even_when_it_closed_between_scrapes() -> None:
+    async with running_server() as app, grpc_stub(app) as stub:
+        url = app.base_url + "/metrics"
+        publisher = await publish(app.base_url)
+        await app.sessions.wait_ready(publisher.session_id)
+        watch = stub.WatchSession(pb.WatchSessionRequest(session_id=publisher.session_id))
+        await publisher.delete()
+        await collect_until_closed(watch)
+        released = "the closed session released its publisher"
+        await eventually(lambda: app.sessions.get(publisher.session_id).publisher is None, released)
+        after = await scrape(url)
+    assert value(after, "hark_rtp_packets_received_total") > 0
+    assert value(after, "hark_received_bytes_total") > 0
