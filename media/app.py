@@ -125,7 +125,9 @@ class HarkApp:
         self._runners: list[web.AppRunner] = []
         self._listeners: list[asyncio.Server] = []
         self._connections = ConnectionLimit(
-            config.max_connections_per_ip, self.metrics.http_connections_refused.inc
+            config.max_connections_per_ip,
+            self.metrics.http_connections_refused.inc,
+            total=config.max_connections,
         )
         self._grpc: grpc.aio.Server | None = None
         self._health = health_aio.HealthServicer()

@@ -104,6 +104,7 @@ class Config:
     http_header_timeout: float = 10.0
     http_body_timeout: float = 10.0
     max_connections_per_ip: int = 64
+    max_connections: int = 10_000
     http_tls_cert: str | None = None
     http_tls_key: str | None = None
     grpc_tls_cert: str | None = None
@@ -168,6 +169,10 @@ class Config:
             raise ConfigError(
                 f"--max-connections-per-ip must be >= 0 (0 turns it off), "
                 f"got {self.max_connections_per_ip}"
+            )
+        if self.max_connections < 0:
+            raise ConfigError(
+                f"--max-connections must be >= 0 (0 turns it off), got {self.max_connections}"
             )
         if not 0 <= self.drain_timeout <= 3600:
             raise ConfigError(f"--drain-timeout must be 0..3600 s, got {self.drain_timeout}")

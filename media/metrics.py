@@ -191,7 +191,7 @@ class Metrics:
         )
         self.http_connections_refused = Counter(
             "hark_http_connections_refused",
-            "HTTP connections refused because their address had --max-connections-per-ip open.",
+            "HTTP connections refused over --max-connections-per-ip or --max-connections.",
             registry=r,
         )
         self.client_errors_unlogged = Counter(

@@ -76,7 +76,12 @@ SERVE_OPTIONS: list[tuple[str, Parse, str]] = [
     (
         "max-connections-per-ip",
         int,
-        "open HTTP connections per client address at most (0: off); more are refused",
+        "open HTTP connections per client address (an IPv6 client's /64) at most (0: off)",
+    ),
+    (
+        "max-connections",
+        int,
+        "open HTTP connections in all at most (0: off); keep it under the open-file limit",
     ),
     ("http-tls-cert", str, "PEM certificate: serve HTTPS"),
     ("http-tls-key", str, "PEM private key for --http-tls-cert"),

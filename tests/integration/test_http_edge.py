@@ -411,3 +411,19 @@ async def test_a_flood_of_bad_requests_cannot_flood_the_log(
         if line.startswith("hark_http_client_errors_unlogged_total")
     )
     assert unlogged == 120 - len(lines)
+
+
+async def test_open_connections_in_all_are_bounded() -> None:
+    async with running_server(max_connections=2, http_header_timeout=60.0) as app:
+        port = app.http_port
+        held = [await connect(port, source=f"127.0.0.{n}") for n in (2, 3)]
+        try:
+            reader, writer = await connect(port, source="127.0.0.4")
+            async with asyncio.timeout(20):
+                answer = await closed_by_server(reader)
+            writer.close()
+            assert answer == b"" or b"--max-connections)" in answer, answer
+            assert refused(app) == 1
+        finally:
+            for _, held_writer in held:
+                held_writer.close()
