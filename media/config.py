@@ -6,8 +6,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote
 
-from media.audio.speech_pipeline import SpeechSettings
 from media.core.segmenter import SegmenterConfig
+from media.core.speech_settings import SpeechSettings
 from media.errors import InvalidRequest
 
 ICE_SCHEMES = ("stun", "stuns", "turn", "turns")

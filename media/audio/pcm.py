@@ -5,8 +5,6 @@ from __future__ import annotations
 import av
 from av import AudioFrame
 
-VAD_SAMPLE_RATES = (8000, 16000, 32000, 48000)  # the rates webrtcvad accepts
-
 
 def pcm_bytes(frame: AudioFrame) -> bytes:
     """The samples of a packed s16 mono frame (planes may carry padding)."""

@@ -19,11 +19,11 @@ import webrtcvad
 from av import AudioFrame
 
 from media.audio.framing import Framer
-from media.audio.pcm import VAD_SAMPLE_RATES, Downmixer, PcmConverter
+from media.audio.pcm import Downmixer, PcmConverter
 from media.core.events import EndReason, SpeechEnded, SpeechStarted
 from media.core.rtp_clock import RTP_WRAP, TimestampUnwrapper
 from media.core.segmenter import Segmenter, SegmenterConfig
-from media.errors import InvalidRequest
+from media.core.speech_settings import SpeechSettings
 from media.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -34,38 +34,6 @@ MAX_CHUNK_MS: Final = 100
 class AudioMode(enum.IntEnum):
     SPEECH = 1
     ALL = 2
-
-
-@dataclass(frozen=True, slots=True)
-class SpeechSettings:
-    """Server-wide pipeline settings; ``segmenter`` and ``aggressiveness`` can vary per session."""
-
-    sample_rate: int = 16000
-    aggressiveness: int = 2
-    segmenter: SegmenterConfig = dataclasses.field(default_factory=SegmenterConfig)
-    pre_listen_ms: int = 500
-    subscriber_queue_ms: int = 2000
-
-    def __post_init__(self) -> None:
-        if self.sample_rate not in VAD_SAMPLE_RATES:
-            rates = ", ".join(map(str, VAD_SAMPLE_RATES))
-            raise InvalidRequest(f"sample_rate must be one of {rates}, got {self.sample_rate}")
-        if not 0 <= self.aggressiveness <= 3:
-            raise InvalidRequest(
-                f"aggressiveness must be between 0 and 3, got {self.aggressiveness}"
-            )
-        if not 0 <= self.pre_listen_ms <= 5000:
-            raise InvalidRequest(
-                f"pre_listen_ms must be between 0 and 5000, got {self.pre_listen_ms}"
-            )
-        if not 100 <= self.subscriber_queue_ms <= 60000:
-            raise InvalidRequest(
-                f"subscriber_queue_ms must be between 100 and 60000, got {self.subscriber_queue_ms}"
-            )
-
-    @property
-    def frame_ms(self) -> int:
-        return self.segmenter.frame_ms
 
 
 @dataclass(slots=True)

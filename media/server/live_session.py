@@ -16,7 +16,7 @@ from typing import Protocol
 from av import AudioFrame
 
 from media.aio import cancel_and_wait
-from media.audio.speech_pipeline import SpeechEvent, SpeechPipeline, SpeechSettings
+from media.audio.speech_pipeline import SpeechEvent, SpeechPipeline
 from media.core.clock import Clock
 from media.core.events import (
     CloseReason,
@@ -28,6 +28,7 @@ from media.core.events import (
 )
 from media.core.segmenter import SegmenterConfig
 from media.core.session import Session, SessionSnapshot
+from media.core.speech_settings import SpeechSettings
 from media.errors import CapacityExceeded, SessionClosed
 from media.logs import session_logger
 from media.metrics import Metrics

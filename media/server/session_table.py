@@ -15,12 +15,12 @@ import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Final
 
-from media.audio.speech_pipeline import SpeechSettings
 from media.core.clock import Clock
 from media.core.events import CloseReason, SessionEvent, SessionState, StateChanged
 from media.core.load_governor import LoadGovernor
 from media.core.segmenter import SegmenterConfig
 from media.core.session import Origin, Session, SessionSnapshot, Timeouts
+from media.core.speech_settings import SpeechSettings
 from media.errors import (
     CapacityExceeded,
     Draining,

@@ -17,11 +17,11 @@ from media.audio.speech_pipeline import (
     SegmentEnd,
     SegmentStart,
     SpeechPipeline,
-    SpeechSettings,
 )
 from media.core.events import EndReason, SpeechEnded
 from media.core.rate_limiter import RateLimiter
 from media.core.segmenter import SegmenterConfig
+from media.core.speech_settings import SpeechSettings
 from tests.unit.test_vad import harmonic_burst
 
 RATE = 16000
