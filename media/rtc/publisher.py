@@ -23,6 +23,7 @@ from media.config import IceServer
 from media.core.sdp import TrickleCandidate, is_mdns_candidate, stack_offer
 from media.errors import HarkError, InvalidOffer, InvalidTrickle, UnsupportedOffer
 from media.rtc.compat import (
+    consent_expired,
     ice_connections,
     set_jitter_frames,
     start_nothing_once_closing,
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 MEDIA_POLL_INTERVAL_S: Final = 0.5
 STATS_EVERY_POLLS: Final = 2
 OPUS_CLOCK_RATE: Final = 48000
+CONSENT_EXPIRED: Final = "ICE consent expired: the peer stopped answering connectivity checks"
 
 
 class PeerEvents(Protocol):
@@ -269,6 +271,8 @@ class PublisherPeer:
             return
         if state == "connected":
             self._events.transport_connected(self.session_id)
+        elif state in ("failed", "closed") and consent_expired(self._pc):
+            self._events.transport_failed(self.session_id, CONSENT_EXPIRED)
         elif state == "failed":
             self._events.transport_failed(self.session_id, transport_failure(self._pc))
 
