@@ -585,7 +585,7 @@ def main() -> None:
         help="instead of the sweep: N publishers past capacity",
     )
     parser.add_argument("--ramp", type=float, default=0.2, help="--overload: seconds between them")
-    parser.add_argument("--max-loop-lag-ms", type=int, default=50, help="--overload: the server's")
+    parser.add_argument("--max-loop-lag-ms", type=int, default=25, help="--overload: the server's")
     args = parser.parse_args()
     if args.command == "publishers":
         asyncio.run(run_publishers(args.url, args.n, args.ramp))

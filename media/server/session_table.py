@@ -226,7 +226,7 @@ class Registry:
                 f"at capacity: {live} live sessions (--max-sessions {self.max_sessions})",
                 retry_after_s=2,
             )
-        if self.governor.overloaded:
+        if not self.governor.may_admit(self.clock.now()):
             self.metrics.sessions_refused.labels("overloaded").inc()
             raise CapacityExceeded(self.overload_detail(), retry_after_s=OVERLOAD_RETRY_AFTER_S)
 
@@ -234,6 +234,12 @@ class Registry:
         """Why the node refuses new sessions while overloaded, for people."""
         governor = self.governor
         lag_ms = governor.mean_lag(self.clock.now()) * 1000
+        if not governor.overloaded:
+            return (
+                f"busy: event loop lag averaged {lag_ms:.0f} ms over the last "
+                f"{governor.window_s:g} s, over half of --max-loop-lag-ms "
+                f"{governor.max_lag_s * 1000:.0f}; one new session per {governor.settle_s:g} s"
+            )
         return (
             f"overloaded: event loop lag averaged {lag_ms:.0f} ms over the last "
             f"{governor.window_s:g} s (--max-loop-lag-ms {governor.max_lag_s * 1000:.0f}); "
@@ -279,6 +285,7 @@ class Registry:
             token=secrets.token_urlsafe(24) if with_token else None,
         )
         self._entries[sid] = entry
+        self.governor.admitted(self.clock.now())
         logger.info("session %s: created (%s)", sid, origin.name)
         self._publish(entry, session.events_after(0) or [])
         return entry
