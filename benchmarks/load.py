@@ -1,7 +1,7 @@
 """Load benchmark: Hark against a bare aiortc receiver, N concurrent publishers at a time.
 
     .venv/bin/python benchmarks/load.py [--sweep 10,25,50,100] [--seconds 10]
-    .venv/bin/python benchmarks/load.py --overload 100 [--ramp 0.2] [--max-loop-lag-ms 100]
+    .venv/bin/python benchmarks/load.py --overload 100 [--ramp 0.2] [--max-loop-lag-ms 25]
 
 The server under test is pinned to CPU 0 (taskset). The publishers run in a separate process
 pinned to CPU 1, sending the speech fixture's Opus packets without re-encoding, in a loop. This

@@ -73,8 +73,14 @@ class LoadGovernor:
         self._last_admitted = now
 
     def warm(self, now: float) -> bool:
-        """Lag above half the limit: new sessions are paced, one per ``settle_s``."""
-        return self.max_lag_s > 0 and self.mean_lag(now) > self.max_lag_s / 2
+        """Lag above half the limit: new sessions are paced, one per ``settle_s``.
+
+        Not before a whole window was seen: a node's own start-up work shows in its first lag
+        samples, and its first sessions must not be paced for it.
+        """
+        if self.max_lag_s <= 0 or self._first is None or now - self._first < self.window_s:
+            return False
+        return self.mean_lag(now) > self.max_lag_s / 2
 
     def _settling(self, now: float) -> bool:
         last = self._last_admitted

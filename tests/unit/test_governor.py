@@ -103,3 +103,9 @@ def test_a_zero_limit_admits_whatever_the_lag() -> None:
     governor = LoadGovernor(0.0)
     now = feed(governor, 0.0, 3.0, 1.0)
     assert admit(governor, now) and admit(governor, now)
+
+
+def test_a_node_just_started_is_not_warm_from_its_own_start_up_work() -> None:
+    governor = LoadGovernor(0.1, window_s=2.0, settle_s=2.0)
+    now = feed(governor, 0.0, 1.0, 0.06)
+    assert admit(governor, now) and admit(governor, now + 0.1)
