@@ -176,10 +176,15 @@ async def _refresh_consent(connection: Any, interval_s: float, expiry_s: float) 
     loop = asyncio.get_running_loop()
     answered = loop.time()
     while True:
-        await asyncio.sleep(interval_s * random.uniform(0.8, 1.2))
-        if await _consent_checks_answered(connection):
-            answered = loop.time()
-        elif loop.time() - answered >= expiry_s:
+        expires = answered + expiry_s
+        pause = interval_s * random.uniform(0.8, 1.2)
+        await asyncio.sleep(max(0.0, min(pause, expires - loop.time())))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(expires):
+                if await _consent_checks_answered(connection):
+                    answered = loop.time()
+                    continue
+        if loop.time() >= expires:
             logger.info("ICE consent expired: no answer to consent checks for %.0f s", expiry_s)
             _consent_expired.add(connection)
             connection._query_consent_task = None  # close() must not cancel this very task
