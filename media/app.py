@@ -36,7 +36,11 @@ from media.metrics import Metrics
 from media.rpc.interceptors import BearerAuth, MalformedRequests, RpcMetrics
 from media.rpc.service import SERVICE_NAME, MediaService
 from media.rtc import compat
-from media.rtc.compat import DecodeErrorCounter, restrict_host_candidates
+from media.rtc.compat import (
+    DecodeErrorCounter,
+    keep_consent_through_stalls,
+    restrict_host_candidates,
+)
 from media.server.session_table import OVERLOAD_RETRY_AFTER_S, SessionTable
 from media.v1 import media_pb2_grpc
 from media.web.connection_limit import ConnectionLimit
@@ -395,6 +399,11 @@ class HarkApp:
         await compat.check()
         if self.config.ice_addresses:
             self._undo_host_restriction = restrict_host_candidates(self.config.ice_addresses)
+        if not keep_consent_through_stalls():
+            logger.warning(
+                "this aioice checks ICE consent its own way: event-loop stalls of 0.5 s can "
+                "close live sessions (aioice logs 'Consent to send expired')"
+            )
         logging.getLogger("aiortc.rtcrtpreceiver").addFilter(self._decode_errors)
         logging.getLogger("aiohttp.server").addFilter(self._protocol_errors)
         self.sessions.observers.append(self._on_event)

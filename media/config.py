@@ -76,7 +76,7 @@ class Config:
     closed_retention: float = 60.0
     heartbeat_interval: float = 5.0
     max_sessions: int = 500
-    max_loop_lag_ms: int = 50
+    max_loop_lag_ms: int = 25
     event_retention: int = 256
     vad_sample_rate: int = 16000
     vad_frame_ms: int = 20

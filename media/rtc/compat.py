@@ -9,13 +9,17 @@ loudly instead of changing behaviour silently.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
+import random
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 import aioice.ice
+import aioice.stun
 import aiortc.rtcrtpreceiver
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 
@@ -269,3 +273,74 @@ def _applies(hook: Hook, pc: RTCPeerConnection) -> bool:
     except Exception:  # an upgrade may change what is there in any way: that is the finding
         logger.debug("checking the %s hook failed", hook.name, exc_info=True)
         return False
+
+
+CONSENT_INTERVAL_S: Final = 5.0
+CONSENT_EXPIRY_S: Final = 30.0
+CONSENT_RETRANSMISSIONS: Final = 3
+_consent_expired: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def keep_consent_through_stalls(
+    interval_s: float = CONSENT_INTERVAL_S, expiry_s: float = CONSENT_EXPIRY_S
+) -> bool:
+    """Make every aioice connection check ICE consent (RFC 7675) so that a busy loop keeps it.
+
+    aioice sends one check every ~5 s with no retransmission, counts an answer later than 0.5 s
+    as a failure and closes after 6 failures in a row: half-second stalls of the event loop on
+    either side end connections whose peer still answers. RFC 7675 lets consent expire only 30 s
+    after the last authenticated answer and lets checks be retransmitted; this does that: checks
+    every ``interval_s`` (randomised ±20 %), each retransmitted, expiry ``expiry_s`` in wall time.
+    Returns False when aioice changed what this relies on (then its own checks stay).
+    """
+    connection_class = aioice.ice.Connection
+    needed = ("query_consent", "build_request", "close")
+    if not all(callable(getattr(connection_class, name, None)) for name in needed):
+        return False
+
+    async def query_consent(connection: Any) -> None:
+        await _refresh_consent(connection, interval_s, expiry_s)
+
+    connection_class.query_consent = query_consent  # type: ignore[method-assign,assignment]
+    return True
+
+
+def consent_expired(pc: RTCPeerConnection) -> bool:
+    """Whether an ICE connection of ``pc`` was closed because the peer's consent expired."""
+    return any(connection in _consent_expired for connection in ice_connections(pc))
+
+
+async def _refresh_consent(connection: Any, interval_s: float, expiry_s: float) -> None:
+    loop = asyncio.get_running_loop()
+    answered = loop.time()
+    while True:
+        expires = answered + expiry_s
+        pause = interval_s * random.uniform(0.8, 1.2)
+        await asyncio.sleep(max(0.0, min(pause, expires - loop.time())))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(expires):
+                if await _consent_checks_answered(connection):
+                    answered = loop.time()
+                    continue
+        if loop.time() >= expires:
+            logger.info("ICE consent expired: no answer to consent checks for %.0f s", expiry_s)
+            _consent_expired.add(connection)
+            connection._query_consent_task = None  # close() must not cancel this very task
+            await connection.close()
+            return
+
+
+async def _consent_checks_answered(connection: Any) -> bool:
+    key = connection.remote_password.encode("utf8")
+    for pair in list(connection._nominated.values()):
+        request = connection.build_request(pair, nominate=False)
+        try:
+            await pair.protocol.request(
+                request,
+                pair.remote_addr,
+                integrity_key=key,
+                retransmissions=CONSENT_RETRANSMISSIONS,
+            )
+        except aioice.stun.TransactionError:
+            return False
+    return True

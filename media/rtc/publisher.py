@@ -16,7 +16,7 @@ from media.aio import cancel_and_wait
 from media.config import IceServer
 from media.core.trickle import TrickleCandidate
 from media.logs import session_logger
-from media.rtc.compat import set_jitter_frames, tap_opus_packets
+from media.rtc.compat import consent_expired, set_jitter_frames, tap_opus_packets
 from media.rtc.negotiation import (
     RemoteCandidates,
     answer_audio_offer,
@@ -29,6 +29,7 @@ from media.rtc.track_reader import AudioConsumer
 logger = logging.getLogger(__name__)
 
 OPUS_CLOCK_RATE: Final = 48000
+CONSENT_EXPIRED: Final = "ICE consent expired: the peer stopped answering connectivity checks"
 
 
 class PublisherEvents(Protocol):
@@ -174,6 +175,8 @@ class PublisherPeer:
             return
         if state == "connected":
             self._events.transport_connected()
+        elif state in ("failed", "closed") and consent_expired(self._pc):
+            self._events.transport_failed(CONSENT_EXPIRED)
         elif state == "failed":
             self._events.transport_failed(transport_failure(self._pc))
 

@@ -149,7 +149,7 @@ class SessionTable:
                 f"(--max-sessions {self.max_sessions})",
                 retry_after_s=2,
             )
-        if self.governor.overloaded:
+        if not self.governor.may_admit(self.clock.now()):
             self.metrics.sessions_refused.labels("overloaded").inc()
             raise CapacityExceeded(self.overload_detail(), retry_after_s=OVERLOAD_RETRY_AFTER_S)
 
@@ -157,6 +157,12 @@ class SessionTable:
         """Why the node refuses new sessions while overloaded, for people."""
         governor = self.governor
         lag_ms = governor.mean_lag(self.clock.now()) * 1000
+        if not governor.overloaded:
+            return (
+                f"busy: event loop lag averaged {lag_ms:.0f} ms over the last "
+                f"{governor.window_s:g} s, over half of --max-loop-lag-ms "
+                f"{governor.max_lag_s * 1000:.0f}; one new session per {governor.settle_s:g} s"
+            )
         return (
             f"overloaded: event loop lag averaged {lag_ms:.0f} ms over the last "
             f"{governor.window_s:g} s (--max-loop-lag-ms {governor.max_lag_s * 1000:.0f}); "
@@ -199,6 +205,7 @@ class SessionTable:
             max_playback_queue_ms=self.max_playback_queue_ms,
         )
         self._sessions[sid] = live
+        self.governor.admitted(self.clock.now())
         live.log.info("created (%s)", origin.name)
         self._published(live, session.events_after(0) or [])
         return live

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
+import signal
+from collections.abc import Iterator
 
+import aiohttp
+import aioice.ice
 import pytest
 from aiortc import RTCPeerConnection, RTCRtpSender
+from prometheus_client.parser import text_string_to_metric_families
 
 from media.rtc import compat
-from media.rtc.compat import Hook, set_jitter_frames, tap_opus_packets
-from tests.support import running_server
+from media.rtc.compat import (
+    Hook,
+    keep_consent_through_stalls,
+    set_jitter_frames,
+    tap_opus_packets,
+)
+from tests.support import HarkProcess, publish, running_server
+
+STALL_S = 6
 
 
 async def test_the_audio_jitter_buffer_can_still_be_shortened() -> None:
@@ -93,3 +106,56 @@ async def test_a_servers_choice_of_ice_addresses_ends_when_it_stops() -> None:
     async with running_server(ice_addresses=("127.0.0.2",)):
         assert await offered_host_addresses() == {"127.0.0.2"}
     assert await offered_host_addresses() == before == {"127.0.0.1"}
+
+
+@pytest.fixture
+def quick_consent() -> Iterator[None]:
+    """Consent checks every 0.2 s that expire after 10 s, for this test; then Hark's defaults."""
+    assert keep_consent_through_stalls(interval_s=0.2, expiry_s=10.0), (
+        "aioice changed its consent checks: a busy event loop closes live sessions again"
+    )
+    yield
+    keep_consent_through_stalls()
+
+
+def test_aioice_still_starts_consent_checks_through_query_consent() -> None:
+    source = inspect.getsource(aioice.ice.Connection.connect)
+    assert "self.query_consent()" in source, (
+        "aioice starts consent checks another way: keep_consent_through_stalls no longer applies"
+    )
+
+
+async def test_consent_survives_a_peer_that_stalls_for_seconds(quick_consent: None) -> None:
+    async with HarkProcess("--ice-address", "127.0.0.1") as hark, aiohttp.ClientSession() as http:
+        assert hark.proc is not None
+        base = f"http://127.0.0.1:{hark.http_port}"
+        publisher = await publish(base)
+        try:
+            await wait_for_frames(http, base, 50)
+            stopped_at = await frames_decoded(http, base)
+            hark.proc.send_signal(signal.SIGSTOP)  # its loop stalls: no answer for 6 s
+            try:
+                await asyncio.sleep(STALL_S)  # aioice alone gives up after 6 unanswered checks
+            finally:
+                hark.proc.send_signal(signal.SIGCONT)
+            # What queued up during the stall, then new audio: the publisher kept sending.
+            await wait_for_frames(http, base, stopped_at + 50 * STALL_S + 100)
+            assert publisher.pc.connectionState == "connected"
+        finally:
+            await publisher.vanish()
+
+
+async def frames_decoded(http: aiohttp.ClientSession, base: str) -> float:
+    async with http.get(base + "/metrics") as response:
+        text = await response.text()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "hark_audio_frames_decoded_total":
+                return sample.value
+    return 0.0
+
+
+async def wait_for_frames(http: aiohttp.ClientSession, base: str, frames: float) -> None:
+    async with asyncio.timeout(60):
+        while await frames_decoded(http, base) < frames:
+            await asyncio.sleep(0.1)
