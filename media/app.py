@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
-import os
 import pathlib
 import signal
-import socket
 import ssl
 import sys
 import time
@@ -25,6 +22,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from media.aio import cancel_and_wait
+from media.binding import CannotListen, check_can_bind, host_port, why_bind_failed
 from media.cli.main import main as cli_main
 from media.config import Config
 from media.core.clock import Clock
@@ -57,45 +55,6 @@ logger = logging.getLogger(__name__)
 STATIC = pathlib.Path(__file__).parent / "static"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-class CannotListen(OSError):
-    """A port could not be bound; the message names the service, the address and why."""
-
-    def __init__(self, what: str, address: str, reason: str) -> None:
-        super().__init__(f"cannot listen for {what} on {address}: {reason}")
-
-
-def _host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _bind_failure(exc: OSError) -> str:
-    if exc.errno == errno.EADDRINUSE:
-        return "the address is already in use (another Hark, or another program)"
-    if exc.errno == errno.EADDRNOTAVAIL:
-        return "that address is not one of this machine's"
-    if exc.errno == errno.EACCES:
-        return "permission denied (ports below 1024 need privileges)"
-    return os.strerror(exc.errno) if exc.errno else str(exc)
-
-
-def _check_can_bind(what: str, host: str, port: int) -> None:
-    """Binds and releases the address first: grpc reports a busy port as a C-level log line and a
-    bare RuntimeError, and this says why in one sentence instead."""
-    if port == 0:
-        return
-    failure: OSError | None = None
-    for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(address)
-                return
-            except OSError as exc:
-                failure = failure or exc
-    if failure is not None:
-        raise CannotListen(what, _host_port(host, port), _bind_failure(failure)) from failure
 
 
 class HarkApp:
@@ -295,7 +254,7 @@ class HarkApp:
                 reuse_address=True,
             )
         except OSError as exc:
-            raise CannotListen(what, _host_port(host, port), _bind_failure(exc)) from exc
+            raise CannotListen(what, host_port(host, port), why_bind_failed(exc)) from exc
         self._listeners.append(listener)
         return int(listener.sockets[0].getsockname()[1])
 
@@ -328,7 +287,7 @@ class HarkApp:
         host, port = self.config.grpc_host, self.config.grpc_port
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         credentials = self._grpc_tls()
-        _check_can_bind("gRPC", host, port)
+        check_can_bind("gRPC", host, port)
         try:
             if credentials is None:
                 self.grpc_port = server.add_insecure_port(address)

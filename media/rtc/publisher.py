@@ -108,7 +108,7 @@ class PublisherPeer:
 
         Only called once something uses the packets: reading them costs a call per packet.
         """
-        self._forwarding = False
+        self._forwarding = True
         if self._receiver is not None:
             self._tap()
 

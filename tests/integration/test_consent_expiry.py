@@ -26,7 +26,7 @@ async def test_a_peer_that_stops_answering_consent_checks_closes_its_session_say
     async with running_server(media_timeout=120.0) as app, grpc_stub(app) as stub:
         assert keep_consent_through_stalls(interval_s=0.2, expiry_s=1.0)
         publisher = await publish(app.base_url)
-        await app.registry.wait_ready(publisher.session_id)
+        await app.sessions.wait_ready(publisher.session_id)
         request = pb.GetSessionRequest(session_id=publisher.session_id)
         # The publisher's ICE goes away without a DTLS close: nothing answers Hark's checks.
         await publisher.pc.getTransceivers()[0].sender.transport.transport.stop()

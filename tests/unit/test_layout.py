@@ -35,7 +35,15 @@ LAYERS = {
     "media.__main__": 9,  # python -m media: runs the composition root
     "media": 8,  # the package itself: its public API re-exports the SDK
 }
-LEAVES = ("media.errors", "media.config", "media.metrics", "media.aio", "media.logs", "media.v1")
+LEAVES = (
+    "media.errors",
+    "media.config",
+    "media.metrics",
+    "media.aio",
+    "media.logs",
+    "media.binding",
+    "media.v1",
+)
 CORE_MAY_IMPORT = ("media.errors", "media.core")
 DOING_IO = (
     "asyncio",

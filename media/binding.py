@@ -1,0 +1,46 @@
+"""Binding the server's ports: one sentence naming the address and why, when it fails."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+
+
+class CannotListen(OSError):
+    """A port could not be bound; the message names the service, the address and why."""
+
+    def __init__(self, what: str, address: str, reason: str) -> None:
+        super().__init__(f"cannot listen for {what} on {address}: {reason}")
+
+
+def host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def why_bind_failed(exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return "the address is already in use (another Hark, or another program)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "that address is not one of this machine's"
+    if exc.errno == errno.EACCES:
+        return "permission denied (ports below 1024 need privileges)"
+    return os.strerror(exc.errno) if exc.errno else str(exc)
+
+
+def check_can_bind(what: str, host: str, port: int) -> None:
+    """Binds and releases the address first: grpc reports a busy port as a C-level log line and a
+    bare RuntimeError, and this says why in one sentence instead."""
+    if port == 0:
+        return
+    failure: OSError | None = None
+    for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+                return
+            except OSError as exc:
+                failure = failure or exc
+    if failure is not None:
+        raise CannotListen(what, host_port(host, port), why_bind_failed(failure)) from failure
