@@ -9,17 +9,23 @@ loudly instead of changing behaviour silently.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import inspect
+import ipaddress
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 import aioice.ice
 import aiortc.rtcrtpreceiver
+from aioice import Candidate
+from aioice.candidate import candidate_foundation, candidate_priority
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 
 from media.aio import cancel_and_wait
+from media.rtc.udp_mux import Address, UdpMux
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +132,149 @@ def restrict_host_candidates(addresses: Sequence[str]) -> Callable[[], None]:
     return undo
 
 
+_HARK_GATHERING: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "hark_gathering", default=False
+)
+
+
+@contextlib.contextmanager
+def hark_gathering() -> Iterator[None]:
+    """Mark the ICE gathering done inside as Hark's own (what ``install_ice_plan`` applies to);
+    other peer connections of the process (a client in a test) gather as aiortc does."""
+    token = _HARK_GATHERING.set(True)
+    try:
+        yield
+    finally:
+        _HARK_GATHERING.reset(token)
+
+
+class _SharedSocketView(asyncio.DatagramTransport):
+    """What a muxed protocol holds as its transport: sends through the shared socket; closing
+    it closes nothing shared."""
+
+    def __init__(self, mux: UdpMux, sockname: Address) -> None:
+        super().__init__({"sockname": sockname})
+        self._mux = mux
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        self._mux.sendto(bytes(data), addr)
+
+    def close(self) -> None:
+        return None
+
+
+class MuxedStunProtocol(aioice.ice.StunProtocol):
+    """An aioice host protocol whose socket is the process's shared one (``--udp-port``): it
+    sends through the ``UdpMux`` and receives what the mux routes to it."""
+
+    def __init__(
+        self, connection: aioice.ice.Connection, mux: UdpMux, component: int, bound: str
+    ) -> None:
+        super().__init__(connection)
+        self._mux = mux
+        self._chosen: Address | None = None
+        self.connection_made(_SharedSocketView(mux, (bound, mux.port)))
+        self.local_candidate = Candidate(
+            foundation=candidate_foundation("host", "udp", bound),
+            component=component,
+            transport="udp",
+            priority=candidate_priority(component, "host"),
+            host=bound,
+            port=mux.port,
+            type="host",
+        )
+        mux.register(self)
+
+    @property
+    def ufrag(self) -> str:
+        return self.receiver.local_username
+
+    @property
+    def remote_ufrag(self) -> str | None:
+        return self.receiver.remote_username
+
+    def received(self, data: bytes, addr: Address, stun: bool) -> None:
+        if stun:
+            self.datagram_received(data, addr)
+        else:  # what aioice does with a datagram that does not parse as STUN, without the parse
+            self.receiver.data_received(data, self.local_candidate.component)
+
+    async def request(
+        self,
+        request: Any,
+        addr: tuple[str, int],
+        integrity_key: bytes | None = None,
+        retransmissions: int | None = None,
+    ) -> Any:
+        self._mux.expect(request.transaction_id, self)
+        try:
+            return await super().request(request, addr, integrity_key, retransmissions)
+        finally:
+            self._mux.forget(request.transaction_id)
+
+    async def send_data(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self._chosen != addr:  # aioice sends data on its nominated pair only
+            self._chosen = addr
+            self._mux.choose(self, addr)
+        self._mux.sendto(data, addr)
+
+    def send_stun(self, message: Any, addr: tuple[str, int]) -> None:
+        self._mux.sendto(bytes(message), addr)
+
+    async def close(self) -> None:
+        self._mux.unregister(self)
+        self.connection_lost(None)
+
+
+def _announce(candidates: Sequence[Candidate], public: Sequence[str]) -> None:
+    for candidate in candidates:
+        if candidate.type != "host":
+            continue
+        family = ipaddress.ip_address(candidate.host).version
+        announced = [a for a in public if ipaddress.ip_address(a).version == family]
+        if announced:
+            candidate.host = announced[0]
+
+
+def install_ice_plan(mux: UdpMux | None, public_addresses: Sequence[str]) -> Callable[[], None]:
+    """Make Hark's ICE gathering (see ``hark_gathering``) use ``mux`` for its host candidates
+    (instead of a socket per connection and address) and announce ``public_addresses`` in them
+    (instead of the bound address), until the returned callable is called.
+
+    aioice creates a socket per host candidate in ``Connection.get_component_candidates`` and
+    has no setting for the port or the announced address. Server-reflexive candidates are not
+    gathered on the shared socket; relayed (TURN) ones still are, on their own socket.
+    """
+    original = aioice.ice.Connection.get_component_candidates
+    public = list(public_addresses)
+
+    async def get_component_candidates(
+        self: aioice.ice.Connection, component: int, addresses: list[str], timeout: int = 5
+    ) -> list[Candidate]:
+        if not _HARK_GATHERING.get():
+            return await original(self, component, addresses, timeout)
+        if mux is None:
+            candidates = await original(self, component, addresses, timeout)
+        else:
+            protocols = [
+                MuxedStunProtocol(self, mux, component, address)
+                for address in addresses
+                if mux.serves(address)
+            ]
+            self._protocols += protocols
+            relayed = await original(self, component, [], timeout)
+            candidates = [p.local_candidate for p in protocols] + relayed
+        _announce(candidates, public)
+        return candidates
+
+    def undo() -> None:
+        if aioice.ice.Connection.get_component_candidates is get_component_candidates:
+            aioice.ice.Connection.get_component_candidates = original  # type: ignore[method-assign]
+
+    aioice.ice.Connection.get_component_candidates = get_component_candidates  # type: ignore[method-assign]
+    return undo
+
+
 class DecodeErrorCounter(logging.Filter):
     """Counts aiortc's per-packet decode failures and keeps them out of the log.
 
@@ -192,6 +341,36 @@ def _has_host_addresses(pc: RTCPeerConnection) -> bool:
     ]
 
 
+def _gathers_host_candidates_per_component(pc: RTCPeerConnection) -> bool:
+    found = getattr(aioice.ice.Connection, "get_component_candidates", None)
+    if found is None or list(inspect.signature(found).parameters) != [
+        "self",
+        "component",
+        "addresses",
+        "timeout",
+    ]:
+        return False
+    source = inspect.getsource(found)
+    return "StunProtocol(self)" in source and "self._protocols +=" in source
+
+
+def _shares_a_socket(pc: RTCPeerConnection) -> bool:
+    protocol = aioice.ice.StunProtocol
+    methods = ("request", "send_data", "send_stun", "close", "datagram_received")
+    connections = ice_connections(pc)
+    return (
+        _gathers_host_candidates_per_component(pc)
+        and all(callable(getattr(protocol, name, None)) for name in methods)
+        and bool(connections)
+        and all(
+            isinstance(getattr(c, "_protocols", None), list)
+            and callable(getattr(c, "data_received", None))
+            and isinstance(c.local_username, str)
+            for c in connections
+        )
+    )
+
+
 def _logs_decode_failures(pc: RTCPeerConnection) -> bool:
     return "failed to decode" in inspect.getsource(aiortc.rtcrtpreceiver)
 
@@ -235,6 +414,17 @@ HOOKS: Final = (
         "host addresses",
         "aioice's host address lookup is not where Hark expects: --ice-address has no effect",
         _has_host_addresses,
+    ),
+    Hook(
+        "public address",
+        "aioice gathers host candidates another way: --ice-public-address has no effect",
+        _gathers_host_candidates_per_component,
+    ),
+    Hook(
+        "shared UDP port",
+        "aioice's host sockets are not where Hark expects: --udp-port cannot share one socket "
+        "(Hark refuses to start with it)",
+        _shares_a_socket,
     ),
     Hook(
         "decode error log",

@@ -18,6 +18,7 @@ from media.core.trickle import TrickleCandidate, is_mdns_candidate
 from media.errors import HarkError, InvalidOffer, InvalidTrickle, UnsupportedOffer
 from media.logs import session_logger
 from media.rtc.compat import (
+    hark_gathering,
     ice_connections,
     start_nothing_once_closing,
     stop_orphaned_consent_checks,
@@ -111,7 +112,8 @@ async def answer_audio_offer(
             raise UnsupportedOffer("offer has no audio m-line")
         if prepare is not None:
             prepare(audio)
-        await pc.setLocalDescription(await pc.createAnswer())
+        with hark_gathering():
+            await pc.setLocalDescription(await pc.createAnswer())
     except HarkError:
         raise
     except Exception as exc:

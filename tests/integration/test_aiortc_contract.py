@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import inspect
 import logging
+import socket
 
 import pytest
 from aiortc import RTCPeerConnection, RTCRtpSender
 
 from media.rtc import compat
 from media.rtc.compat import Hook, set_jitter_frames, tap_opus_packets
+from media.rtc.udp_mux import UdpMux
 from tests.support import running_server
 
 
@@ -93,3 +95,49 @@ async def test_a_servers_choice_of_ice_addresses_ends_when_it_stops() -> None:
     async with running_server(ice_addresses=("127.0.0.2",)):
         assert await offered_host_addresses() == {"127.0.0.2"}
     assert await offered_host_addresses() == before == {"127.0.0.1"}
+
+
+async def hark_offer_candidates() -> list[tuple[str, int]]:
+    """Host candidates of an offer gathered as Hark gathers (inside ``hark_gathering``)."""
+    pc = RTCPeerConnection()
+    try:
+        pc.addTransceiver("audio", direction="recvonly")
+        with compat.hark_gathering():
+            await pc.setLocalDescription(await pc.createOffer())
+        lines = pc.localDescription.sdp.splitlines()
+        fields = [line.split() for line in lines if line.startswith("a=candidate:")]
+        return [(f[4], int(f[5])) for f in fields if f[7] == "host"]
+    finally:
+        await pc.close()
+
+
+async def test_host_candidates_can_still_announce_a_public_address() -> None:
+    undo_hosts = compat.restrict_host_candidates(["127.0.0.2"])
+    undo_plan = compat.install_ice_plan(None, ["203.0.113.7"])
+    try:
+        assert [host for host, _ in await hark_offer_candidates()] == ["203.0.113.7"], (
+            "aioice gathers host candidates another way: --ice-public-address has no effect"
+        )
+    finally:
+        undo_plan()
+        undo_hosts()
+    assert [host for host, _ in await hark_offer_candidates()] == ["127.0.0.1"]
+
+
+async def test_host_candidates_can_still_share_one_socket_and_leave_no_entry() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    mux = UdpMux(port, ["127.0.0.1"])
+    await mux.open()
+    undo_hosts = compat.restrict_host_candidates(["127.0.0.1"])
+    undo_plan = compat.install_ice_plan(mux, [])
+    try:
+        assert await hark_offer_candidates() == [("127.0.0.1", port)], (
+            "aioice's host sockets are not where Hark expects: --udp-port cannot share one socket"
+        )
+        assert mux.entries() == 0, "a closed connection left its entries in the demultiplexer"
+    finally:
+        undo_plan()
+        undo_hosts()
+        mux.close()
