@@ -36,9 +36,9 @@ from media.metrics import Metrics
 from media.rpc.interceptors import BearerAuth, MalformedRequests, RpcMetrics
 from media.rpc.service import SERVICE_NAME, MediaService
 from media.rtc import compat
-from media.rtc.compat import DecodeErrorCounter, install_ice_plan, restrict_host_candidates
+from media.rtc.compat import DecodeErrorCounter, restrict_host_candidates
+from media.rtc.ice_plan import IcePlan
 from media.rtc.publisher import PublisherPeer
-from media.rtc.udp_mux import UdpMux
 from media.server.session_table import OVERLOAD_RETRY_AFTER_S, SessionTable
 from media.v1 import media_pb2_grpc
 from media.web.connection_limit import ConnectionLimit
@@ -135,8 +135,9 @@ class HarkApp:
         self._tasks: list[asyncio.Task[None]] = []
         self._decode_errors = DecodeErrorCounter(self.metrics.decode_errors.inc)
         self._undo_host_restriction: Callable[[], None] | None = None
-        self._undo_ice_plan: Callable[[], None] | None = None
-        self.udp_mux: UdpMux | None = None
+        drops = self.metrics.udp_mux_dropped
+        self.ice_plan = IcePlan(config, lambda cause: drops.labels(cause).inc())
+        self.metrics.udp_mux_entries.set_function(self.ice_plan.entries)
         self._protocol_errors = ClientProtocolErrors()
         self._started = False
         self._whip_posts: set[AbstractResource | None] = set()
@@ -395,7 +396,7 @@ class HarkApp:
         lost = await compat.check()
         if self.config.ice_addresses:
             self._undo_host_restriction = restrict_host_candidates(self.config.ice_addresses)
-        await self._plan_ice({hook.name for hook in lost})
+        await self.ice_plan.start({hook.name for hook in lost})
         logging.getLogger("aiortc.rtcrtpreceiver").addFilter(self._decode_errors)
         logging.getLogger("aiohttp.server").addFilter(self._protocol_errors)
         self.sessions.observers.append(self._on_event)
@@ -429,23 +430,6 @@ class HarkApp:
             f", metrics on :{self.metrics_port}" if self.metrics_port is not None else "",
             self.base_url,
         )
-
-    async def _plan_ice(self, lost_hooks: set[str]) -> None:
-        """``--udp-port`` and ``--ice-public-address``: one shared socket, announced addresses."""
-        if self.config.udp_port is not None:
-            if "shared UDP port" in lost_hooks:
-                raise RuntimeError("--udp-port: this aioice cannot share a socket (see above)")
-            dropped = self.metrics.udp_mux_dropped
-            self.udp_mux = UdpMux(
-                self.config.udp_port,
-                self.config.ice_addresses,
-                lambda cause: dropped.labels(cause).inc(),
-            )
-            await self.udp_mux.open()
-            self.metrics.udp_mux_entries.set_function(self.udp_mux.entries)
-            logger.info("media on UDP port %d for every peer connection", self.config.udp_port)
-        if self.udp_mux is not None or self.config.ice_public_addresses:
-            self._undo_ice_plan = install_ice_plan(self.udp_mux, self.config.ice_public_addresses)
 
     async def drain(self, timeout: float | None = None) -> None:
         """Refuse new sessions, report not ready, and wait for live sessions to end or time out."""
@@ -481,11 +465,7 @@ class HarkApp:
         if self._undo_host_restriction is not None:
             self._undo_host_restriction()
             self._undo_host_restriction = None
-        if self._undo_ice_plan is not None:
-            self._undo_ice_plan()
-            self._undo_ice_plan = None
-        if self.udp_mux is not None:
-            self.udp_mux.close()
+        self.ice_plan.stop()
         if self._started:
             logger.info("hark stopped")
             self._started = False

@@ -21,7 +21,7 @@ import logging
 import socket
 import struct
 from collections.abc import Callable, Sequence
-from typing import Any, Final, Protocol, cast
+from typing import Final, Protocol
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,8 @@ STUN_REQUEST: Final = 0
 STUN_INDICATION: Final = 1
 MAX_ADDRESSES_PER_CONNECTION: Final = 16
 RECEIVE_BUFFER_BYTES: Final = 4 * 1024 * 1024
+READ_BATCH: Final = 64  # datagrams read per wake-up: one socket carries every session's packets
+MAX_DATAGRAM_BYTES: Final = 65536
 
 DROP_CAUSES: Final = (
     "unknown_ufrag",  # a STUN request for no connection of this process
@@ -42,6 +44,7 @@ DROP_CAUSES: Final = (
     "wrong_address",  # a STUN request for a connection that chose another remote address
     "address_in_use",  # a STUN request from an address bound to another connection
     "too_many_addresses",  # a connection already has MAX_ADDRESSES_PER_CONNECTION addresses
+    "send_buffer_full",  # outgoing: the socket's send buffer was full
 )
 
 
@@ -79,21 +82,6 @@ def stun_username(data: bytes) -> str | None:
     return None
 
 
-class _Socket(asyncio.DatagramProtocol):
-    def __init__(self, mux: UdpMux) -> None:
-        self._mux = mux
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self._mux.route(data, (addr[0], addr[1]))
-
-    def error_received(self, exc: Exception) -> None:
-        logger.debug("UDP error on the shared socket: %s", exc)
-
-
 class UdpMux:
     """The shared sockets of ``port`` and the tables that route what they receive."""
 
@@ -106,7 +94,7 @@ class UdpMux:
         self.port = port
         self._addresses = list(addresses)
         self._on_drop = on_drop
-        self._sockets: dict[int, _Socket] = {}
+        self._sockets: dict[int, socket.socket] = {}
         self._bound: dict[int, str] = {}
         self._by_ufrag: dict[str, list[Endpoint]] = {}
         self._by_address: dict[Address, Endpoint] = {}
@@ -134,20 +122,34 @@ class UdpMux:
             if family == 6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
+            sock.setblocking(False)
             sock.bind((host, self.port))
         except OSError:
             sock.close()
             raise
-        loop = asyncio.get_running_loop()
-        _, protocol = await loop.create_datagram_endpoint(lambda: _Socket(self), sock=sock)
-        self._sockets[family] = protocol
+        # Read directly rather than through a datagram transport, which reads one datagram per
+        # wake-up of the loop: with every session on one socket, that is a poll per packet.
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._read, sock)
+        self._sockets[family] = sock
         self._bound[family] = host
 
     def close(self) -> None:
-        for protocol in self._sockets.values():
-            if protocol.transport is not None:
-                protocol.transport.close()
+        loop = asyncio.get_running_loop()
+        for sock in self._sockets.values():
+            loop.remove_reader(sock.fileno())
+            sock.close()
         self._sockets.clear()
+
+    def _read(self, sock: socket.socket) -> None:
+        for _ in range(READ_BATCH):
+            try:
+                data, addr = sock.recvfrom(MAX_DATAGRAM_BYTES)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # an ICMP error for an earlier send: nothing to read
+                logger.debug("UDP error on the shared socket: %s", exc)
+                continue
+            self.route(data, (addr[0], addr[1]))
 
     def serves(self, address: str) -> bool:
         """Whether a host candidate on ``address`` can be served by a shared socket."""
@@ -207,9 +209,15 @@ class UdpMux:
             self._bind_address(endpoint, addr)
 
     def sendto(self, data: bytes, addr: Address) -> None:
-        protocol = self._sockets.get(6 if ":" in addr[0] else 4)
-        if protocol is not None and protocol.transport is not None:
-            protocol.transport.sendto(data, addr)
+        sock = self._sockets.get(6 if ":" in addr[0] else 4)
+        if sock is None:
+            return
+        try:
+            sock.sendto(data, addr)
+        except (BlockingIOError, InterruptedError):
+            self._on_drop("send_buffer_full")  # UDP: a full send buffer loses the datagram
+        except OSError as exc:
+            logger.debug("UDP send to %s failed: %s", addr, exc)
 
     # what the sockets receive
 

@@ -203,7 +203,7 @@ async def test_a_churn_of_sessions_leaves_nothing_in_the_tables() -> None:
     async with running_server(
         udp_port=port, ice_addresses=("127.0.0.1",), max_sessions=1000
     ) as app:
-        mux = app.udp_mux
+        mux = app.ice_plan.mux
         assert mux is not None
         for _ in range(sessions // batch):
             publishers = await asyncio.gather(*(publish(app.base_url) for _ in range(batch)))
