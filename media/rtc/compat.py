@@ -174,15 +174,7 @@ class MuxedStunProtocol(aioice.ice.StunProtocol):
         self._mux = mux
         self._chosen: Address | None = None
         self.connection_made(_SharedSocketView(mux, (bound, mux.port)))
-        self.local_candidate = Candidate(
-            foundation=candidate_foundation("host", "udp", bound),
-            component=component,
-            transport="udp",
-            priority=candidate_priority(component, "host"),
-            host=bound,
-            port=mux.port,
-            type="host",
-        )
+        self.local_candidate = _host_candidate(component, bound, mux.port)
         mux.register(self)
 
     @property
@@ -192,6 +184,10 @@ class MuxedStunProtocol(aioice.ice.StunProtocol):
     @property
     def remote_ufrag(self) -> str | None:
         return self.receiver.remote_username
+
+    @property
+    def family(self) -> int:
+        return ipaddress.ip_address(self.local_candidate.host).version
 
     def received(self, data: bytes, addr: Address, stun: bool) -> None:
         if stun:
@@ -226,6 +222,35 @@ class MuxedStunProtocol(aioice.ice.StunProtocol):
         self.connection_lost(None)
 
 
+def _host_candidate(component: int, address: str, port: int, rank: int = 0) -> Candidate:
+    return Candidate(
+        foundation=candidate_foundation("host", "udp", address),
+        component=component,
+        transport="udp",
+        priority=candidate_priority(component, "host", 65535 - rank),
+        host=address,
+        port=port,
+        type="host",
+    )
+
+
+def _shared_host_candidates(
+    connection: aioice.ice.Connection, mux: UdpMux, component: int, addresses: Sequence[str]
+) -> tuple[list[MuxedStunProtocol], list[Candidate]]:
+    """One protocol per address family (what arrives on a family's socket for this connection
+    goes to it, whichever local address it was sent to), and a host candidate per address."""
+    protocols: dict[int, MuxedStunProtocol] = {}
+    candidates = []
+    for rank, address in enumerate(a for a in addresses if mux.serves(a)):
+        family = ipaddress.ip_address(address).version
+        if family not in protocols:
+            protocols[family] = MuxedStunProtocol(connection, mux, component, address)
+            candidates.append(protocols[family].local_candidate)
+        else:
+            candidates.append(_host_candidate(component, address, mux.port, rank))
+    return list(protocols.values()), candidates
+
+
 def _announce(candidates: Sequence[Candidate], public: Sequence[str]) -> None:
     for candidate in candidates:
         if candidate.type != "host":
@@ -256,14 +281,9 @@ def install_ice_plan(mux: UdpMux | None, public_addresses: Sequence[str]) -> Cal
         if mux is None:
             candidates = await original(self, component, addresses, timeout)
         else:
-            protocols = [
-                MuxedStunProtocol(self, mux, component, address)
-                for address in addresses
-                if mux.serves(address)
-            ]
+            protocols, hosts = _shared_host_candidates(self, mux, component, addresses)
             self._protocols += protocols
-            relayed = await original(self, component, [], timeout)
-            candidates = [p.local_candidate for p in protocols] + relayed
+            candidates = hosts + await original(self, component, [], timeout)
         _announce(candidates, public)
         return candidates
 

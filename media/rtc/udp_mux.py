@@ -57,6 +57,10 @@ class Endpoint(Protocol):
     @property
     def remote_ufrag(self) -> str | None: ...
 
+    @property
+    def family(self) -> int:
+        """4 or 6: which of the shared sockets serves it."""
+
     def received(self, data: bytes, addr: Address, stun: bool) -> None: ...
 
 
@@ -96,7 +100,7 @@ class UdpMux:
         self._on_drop = on_drop
         self._sockets: dict[int, socket.socket] = {}
         self._bound: dict[int, str] = {}
-        self._by_ufrag: dict[str, list[Endpoint]] = {}
+        self._by_ufrag: dict[tuple[str, int], list[Endpoint]] = {}
         self._by_address: dict[Address, Endpoint] = {}
         self._by_transaction: dict[bytes, Endpoint] = {}
         self._addresses_of: dict[Endpoint, set[Address]] = {}
@@ -173,15 +177,16 @@ class UdpMux:
     # what connections do
 
     def register(self, endpoint: Endpoint) -> None:
-        self._by_ufrag.setdefault(endpoint.ufrag, []).append(endpoint)
+        self._by_ufrag.setdefault((endpoint.ufrag, endpoint.family), []).append(endpoint)
         self._addresses_of[endpoint] = set()
 
     def unregister(self, endpoint: Endpoint) -> None:
-        same = self._by_ufrag.get(endpoint.ufrag, [])
+        key = (endpoint.ufrag, endpoint.family)
+        same = self._by_ufrag.get(key, [])
         if endpoint in same:
             same.remove(endpoint)
         if not same:
-            self._by_ufrag.pop(endpoint.ufrag, None)
+            self._by_ufrag.pop(key, None)
         for addr in self._addresses_of.pop(endpoint, set()):
             if self._by_address.get(addr) is endpoint:
                 del self._by_address[addr]
@@ -239,7 +244,7 @@ class UdpMux:
                 waiting.received(data, addr, True)
 
     def _route_request(self, data: bytes, addr: Address) -> None:
-        endpoint = self._request_target(data)
+        endpoint = self._request_target(data, 6 if ":" in addr[0] else 4)
         if endpoint is None:
             self._on_drop("unknown_ufrag")
             return
@@ -256,12 +261,12 @@ class UdpMux:
                 self._bind_address(endpoint, addr)
             endpoint.received(data, addr, True)
 
-    def _request_target(self, data: bytes) -> Endpoint | None:
+    def _request_target(self, data: bytes, family: int) -> Endpoint | None:
         username = stun_username(data)
         if username is None:
             return None
         local, _, remote = username.partition(":")
-        same = self._by_ufrag.get(local)
+        same = self._by_ufrag.get((local, family))
         if not same:
             return None
         if len(same) == 1:

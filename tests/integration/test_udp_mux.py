@@ -129,6 +129,23 @@ async def test_the_public_address_is_announced_on_the_shared_port() -> None:
 # --udp-port
 
 
+async def test_every_local_address_of_a_family_is_served_by_the_one_wildcard_socket() -> None:
+    port = free_udp_port()
+    async with (
+        running_server(udp_port=port, ice_addresses=("127.0.0.1", "127.0.0.2")) as app,
+        grpc_stub(app) as stub,
+    ):
+        assert app.ice_plan.mux is not None and app.ice_plan.mux.sockets() == 1
+        publisher = await publish(app.base_url)
+        assert sorted(host_candidates(publisher.answer)) == [
+            ("127.0.0.1", port),
+            ("127.0.0.2", port),
+        ]
+        await ready_and_listening(stub, publisher)
+        await publisher.delete()
+        await publisher.vanish()
+
+
 @contextlib.asynccontextmanager
 async def hark_process(*args: str) -> AsyncIterator[tuple[HarkProcess, Any]]:
     async with HarkProcess(*args) as hark:
