@@ -175,6 +175,7 @@ class MuxedStunProtocol(aioice.ice.StunProtocol):
         self._chosen: Address | None = None
         self.connection_made(_SharedSocketView(mux, (bound, mux.port)))
         self.local_candidate = _host_candidate(component, bound, mux.port)
+        self._family = ipaddress.ip_address(bound).version
         mux.register(self)
 
     @property
@@ -187,7 +188,7 @@ class MuxedStunProtocol(aioice.ice.StunProtocol):
 
     @property
     def family(self) -> int:
-        return ipaddress.ip_address(self.local_candidate.host).version
+        return self._family
 
     def received(self, data: bytes, addr: Address, stun: bool) -> None:
         if stun:
@@ -251,14 +252,18 @@ def _shared_host_candidates(
     return list(protocols.values()), candidates
 
 
-def _announce(candidates: Sequence[Candidate], public: Sequence[str]) -> None:
+def _announce(candidates: Sequence[Candidate], public: Sequence[str]) -> list[Candidate]:
+    """``candidates`` with the public address of their family in host candidates; on a shared
+    port, the local addresses of a family then make one candidate."""
+    kept: dict[tuple[str, int, int, str], Candidate] = {}
     for candidate in candidates:
-        if candidate.type != "host":
-            continue
-        family = ipaddress.ip_address(candidate.host).version
-        announced = [a for a in public if ipaddress.ip_address(a).version == family]
-        if announced:
-            candidate.host = announced[0]
+        if candidate.type == "host":
+            family = ipaddress.ip_address(candidate.host).version
+            announced = [a for a in public if ipaddress.ip_address(a).version == family]
+            candidate.host = announced[0] if announced else candidate.host
+        key = (candidate.host, candidate.port, candidate.component, candidate.type)
+        kept.setdefault(key, candidate)
+    return list(kept.values())
 
 
 def install_ice_plan(mux: UdpMux | None, public_addresses: Sequence[str]) -> Callable[[], None]:
@@ -284,8 +289,7 @@ def install_ice_plan(mux: UdpMux | None, public_addresses: Sequence[str]) -> Cal
             protocols, hosts = _shared_host_candidates(self, mux, component, addresses)
             self._protocols += protocols
             candidates = hosts + await original(self, component, [], timeout)
-        _announce(candidates, public)
-        return candidates
+        return _announce(candidates, public)
 
     def undo() -> None:
         if aioice.ice.Connection.get_component_candidates is get_component_candidates:

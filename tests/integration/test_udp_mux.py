@@ -126,6 +126,23 @@ async def test_the_public_address_is_announced_on_the_shared_port() -> None:
         await publisher.vanish()
 
 
+async def test_local_addresses_of_a_family_make_one_public_candidate_on_the_shared_port() -> None:
+    port = free_udp_port()
+    async with (
+        running_server(
+            udp_port=port,
+            ice_addresses=("127.0.0.2", "127.0.0.3"),
+            ice_public_addresses=("127.0.0.1",),
+        ) as app,
+        grpc_stub(app) as stub,
+    ):
+        publisher = await publish(app.base_url)
+        assert host_candidates(publisher.answer) == [("127.0.0.1", port)]
+        await ready_and_listening(stub, publisher)
+        await publisher.delete()
+        await publisher.vanish()
+
+
 # --udp-port
 
 
