@@ -190,6 +190,10 @@ class MuxedStunProtocol(aioice.ice.StunProtocol):
     def family(self) -> int:
         return self._family
 
+    @property
+    def password(self) -> bytes:
+        return self.receiver.local_password.encode()
+
     def received(self, data: bytes, addr: Address, stun: bool) -> None:
         if stun:
             self.datagram_received(data, addr)

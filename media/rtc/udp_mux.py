@@ -16,6 +16,7 @@ connection unregisters, so churn does not grow them.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import ipaddress
 import logging
 import socket
@@ -30,6 +31,8 @@ Address = tuple[str, int]
 STUN_MAGIC: Final = b"\x21\x12\xa4\x42"
 STUN_HEADER_BYTES: Final = 20
 STUN_USERNAME: Final = 0x0006
+STUN_MESSAGE_INTEGRITY: Final = 0x0008
+HMAC_SHA1_BYTES: Final = 20
 STUN_REQUEST: Final = 0
 STUN_INDICATION: Final = 1
 MAX_ADDRESSES_PER_CONNECTION: Final = 16
@@ -43,6 +46,7 @@ DROP_CAUSES: Final = (
     "unknown_address",  # media or DTLS from an address bound to no connection
     "wrong_address",  # a STUN request for a connection that chose another remote address
     "address_in_use",  # a STUN request from an address bound to another connection
+    "bad_integrity",  # a STUN request from a new address without the connection's password
     "too_many_addresses",  # a connection already has MAX_ADDRESSES_PER_CONNECTION addresses
     "send_buffer_full",  # outgoing: the socket's send buffer was full
 )
@@ -61,6 +65,10 @@ class Endpoint(Protocol):
     def family(self) -> int:
         """4 or 6: which of the shared sockets serves it."""
 
+    @property
+    def password(self) -> bytes:
+        """The local ICE password: the key of its checks' MESSAGE-INTEGRITY."""
+
     def received(self, data: bytes, addr: Address, stun: bool) -> None: ...
 
 
@@ -72,18 +80,35 @@ def stun_class(data: bytes) -> int | None:
     return ((kind >> 7) & 2) | ((kind >> 4) & 1)
 
 
-def stun_username(data: bytes) -> str | None:
-    """The USERNAME attribute of a STUN message, or None."""
+def _stun_attribute(data: bytes, wanted: int) -> tuple[int, bytes] | None:
+    """The offset and value of the first attribute of type ``wanted``, or None."""
     end = min(len(data), STUN_HEADER_BYTES + struct.unpack_from("!H", data, 2)[0])
     offset = STUN_HEADER_BYTES
     while offset + 4 <= end:
         kind, length = struct.unpack_from("!HH", data, offset)
-        value_start = offset + 4
-        if kind == STUN_USERNAME:
-            raw = data[value_start : value_start + length]
-            return raw.decode("utf-8", "replace") if len(raw) == length else None
-        offset = value_start + length + (-length % 4)
+        value = data[offset + 4 : offset + 4 + length]
+        if kind == wanted:
+            return (offset, value) if len(value) == length else None
+        offset += 4 + length + (-length % 4)
     return None
+
+
+def stun_username(data: bytes) -> str | None:
+    """The USERNAME attribute of a STUN message, or None."""
+    found = _stun_attribute(data, STUN_USERNAME)
+    return found[1].decode("utf-8", "replace") if found else None
+
+
+def stun_integrity_ok(data: bytes, key: bytes) -> bool:
+    """Whether the message's MESSAGE-INTEGRITY is the HMAC-SHA1 of what precedes it under ``key``
+    (RFC 8489 section 14.5: the header's length then counts up to the end of that attribute)."""
+    found = _stun_attribute(data, STUN_MESSAGE_INTEGRITY)
+    if found is None or len(found[1]) != HMAC_SHA1_BYTES:
+        return False
+    offset, digest = found
+    covered = bytearray(data[:offset])
+    struct.pack_into("!H", covered, 2, offset + 4 + HMAC_SHA1_BYTES - STUN_HEADER_BYTES)
+    return hmac.compare_digest(hmac.digest(key, bytes(covered), "sha1"), digest)
 
 
 class UdpMux:
@@ -256,6 +281,8 @@ class UdpMux:
             self._on_drop("wrong_address")
         elif owner is None and len(self._addresses_of[endpoint]) >= MAX_ADDRESSES_PER_CONNECTION:
             self._on_drop("too_many_addresses")
+        elif owner is None and not stun_integrity_ok(data, endpoint.password):
+            self._on_drop("bad_integrity")  # knowing the ufrag does not bind an address
         else:
             if owner is None:
                 self._bind_address(endpoint, addr)

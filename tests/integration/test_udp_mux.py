@@ -12,7 +12,9 @@ import struct
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import grpc
+from aiortc import RTCPeerConnection
 
 from media.v1 import media_pb2 as pb
 from media.v1 import media_pb2_grpc
@@ -192,6 +194,20 @@ async def test_twenty_publishers_and_a_player_share_one_socket() -> None:
             await asyncio.gather(*(p.vanish() for p in publishers))
 
 
+async def answered_but_never_connected(base_url: str) -> tuple[RTCPeerConnection, str]:
+    """A WHIP session whose publisher never applies the answer: Hark waits for its checks."""
+    pc = RTCPeerConnection()
+    pc.addTransceiver("audio", direction="sendonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    headers = {"Content-Type": "application/sdp"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            base_url + "/whip", data=pc.localDescription.sdp, headers=headers
+        ) as r:
+            assert r.status == 201
+            return pc, await r.text()
+
+
 async def test_a_delete_leaves_the_others_flowing_and_spoofed_packets_reach_no_session() -> None:
     port = free_udp_port()
     async with (
@@ -207,11 +223,15 @@ async def test_a_delete_leaves_the_others_flowing_and_spoofed_packets_reach_no_s
         metrics = app.base_url + "/metrics"
         before = await scrape(metrics)
         valid_ufrag = f"{ice_ufrag(second.answer)}:{ice_ufrag(second.pc.localDescription.sdp)}"
+        offer, answer = await answered_but_never_connected(app.base_url)
+        unconnected_ufrag = f"{ice_ufrag(answer)}:{ice_ufrag(offer.localDescription.sdp)}"
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as spoofer:
             spoofer.sendto(stun_request(valid_ufrag), ("127.0.0.1", port))
+            spoofer.sendto(stun_request(unconnected_ufrag), ("127.0.0.1", port))
             spoofer.sendto(stun_request("nobody:here"), ("127.0.0.1", port))
             for _ in range(3):
                 spoofer.sendto(secrets.token_bytes(100), ("127.0.0.1", port))
+        await offer.close()
 
         async def dropped(cause: str) -> float:
             return value(await scrape(metrics), DROPPED, cause=cause) - value(
@@ -221,6 +241,7 @@ async def test_a_delete_leaves_the_others_flowing_and_spoofed_packets_reach_no_s
         async def all_counted() -> bool:
             return (
                 await dropped("wrong_address") == 1
+                and await dropped("bad_integrity") == 1
                 and await dropped("unknown_ufrag") == 1
                 and await dropped("unknown_address") == 3
             )
