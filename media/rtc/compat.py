@@ -394,6 +394,7 @@ def _shares_a_socket(pc: RTCPeerConnection) -> bool:
             isinstance(getattr(c, "_protocols", None), list)
             and callable(getattr(c, "data_received", None))
             and isinstance(c.local_username, str)
+            and isinstance(c.local_password, str)
             for c in connections
         )
     )
