@@ -132,7 +132,8 @@ class UdpMux:
         self._chosen: dict[Endpoint, Address] = {}
 
     async def open(self) -> None:
-        """Bind one socket per address family that has a host address (OSError if IPv4 fails)."""
+        """Bind one socket per address family (OSError naming the address if one asked for by
+        --ice-address, or the IPv4 one, cannot be bound; without IPv6, only a warning)."""
         for family in (4, 6):
             wanted = [a for a in self._addresses if ipaddress.ip_address(a).version == family]
             if self._addresses and not wanted:
@@ -141,9 +142,9 @@ class UdpMux:
             try:
                 await self._bind(family, host)
             except OSError as exc:
-                if family == 4 and (wanted or not self._addresses):
+                if wanted or family == 4:
                     raise
-                logger.warning("--udp-port: no IPv6 socket on [%s]:%d (%s)", host, self.port, exc)
+                logger.warning("%s: no IPv6 host candidates", exc)
 
     async def _bind(self, family: int, host: str) -> None:
         sock = socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6, socket.SOCK_DGRAM)
@@ -153,9 +154,12 @@ class UdpMux:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
             sock.setblocking(False)
             sock.bind((host, self.port))
-        except OSError:
+        except OSError as exc:
             sock.close()
-            raise
+            where = f"[{host}]:{self.port}" if family == 6 else f"{host}:{self.port}"
+            raise OSError(
+                f"cannot listen for media (--udp-port) on {where}: {exc.strerror or exc}"
+            ) from exc
         # Read directly rather than through a datagram transport, which reads one datagram per
         # wake-up of the loop: with every session on one socket, that is a poll per packet.
         asyncio.get_running_loop().add_reader(sock.fileno(), self._read, sock)

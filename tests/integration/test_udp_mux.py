@@ -9,6 +9,7 @@ import re
 import secrets
 import socket
 import struct
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -170,6 +171,21 @@ async def hark_process(*args: str) -> AsyncIterator[tuple[HarkProcess, Any]]:
     async with HarkProcess(*args) as hark:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{hark.grpc_port}") as channel:
             yield hark, media_pb2_grpc.MediaServiceStub(channel)
+
+
+async def test_a_busy_udp_port_stops_hark_with_a_message_that_names_it() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        hark = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *("-m", "media", "serve", "--http-port", "0", "--grpc-port", "0"),
+            *("--udp-port", str(port), "--ice-address", "127.0.0.1"),
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(hark.communicate(), 30)
+    assert hark.returncode != 0
+    assert f"cannot listen for media (--udp-port) on 127.0.0.1:{port}" in err.decode()
 
 
 async def test_twenty_publishers_and_a_player_share_one_socket() -> None:
