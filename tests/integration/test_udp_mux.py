@@ -173,6 +173,24 @@ async def hark_process(*args: str) -> AsyncIterator[tuple[HarkProcess, Any]]:
             yield hark, media_pb2_grpc.MediaServiceStub(channel)
 
 
+async def test_ipv6_sessions_share_their_own_socket_and_announce_their_own_public_address() -> None:
+    port = free_udp_port()
+    async with (
+        running_server(
+            udp_port=port,
+            ice_addresses=("::1",),
+            ice_public_addresses=("192.0.2.1", "::1"),
+        ) as app,
+        grpc_stub(app) as stub,
+    ):
+        assert app.ice_plan.mux is not None and app.ice_plan.mux.sockets() == 1
+        publisher = await publish(app.base_url)
+        assert host_candidates(publisher.answer) == [("::1", port)]
+        await ready_and_listening(stub, publisher)
+        await publisher.delete()
+        await publisher.vanish()
+
+
 async def test_a_busy_udp_port_stops_hark_with_a_message_that_names_it() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("127.0.0.1", 0))
