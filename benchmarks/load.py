@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/load.py [--sweep 10,25,50,100] [--seconds 10]
     .venv/bin/python benchmarks/load.py --overload 100 [--ramp 0.2] [--max-loop-lag-ms 25]
+    .venv/bin/python benchmarks/load.py --udp-port 40000 [--sweep 25,50]
 
 The server under test is pinned to CPU 0 (taskset). The publishers run in a separate process
 pinned to CPU 1, sending the speech fixture's Opus packets without re-encoding, in a loop. This
@@ -12,6 +13,9 @@ expected, time to READY, event-loop lag p99, RSS per session, and the publishers
 same load is then put on ``bare_receiver.py``, and Hark's CPU per session is reported as a ratio.
 
 Capacity per core = the largest N where frames stay >= 99 % of expected and loop lag p99 < 50 ms.
+
+With ``--udp-port``, each step also runs Hark with every session through that one UDP port (the
+demultiplexer), and reports its CPU per session against the per-connection sockets' of the same run.
 """
 
 from __future__ import annotations
@@ -295,10 +299,10 @@ class Backend:
         await self._channel.close()
 
 
-async def measure(kind: str, sessions: int, seconds: float) -> Step:
+async def measure(kind: str, sessions: int, seconds: float, udp_port: int | None = None) -> Step:
     step = Step(kind, sessions, seconds)
     python = sys.executable
-    if kind == "hark":
+    if kind in ("hark", "mux"):
         server, found = await spawn(
             0,
             python,
@@ -307,6 +311,7 @@ async def measure(kind: str, sessions: int, seconds: float) -> Step:
             "serve",
             *("--http-port", "0", "--grpc-port", "0", "--ice-address", "127.0.0.1"),
             *("--rate-limit", "0", "--max-sessions", "100000", "--max-watchers", "100000"),
+            *(("--udp-port", str(udp_port)) if kind == "mux" else ()),
             pattern=r"HTTP on [\d.]+:(\d+), gRPC on [\d.]+:(\d+)",
             stream="stderr",
         )
@@ -320,7 +325,7 @@ async def measure(kind: str, sessions: int, seconds: float) -> Step:
             stream="stdout",
         )
         base, grpc_target = f"http://127.0.0.1:{found[1]}", ""
-    backend = Backend(grpc_target) if kind == "hark" else None
+    backend = Backend(grpc_target) if kind != "bare" else None
     watching = asyncio.ensure_future(backend.run()) if backend else None
     idle_rss = rss_bytes(server.pid)
     publishers = None
@@ -345,7 +350,7 @@ async def measure(kind: str, sessions: int, seconds: float) -> Step:
             step.publisher_cpu = cpu_seconds(publishers.pid) - pub0
         step.frames_per_s = (after["frames"] - before["frames"]) / seconds
         step.rss_per_session = (rss_bytes(server.pid) - idle_rss) / sessions
-        if kind == "hark":
+        if kind != "bare":
             step.lag_p99 = lag_p99(before, after)
             assert backend is not None
             step.ready_s = [
@@ -543,15 +548,37 @@ def report(steps: list[Step]) -> None:
         f"\ncapacity per core: {max(capable) if capable else 0} sessions "
         f"(frames >= 99 % of expected and loop lag p99 < {LAG_LIMIT_S * 1000:.0f} ms)"
     )
+    report_mux(steps)
 
 
-async def sweep(sizes: list[int], seconds: float) -> None:
+def report_mux(steps: list[Step]) -> None:
+    """The --udp-port demultiplexer's cost: Hark's CPU per session on one port against a port per
+    connection, same run, same load."""
+    shared = {s.sessions: s for s in steps if s.kind == "mux"}
+    if not shared:
+        return
+    print("\n| N | CPU/session, a port per connection | one --udp-port | difference | frames |")
+    print("|---|---|---|---|---|")
+    for step in (s for s in steps if s.kind == "hark" and s.sessions in shared):
+        mux = shared[step.sessions]
+        change = mux.cpu_per_session / step.cpu_per_session - 1
+        print(
+            f"| {step.sessions} | {step.cpu_per_session * 100:.2f} % | "
+            f"{mux.cpu_per_session * 100:.2f} % | {change * 100:+.1f} % | "
+            f"{mux.frames_ratio * 100:.1f} % |"
+        )
+    capable = [s.sessions for s in shared.values() if s.keeps_up]
+    print(f"\ncapacity per core on one --udp-port: {max(capable) if capable else 0} sessions")
+
+
+async def sweep(sizes: list[int], seconds: float, udp_port: int | None = None) -> None:
     # This process is the backend (gRPC watch + StreamAudio): keep it off the server's CPU.
     os.sched_setaffinity(0, {1})
     steps = []
+    kinds = ("hark", "mux", "bare") if udp_port is not None else ("hark", "bare")
     for size in sizes:
-        for kind in ("hark", "bare"):
-            step = await measure(kind, size, seconds)
+        for kind in kinds:
+            step = await measure(kind, size, seconds, udp_port)
             steps.append(step)
             print(
                 f"{kind:4} N={size:4}: {step.cpu_per_session * 100:.2f} % CPU/session, "
@@ -559,7 +586,7 @@ async def sweep(sizes: list[int], seconds: float) -> None:
                 file=sys.stderr,
                 flush=True,
             )
-        if not steps[-2].keeps_up:
+        if not steps[-len(kinds)].keeps_up:
             break
     report(steps)
     if steps:
@@ -586,13 +613,16 @@ def main() -> None:
     )
     parser.add_argument("--ramp", type=float, default=0.2, help="--overload: seconds between them")
     parser.add_argument("--max-loop-lag-ms", type=int, default=25, help="--overload: the server's")
+    parser.add_argument(
+        "--udp-port", type=int, help="also run Hark with every session on this one UDP port"
+    )
     args = parser.parse_args()
     if args.command == "publishers":
         asyncio.run(run_publishers(args.url, args.n, args.ramp))
     elif args.overload:
         asyncio.run(overload(args.overload, args.seconds, args.ramp, args.max_loop_lag_ms))
     else:
-        asyncio.run(sweep([int(n) for n in args.sweep.split(",")], args.seconds))
+        asyncio.run(sweep([int(n) for n in args.sweep.split(",")], args.seconds, args.udp_port))
 
 
 if __name__ == "__main__":

@@ -35,10 +35,11 @@ from media.rpc.interceptors import BearerAuth, MalformedRequests, RpcMetrics
 from media.rpc.service import SERVICE_NAME, MediaService
 from media.rtc import compat
 from media.rtc.compat import (
-    DecodeErrorCounter,
     keep_consent_through_stalls,
     restrict_host_candidates,
 )
+from media.rtc.decode_errors import DecodeErrorCounter
+from media.rtc.ice_plan import IcePlan
 from media.server.session_table import OVERLOAD_RETRY_AFTER_S, SessionTable
 from media.v1 import media_pb2_grpc
 from media.web.connection_limit import ConnectionLimit
@@ -98,6 +99,9 @@ class HarkApp:
         self._tasks: list[asyncio.Task[None]] = []
         self._decode_errors = DecodeErrorCounter(self.metrics.decode_errors.inc)
         self._undo_host_restriction: Callable[[], None] | None = None
+        drops = self.metrics.udp_mux_dropped
+        self.ice_plan = IcePlan(config, lambda cause: drops.labels(cause).inc())
+        self.metrics.udp_mux_entries.set_function(self.ice_plan.entries)
         self._protocol_errors = ClientProtocolErrors()
         self._started = False
         self._whip_posts: set[AbstractResource | None] = set()
@@ -355,7 +359,7 @@ class HarkApp:
             raise
 
     async def _start(self) -> None:
-        await compat.check()
+        lost = await compat.check()
         if self.config.ice_addresses:
             self._undo_host_restriction = restrict_host_candidates(self.config.ice_addresses)
         if not keep_consent_through_stalls():
@@ -363,6 +367,7 @@ class HarkApp:
                 "this aioice checks ICE consent its own way: event-loop stalls of 0.5 s can "
                 "close live sessions (aioice logs 'Consent to send expired')"
             )
+        await self.ice_plan.start({hook.name for hook in lost})
         logging.getLogger("aiortc.rtcrtpreceiver").addFilter(self._decode_errors)
         logging.getLogger("aiohttp.server").addFilter(self._protocol_errors)
         self.sessions.observers.append(self._on_event)
@@ -431,6 +436,7 @@ class HarkApp:
         if self._undo_host_restriction is not None:
             self._undo_host_restriction()
             self._undo_host_restriction = None
+        self.ice_plan.stop()
         if self._started:
             logger.info("hark stopped")
             self._started = False

@@ -113,6 +113,8 @@ class Config:
     insecure_no_auth: bool = False
     cors_origins: tuple[str, ...] = ()
     ice_addresses: tuple[str, ...] = ()
+    ice_public_addresses: tuple[str, ...] = ()
+    udp_port: int | None = None
     log_level: str = "INFO"
     log_format: str = "text"
 
@@ -139,6 +141,15 @@ class Config:
                 ipaddress.ip_address(address)
             except ValueError:
                 raise ConfigError(f"--ice-address {address!r} is not an IP address") from None
+        for address in self.ice_public_addresses:
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                raise ConfigError(
+                    f"--ice-public-address {address!r} is not an IP address"
+                ) from None
+        if self.udp_port is not None and not 1 <= self.udp_port <= 65535:
+            raise ConfigError(f"--udp-port must be 1..65535, got {self.udp_port}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"--metrics-port must be 0..65535, got {self.metrics_port}")
         if not 1024 <= self.max_offer_bytes <= 1024 * 1024:

@@ -244,6 +244,17 @@ class Metrics:
         self.discarded_bursts = Counter(
             "hark_vad_discarded_bursts", "Voiced bursts shorter than min_speech_ms.", registry=r
         )
+        self.udp_mux_dropped = Counter(
+            "hark_udp_mux_dropped",
+            "Datagrams the --udp-port demultiplexer dropped (delivered to no session), by cause.",
+            ["cause"],
+            registry=r,
+        )
+        self.udp_mux_entries = Gauge(
+            "hark_udp_mux_entries",
+            "Entries in the --udp-port demultiplexer's routing tables.",
+            registry=r,
+        )
         self.audio_dropped = Counter(
             "hark_stream_audio_dropped_seconds",
             "Audio dropped for StreamAudio subscribers that read too slowly.",

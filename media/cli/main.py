@@ -54,6 +54,11 @@ SERVE_OPTIONS: list[tuple[str, Parse, str]] = [
     ("audio-queue-ms", int, "StreamAudio queue per subscriber; the oldest audio is dropped"),
     ("jitter-frames", int, "audio frames aiortc's jitter buffer holds (20 ms each)"),
     ("metrics-port", int, "serve /metrics on this port instead of the HTTP port"),
+    (
+        "udp-port",
+        int,
+        "one UDP port for the media of every peer connection (default: a port per connection)",
+    ),
     ("max-watchers", int, "open WatchSession/WatchSessions streams at most"),
     ("max-offer-bytes", int, "largest SDP offer or trickle fragment accepted (413 above it)"),
     ("max-m-lines", int, "most m-lines accepted in an offer (422 above it)"),
@@ -100,6 +105,10 @@ LIST_OPTIONS: list[tuple[str, str]] = [
     ),
     ("cors-origin", "allowed browser origin; default * only when HTTP is bound to loopback"),
     ("ice-address", "local IP address to offer as ICE host candidate (default: every interface)"),
+    (
+        "ice-public-address",
+        "IP address announced in host candidates instead of the bound one (one per family)",
+    ),
 ]
 
 
@@ -217,6 +226,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         ice_servers=tuple(IceServer.parse(text) for text in _listed(args, "ice-server")),
         cors_origins=tuple(_listed(args, "cors-origin")),
         ice_addresses=tuple(_listed(args, "ice-address")),
+        ice_public_addresses=tuple(_listed(args, "ice-public-address")),
         insecure_no_auth=args.insecure_no_auth,
     )
 

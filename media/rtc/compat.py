@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import ipaddress
 import logging
 import random
 import weakref
@@ -21,9 +22,12 @@ from typing import Any, Final
 import aioice.ice
 import aioice.stun
 import aiortc.rtcrtpreceiver
+from aioice import Candidate
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 
 from media.aio import cancel_and_wait
+from media.rtc.host_candidates import HARK_GATHERING, announce, host_candidate
+from media.rtc.udp_mux import Address, SharedSocketView, UdpMux
 
 logger = logging.getLogger(__name__)
 
@@ -130,22 +134,118 @@ def restrict_host_candidates(addresses: Sequence[str]) -> Callable[[], None]:
     return undo
 
 
-class DecodeErrorCounter(logging.Filter):
-    """Counts aiortc's per-packet decode failures and keeps them out of the log.
+class MuxedStunProtocol(aioice.ice.StunProtocol):
+    """An aioice host protocol whose socket is the process's shared one (``--udp-port``): it
+    sends through the ``UdpMux`` and receives what the mux routes to it."""
 
-    aiortc skips a packet it cannot decode and logs a warning for each one; attached to the
-    ``aiortc.rtcrtpreceiver`` logger, this turns those warnings into a counter.
+    def __init__(
+        self, connection: aioice.ice.Connection, mux: UdpMux, component: int, bound: str
+    ) -> None:
+        super().__init__(connection)
+        self._mux = mux
+        self._chosen: Address | None = None
+        self.connection_made(SharedSocketView(mux, (bound, mux.port)))
+        self.local_candidate = host_candidate(component, bound, mux.port)
+        self._family = ipaddress.ip_address(bound).version
+        mux.register(self)
+
+    @property
+    def ufrag(self) -> str:
+        return self.receiver.local_username
+
+    @property
+    def remote_ufrag(self) -> str | None:
+        return self.receiver.remote_username
+
+    @property
+    def family(self) -> int:
+        return self._family
+
+    @property
+    def password(self) -> bytes:
+        return self.receiver.local_password.encode()
+
+    def received(self, data: bytes, addr: Address, stun: bool) -> None:
+        if stun:
+            self.datagram_received(data, addr)
+        else:  # what aioice does with a datagram that does not parse as STUN, without the parse
+            self.receiver.data_received(data, self.local_candidate.component)
+
+    async def request(
+        self,
+        request: Any,
+        addr: tuple[str, int],
+        integrity_key: bytes | None = None,
+        retransmissions: int | None = None,
+    ) -> Any:
+        self._mux.expect(request.transaction_id, self)
+        try:
+            return await super().request(request, addr, integrity_key, retransmissions)
+        finally:
+            self._mux.forget(request.transaction_id)
+
+    async def send_data(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self._chosen != addr:  # aioice sends data on its nominated pair only
+            self._chosen = addr
+            self._mux.choose(self, addr)
+        self._mux.sendto(data, addr)
+
+    def send_stun(self, message: Any, addr: tuple[str, int]) -> None:
+        self._mux.sendto(bytes(message), addr)
+
+    async def close(self) -> None:
+        self._mux.unregister(self)
+        self.connection_lost(None)
+
+
+def _shared_host_candidates(
+    connection: aioice.ice.Connection, mux: UdpMux, component: int, addresses: Sequence[str]
+) -> tuple[list[MuxedStunProtocol], list[Candidate]]:
+    """One protocol per address family (what arrives on a family's socket for this connection
+    goes to it, whichever local address it was sent to), and a host candidate per address."""
+    protocols: dict[int, MuxedStunProtocol] = {}
+    candidates = []
+    for rank, address in enumerate(a for a in addresses if mux.serves(a)):
+        family = ipaddress.ip_address(address).version
+        if family not in protocols:
+            protocols[family] = MuxedStunProtocol(connection, mux, component, address)
+            candidates.append(protocols[family].local_candidate)
+        else:
+            candidates.append(host_candidate(component, address, mux.port, rank))
+    return list(protocols.values()), candidates
+
+
+def install_ice_plan(mux: UdpMux | None, public_addresses: Sequence[str]) -> Callable[[], None]:
+    """Make Hark's ICE gathering (see ``hark_gathering``) use ``mux`` for its host candidates
+    (instead of a socket per connection and address) and announce ``public_addresses`` in them
+    (instead of the bound address), until the returned callable is called.
+
+    aioice creates a socket per host candidate in ``Connection.get_component_candidates`` and
+    has no setting for the port or the announced address. Server-reflexive candidates are not
+    gathered on the shared socket; relayed (TURN) ones still are, on their own socket.
     """
+    original = aioice.ice.Connection.get_component_candidates
+    public = list(public_addresses)
 
-    def __init__(self, on_error: Callable[[], None]) -> None:
-        super().__init__()
-        self._on_error = on_error
+    async def get_component_candidates(
+        self: aioice.ice.Connection, component: int, addresses: list[str], timeout: int = 5
+    ) -> list[Candidate]:
+        if not HARK_GATHERING.get():
+            return await original(self, component, addresses, timeout)
+        if mux is None:
+            candidates = await original(self, component, addresses, timeout)
+        else:
+            protocols, hosts = _shared_host_candidates(self, mux, component, addresses)
+            self._protocols += protocols
+            candidates = hosts + await original(self, component, [], timeout)
+        return announce(candidates, public)
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if "failed to decode" in str(record.msg):
-            self._on_error()
-            return False
-        return True
+    def undo() -> None:
+        if aioice.ice.Connection.get_component_candidates is get_component_candidates:
+            aioice.ice.Connection.get_component_candidates = original  # type: ignore[method-assign]
+
+    aioice.ice.Connection.get_component_candidates = get_component_candidates  # type: ignore[method-assign]
+    return undo
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +296,37 @@ def _has_host_addresses(pc: RTCPeerConnection) -> bool:
     ]
 
 
+def _gathers_host_candidates_per_component(pc: RTCPeerConnection) -> bool:
+    found = getattr(aioice.ice.Connection, "get_component_candidates", None)
+    if found is None or list(inspect.signature(found).parameters) != [
+        "self",
+        "component",
+        "addresses",
+        "timeout",
+    ]:
+        return False
+    source = inspect.getsource(found)
+    return "StunProtocol(self)" in source and "self._protocols +=" in source
+
+
+def _shares_a_socket(pc: RTCPeerConnection) -> bool:
+    protocol = aioice.ice.StunProtocol
+    methods = ("request", "send_data", "send_stun", "close", "datagram_received")
+    connections = ice_connections(pc)
+    return (
+        _gathers_host_candidates_per_component(pc)
+        and all(callable(getattr(protocol, name, None)) for name in methods)
+        and bool(connections)
+        and all(
+            isinstance(getattr(c, "_protocols", None), list)
+            and callable(getattr(c, "data_received", None))
+            and isinstance(c.local_username, str)
+            and isinstance(c.local_password, str)
+            for c in connections
+        )
+    )
+
+
 def _logs_decode_failures(pc: RTCPeerConnection) -> bool:
     return "failed to decode" in inspect.getsource(aiortc.rtcrtpreceiver)
 
@@ -239,6 +370,17 @@ HOOKS: Final = (
         "host addresses",
         "aioice's host address lookup is not where Hark expects: --ice-address has no effect",
         _has_host_addresses,
+    ),
+    Hook(
+        "public address",
+        "aioice gathers host candidates another way: --ice-public-address has no effect",
+        _gathers_host_candidates_per_component,
+    ),
+    Hook(
+        "shared UDP port",
+        "aioice's host sockets are not where Hark expects: --udp-port cannot share one socket "
+        "(Hark refuses to start with it)",
+        _shares_a_socket,
     ),
     Hook(
         "decode error log",

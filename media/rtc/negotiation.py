@@ -22,6 +22,7 @@ from media.rtc.compat import (
     start_nothing_once_closing,
     stop_orphaned_consent_checks,
 )
+from media.rtc.host_candidates import hark_gathering
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +141,8 @@ async def answer_audio_offer(
             raise UnsupportedOffer("offer has no audio m-line")
         if prepare is not None:
             prepare(audio)
-        await pc.setLocalDescription(await pc.createAnswer())
+        with hark_gathering():
+            await pc.setLocalDescription(await pc.createAnswer())
     except HarkError:
         raise
     except Exception as exc:

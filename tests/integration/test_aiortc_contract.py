@@ -6,6 +6,7 @@ import asyncio
 import inspect
 import logging
 import signal
+import socket
 from collections.abc import Iterator
 
 import aiohttp
@@ -21,6 +22,8 @@ from media.rtc.compat import (
     set_jitter_frames,
     tap_opus_packets,
 )
+from media.rtc.host_candidates import hark_gathering
+from media.rtc.udp_mux import UdpMux
 from tests.support import HarkProcess, publish, running_server
 
 STALL_S = 6
@@ -159,3 +162,49 @@ async def wait_for_frames(http: aiohttp.ClientSession, base: str, frames: float)
     async with asyncio.timeout(60):
         while await frames_decoded(http, base) < frames:
             await asyncio.sleep(0.1)
+
+
+async def hark_offer_candidates() -> list[tuple[str, int]]:
+    """Host candidates of an offer gathered as Hark gathers (inside ``hark_gathering``)."""
+    pc = RTCPeerConnection()
+    try:
+        pc.addTransceiver("audio", direction="recvonly")
+        with hark_gathering():
+            await pc.setLocalDescription(await pc.createOffer())
+        lines = pc.localDescription.sdp.splitlines()
+        fields = [line.split() for line in lines if line.startswith("a=candidate:")]
+        return [(f[4], int(f[5])) for f in fields if f[7] == "host"]
+    finally:
+        await pc.close()
+
+
+async def test_host_candidates_can_still_announce_a_public_address() -> None:
+    undo_hosts = compat.restrict_host_candidates(["127.0.0.2"])
+    undo_plan = compat.install_ice_plan(None, ["203.0.113.7"])
+    try:
+        assert [host for host, _ in await hark_offer_candidates()] == ["203.0.113.7"], (
+            "aioice gathers host candidates another way: --ice-public-address has no effect"
+        )
+    finally:
+        undo_plan()
+        undo_hosts()
+    assert [host for host, _ in await hark_offer_candidates()] == ["127.0.0.1"]
+
+
+async def test_host_candidates_can_still_share_one_socket_and_leave_no_entry() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    mux = UdpMux(port, ["127.0.0.1"])
+    await mux.open()
+    undo_hosts = compat.restrict_host_candidates(["127.0.0.1"])
+    undo_plan = compat.install_ice_plan(mux, [])
+    try:
+        assert await hark_offer_candidates() == [("127.0.0.1", port)], (
+            "aioice's host sockets are not where Hark expects: --udp-port cannot share one socket"
+        )
+        assert mux.entries() == 0, "a closed connection left its entries in the demultiplexer"
+    finally:
+        undo_plan()
+        undo_hosts()
+        mux.close()

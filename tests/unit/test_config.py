@@ -66,6 +66,8 @@ def test_bad_ice_servers_name_the_option(text: str, message: str) -> None:
         ("log_format", "xml", "--log-format must be text or json"),
         ("token", "short", "--token must be at least 8"),
         ("public_url", "example.com", "--public-url must start with http"),
+        ("udp_port", 0, "--udp-port must be 1..65535"),
+        ("ice_public_addresses", ("node-1",), "--ice-public-address 'node-1' is not an IP"),
     ],
 )
 def test_invalid_values_name_the_option(field: str, value: object, message: str) -> None:
@@ -129,6 +131,7 @@ def test_every_option_is_a_flag_and_is_in_the_readme() -> None:
         "ice-servers": "ice-server",
         "cors-origins": "cors-origin",
         "ice-addresses": "ice-address",
+        "ice-public-addresses": "ice-public-address",
     }
     assert {plural.get(f, f) for f in fields} - {"event-retention"} == flags
     readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
@@ -159,3 +162,16 @@ def test_http_edge_options_come_from_flags_and_the_environment(
 def test_http_edge_options_are_validated(argv: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse(argv)
+
+
+def test_udp_port_and_public_addresses_come_from_flags_or_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert parse([]).udp_port is None and parse([]).ice_public_addresses == ()
+    monkeypatch.setenv("HARK_ICE_PUBLIC_ADDRESS", "203.0.113.7, 2001:db8::7")
+    monkeypatch.setenv("HARK_UDP_PORT", "40000")
+    config = parse([])
+    assert config.udp_port == 40000
+    assert config.ice_public_addresses == ("203.0.113.7", "2001:db8::7")
+    flags = parse(["--udp-port", "40001", "--ice-public-address", "198.51.100.1"])
+    assert (flags.udp_port, flags.ice_public_addresses) == (40001, ("198.51.100.1",))
