@@ -19,7 +19,7 @@ from typing import Any, Final, Protocol
 
 from aiortc import RTCPeerConnection, RTCRtpSender
 
-from media.aio import cancel_and_wait
+from media.aio import CloseOnce, cancel_and_wait
 from media.config import IceServer
 from media.core.trickle import TrickleCandidate
 from media.rtc.negotiation import (
@@ -84,7 +84,7 @@ class PlayerPeer:
         self._timer: asyncio.TimerHandle | None = None
         self._check: asyncio.Task[None] | None = None
         self._closed = False
-        self._close_done: asyncio.Future[None] | None = None
+        self._close_once = CloseOnce()
         self._pc.on("connectionstatechange", self._on_connection_state)
 
     async def negotiate(self, offer_sdp: str) -> str:
@@ -108,22 +108,18 @@ class PlayerPeer:
 
     async def close(self) -> None:
         """Stop the track, the liveness timer and the peer connection; safe to call again."""
-        if self._close_done is not None:
-            await asyncio.shield(self._close_done)
-            return
-        self._close_done = asyncio.get_running_loop().create_future()
+        await self._close_once.run(self._close)
+
+    async def _close(self) -> None:
         self._closed = True
-        try:
-            self.track.stop()
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            if self._check is not None:
-                await cancel_and_wait(self._check)
-            await self._remote.close()
-            await close_peer_connection(self._pc)
-        finally:
-            self._close_done.set_result(None)
+        self.track.stop()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._check is not None:
+            await cancel_and_wait(self._check)
+        await self._remote.close()
+        await close_peer_connection(self._pc)
 
     def _gone(self, reason: str) -> None:
         if not self._closed:

@@ -12,7 +12,7 @@ from typing import Any, Final, Protocol
 from aiortc import RTCPeerConnection, RTCRtpReceiver
 from av import AudioFrame
 
-from media.aio import cancel_and_wait
+from media.aio import CloseOnce, cancel_and_wait
 from media.config import IceServer
 from media.core.trickle import TrickleCandidate
 from media.logs import session_logger
@@ -83,7 +83,7 @@ class PublisherPeer:
         self._lost_read = 0
         self.remote_ice: tuple[str, str | None] = ("", None)
         self._closed = False
-        self._close_done: asyncio.Future[None] | None = None
+        self._close_once = CloseOnce()
         self._pc.on("connectionstatechange", self._on_connection_state)
         self._pc.on("track", self._on_track)
 
@@ -132,18 +132,14 @@ class PublisherPeer:
 
     async def close(self) -> None:
         """Stop the tasks and the peer connection. Safe to call more than once, concurrently."""
-        if self._close_done is not None:
-            await asyncio.shield(self._close_done)
-            return
-        self._close_done = asyncio.get_running_loop().create_future()
+        await self._close_once.run(self._close)
+
+    async def _close(self) -> None:
         self._closed = True
-        try:
-            await cancel_and_wait(*self._tasks)
-            await self._remote.close()
-            await close_peer_connection(self._pc)
-            self._log.debug("peer connection closed")
-        finally:
-            self._close_done.set_result(None)
+        await cancel_and_wait(*self._tasks)
+        await self._remote.close()
+        await close_peer_connection(self._pc)
+        self._log.debug("peer connection closed")
 
     def _tap(self) -> None:
         if self._tapped or self._opus_payload_type is None or self._receiver is None:

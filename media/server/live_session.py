@@ -15,7 +15,7 @@ from typing import Protocol
 
 from av import AudioFrame
 
-from media.aio import cancel_and_wait
+from media.aio import CloseOnce, cancel_and_wait
 from media.audio.speech_pipeline import SpeechEvent, SpeechPipeline
 from media.core.clock import Clock
 from media.core.events import (
@@ -95,7 +95,7 @@ class LiveSession:
         self.voice = AgentVoice(session.id, self._playback_events, metrics, max_playback_queue_ms)
         self.relay = PublisherRelay(metrics)
         self._releasing: set[asyncio.Task[None]] = set()
-        self._closing: asyncio.Future[None] | None = None
+        self._close_once = CloseOnce()
 
     @property
     def closed(self) -> bool:
@@ -237,10 +237,9 @@ class LiveSession:
     async def aclose(self) -> None:
         """Close with ``SHUTDOWN`` if still open, then release the publisher, the players, the
         relay and the agent voice. Safe to call more than once, also concurrently."""
-        if self._closing is not None:
-            await asyncio.shield(self._closing)
-            return
-        self._closing = asyncio.get_running_loop().create_future()
+        await self._close_once.run(self._release_everything)
+
+    async def _release_everything(self) -> None:
         try:
             self.close(CloseReason.SHUTDOWN, "server shutting down")
             for player_id in list(self.players):
@@ -257,8 +256,6 @@ class LiveSession:
         except asyncio.CancelledError:
             await cancel_and_wait(*self._releasing)
             raise
-        finally:
-            self._closing.set_result(None)
 
     async def _last_reading(self, publisher: PublisherConnection) -> None:
         """What the publisher sent since the last scrape still counts once it is released."""
