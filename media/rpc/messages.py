@@ -11,8 +11,6 @@ from media.core.events import (
     PlaybackFinished,
     PlaybackInterrupted,
     PlaybackStarted,
-    SessionEvent,
-    SessionState,
     SpeechEnded,
     SpeechStarted,
     StateChanged,
@@ -143,8 +141,3 @@ def chunk_pb(session_id: str, sequence: int, item: StreamItem) -> pb.AudioChunk:
             )
         )
     return chunk
-
-
-def is_closed_event(event: SessionEvent) -> bool:
-    payload = event.payload
-    return isinstance(payload, StateChanged) and payload.state is SessionState.CLOSED
