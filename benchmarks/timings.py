@@ -27,7 +27,6 @@ import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import grpc
 
@@ -38,7 +37,6 @@ from media.rtc.compat import tap_opus_packets  # noqa: E402
 from media.v1 import media_pb2 as pb  # noqa: E402
 from media.v1 import media_pb2_grpc  # noqa: E402
 from tests.listening import (  # noqa: E402
-    fell_silent,
     listening,
     loud,
     opus_payload_type,
@@ -46,12 +44,12 @@ from tests.listening import (  # noqa: E402
     requests_of,
     tone,
 )
+from tests.scenarios import barge_in, listening_publisher  # noqa: E402
 from tests.support import (  # noqa: E402
     HarkProcess,
     collect_until_closed,
     eventually,
     grpc_stub,
-    next_event,
     publish,
     running_server,
 )
@@ -67,49 +65,22 @@ def loopback_only() -> None:
     aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
 
 
-async def events_until(watch: Any, kind: str) -> list[pb.SessionEvent]:
-    seen: list[pb.SessionEvent] = []
-    while not seen or seen[-1].WhichOneof("payload") != kind:
-        seen.append(await next_event(watch))
-    return seen
-
-
 async def barge_in_ms() -> float:
     """SpeechStarted to the agent's audio falling silent at the player."""
     async with running_server() as app, grpc_stub(app) as stub:
-        session = await stub.CreateSession(pb.CreateSessionRequest())
-        watch = stub.WatchSession(pb.WatchSessionRequest(session_id=session.id))
-        await next_event(watch)
-        async with listening(app.base_url, session.id, token=session.token) as player:
-            talking = asyncio.ensure_future(
-                stub.PlayAudio(requests_of(play_requests(session.id, tone(440, 20.0))))
-            )
-            await events_until(watch, "playback_started")
-            publisher = await publish(app.base_url, f"/whip/{session.id}", token=session.token)
-            await stub.StartListening(
-                pb.StartListeningRequest(session_id=session.id, wait_for_ready=True), timeout=10
-            )
-            events = await events_until(watch, "playback_interrupted")
-            await asyncio.wait_for(talking, 5)
-            await eventually(lambda: fell_silent(player.heard), "the agent falls silent")
-            await publisher.delete()
+        scene = await barge_in(app, stub)
+    events, heard = scene.events, scene.heard
     speech = next(e for e in events if e.HasField("speech_started"))
     spoke_at = speech.time.seconds + speech.time.nanos / 1e9
-    last_loud = loud(player.heard)[-1]
-    quiet_at = next(f.time for f in player.heard if f.time > last_loud.time)
+    last_loud = loud(heard)[-1]
+    quiet_at = next(f.time for f in heard if f.time > last_loud.time)
     return 1000 * (quiet_at - spoke_at)
 
 
 async def media_timeout_ms() -> float:
     """A vanished publisher to MEDIA_TIMEOUT, minus the timeout itself."""
     async with running_server(media_timeout=MEDIA_TIMEOUT_S) as app, grpc_stub(app) as stub:
-        publisher = await publish(app.base_url)
-        sid = publisher.session_id
-        await stub.StartListening(
-            pb.StartListeningRequest(session_id=sid, wait_for_ready=True), timeout=10
-        )
-        watch = stub.WatchSession(pb.WatchSessionRequest(session_id=sid))
-        await next_event(watch)
+        publisher, watch = await listening_publisher(app, stub)
         gone = time.monotonic()
         await publisher.vanish()
         await collect_until_closed(watch, timeout=10)

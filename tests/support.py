@@ -176,6 +176,14 @@ async def next_event(stream: Any, timeout: float = 10.0) -> pb.SessionEvent:
             return event
 
 
+async def events_until(watch: Any, kind: str, timeout: float = 10.0) -> list[pb.SessionEvent]:
+    """Events read from ``watch`` up to and including the first with payload ``kind``."""
+    seen: list[pb.SessionEvent] = []
+    while not seen or seen[-1].WhichOneof("payload") != kind:
+        seen.append(await next_event(watch, timeout))
+    return seen
+
+
 async def collect_until_closed(stream: Any, timeout: float = 30.0) -> list[pb.SessionEvent]:
     """Every non-heartbeat event until the stream completes."""
     events: list[pb.SessionEvent] = []

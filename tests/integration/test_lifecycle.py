@@ -10,6 +10,7 @@ import pytest
 
 from media.v1 import media_pb2 as pb
 from tests.offers import OFFER
+from tests.scenarios import listening_publisher
 from tests.support import (
     collect_until_closed,
     eventually,
@@ -137,13 +138,7 @@ async def test_delete_closes_with_client_delete_and_ends_the_watch() -> None:
 
 async def test_a_publisher_that_vanishes_closes_with_media_timeout() -> None:
     async with running_server(media_timeout=1.0) as app, grpc_stub(app) as stub:
-        publisher = await publish(app.base_url)
-        sid = publisher.session_id
-        await stub.StartListening(
-            pb.StartListeningRequest(session_id=sid, wait_for_ready=True), timeout=10
-        )
-        watch = stub.WatchSession(pb.WatchSessionRequest(session_id=sid))
-        await next_event(watch)
+        publisher, watch = await listening_publisher(app, stub)
         await publisher.vanish()  # how soon it closes is measured in benchmarks/timings.py
         [closed] = await collect_until_closed(watch, timeout=10)
         assert closed.state_changed.close_reason == R.MEDIA_TIMEOUT

@@ -34,9 +34,11 @@ from tests.listening import (
     requests_of,
     tone,
 )
+from tests.scenarios import barge_in
 from tests.support import (
     FIXTURES,
     SPEECH,
+    events_until,
     eventually,
     grpc_stub,
     next_event,
@@ -59,13 +61,6 @@ def tone_of(heard: list[Heard]) -> tuple[float, int]:
     for frame in frames[1:-1]:
         inner.extend(frame.samples)
     return frequency(inner), len(frames) * 20
-
-
-async def events_until(watch: Any, kind: str, timeout: float = 10.0) -> list[pb.SessionEvent]:
-    seen: list[pb.SessionEvent] = []
-    while not seen or seen[-1].WhichOneof("payload") != kind:
-        seen.append(await next_event(watch, timeout))
-    return seen
 
 
 async def started(watch: Any, playback_id: str) -> None:
@@ -126,27 +121,13 @@ async def test_a_player_hears_a_played_tone_at_its_pitch_and_length() -> None:
 
 async def test_the_user_speaking_cuts_the_agent_off() -> None:
     async with running_server() as app, grpc_stub(app) as stub:
-        session = await stub.CreateSession(pb.CreateSessionRequest())
-        watch = stub.WatchSession(pb.WatchSessionRequest(session_id=session.id))
-        await next_event(watch)
-        async with listening(app.base_url, session.id, token=session.token) as player:
-            talking = asyncio.ensure_future(
-                stub.PlayAudio(requests_of(play_requests(session.id, tone(440, 20.0))))
-            )
-            await events_until(watch, "playback_started")
-            publisher = await publish(app.base_url, f"/whip/{session.id}", token=session.token)
-            await stub.StartListening(
-                pb.StartListeningRequest(session_id=session.id, wait_for_ready=True), timeout=10
-            )
-            events = await events_until(watch, "playback_interrupted")
-            reply = await asyncio.wait_for(talking, 5)
-            # how soon it falls silent is measured in benchmarks/timings.py
-            await eventually(lambda: fell_silent(player.heard), "the agent falls silent")
-            await publisher.delete()
+        # how soon the agent falls silent is measured in benchmarks/timings.py
+        scene = await barge_in(app, stub)
+    events, reply = scene.events, scene.reply
 
     speech = next(e for e in events if e.HasField("speech_started"))
     spoke_at = seconds(speech.time)
-    assert loud(f for f in player.heard if f.time < spoke_at), "the agent was not audible"
+    assert loud(f for f in scene.heard if f.time < spoke_at), "the agent was not audible"
     interrupted = events[-1].playback_interrupted
     assert interrupted.reason == pb.USER_SPEECH
     assert events[-1].revision == speech.revision + 1
