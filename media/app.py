@@ -30,6 +30,7 @@ from media.core.events import SessionEvent, SessionState, StateChanged
 from media.core.load_governor import LoadGovernor
 from media.core.rate_limiter import RateLimiter
 from media.core.session import Session, Timeouts
+from media.core.session_ids import Owner
 from media.metrics import Metrics
 from media.rpc.interceptors import BearerAuth, MalformedRequests, RpcMetrics
 from media.rpc.service import SERVICE_NAME, MediaService
@@ -40,6 +41,7 @@ from media.rtc.compat import (
 )
 from media.rtc.decode_errors import DecodeErrorCounter
 from media.rtc.ice_plan import IcePlan
+from media.server.auth import SessionTokens, new_secret, secret_from_text
 from media.server.session_table import OVERLOAD_RETRY_AFTER_S, SessionTable
 from media.v1 import media_pb2_grpc
 from media.web.connection_limit import ConnectionLimit
@@ -78,6 +80,8 @@ class HarkApp:
             max_players=config.max_players_per_session,
             max_playback_queue_ms=int(config.max_playback_queue_s * 1000),
             governor=LoadGovernor(config.max_loop_lag_ms / 1000),
+            owner=Owner(config.effective_node_id),
+            tokens=SessionTokens(_token_secret(config)),
         )
         self.metrics.watch_sessions(lambda: (live.session for live in self.sessions.all()))
         self.metrics.watch_playback_queues(
@@ -440,6 +444,11 @@ class HarkApp:
         if self._started:
             logger.info("hark stopped")
             self._started = False
+
+
+def _token_secret(config: Config) -> bytes:
+    shared = config.cluster_secret or config.token
+    return secret_from_text(shared) if shared is not None else new_secret()
 
 
 async def serve(config: Config) -> int:

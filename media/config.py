@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+import re
+import socket
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote
 
@@ -115,6 +118,13 @@ class Config:
     ice_addresses: tuple[str, ...] = ()
     ice_public_addresses: tuple[str, ...] = ()
     udp_port: int | None = None
+    workers: int = 1
+    redis_url: str | None = field(default=None, repr=False)
+    node_id: str | None = None
+    grpc_public_address: str | None = None
+    node_ttl: float = 5.0
+    whip_redirect: bool = False
+    cluster_secret: str | None = field(default=None, repr=False)
     log_level: str = "INFO"
     log_format: str = "text"
 
@@ -206,6 +216,7 @@ class Config:
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"--log-format must be text or json, got {self.log_format}")
         self.speech_settings()
+        self._check_cluster()
         if self.public_url is not None and not self.public_url.startswith(("http://", "https://")):
             raise ConfigError(
                 f"--public-url must start with http:// or https://, got {self.public_url}"
@@ -226,6 +237,50 @@ class Config:
                 f"binding {exposed[0]} exposes Hark beyond this machine: set --token, "
                 "or --insecure-no-auth to run without authentication"
             )
+
+    def _check_cluster(self) -> None:
+        if not 0 <= self.workers <= 256:
+            raise ConfigError(f"--workers must be 0..256 (0: one per CPU), got {self.workers}")
+        if self.node_id is not None and not is_node_id(self.node_id):
+            raise ConfigError(
+                f"--node-id {self.node_id!r}: use 1..63 lowercase letters, digits and '-', "
+                "starting and ending with a letter or digit (a DNS label)"
+            )
+        if not 1 <= self.node_ttl <= 300:
+            raise ConfigError(f"--node-ttl must be 1..300 s, got {self.node_ttl}")
+        if self.redis_url is not None and not self.redis_url.startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise ConfigError("--redis-url must start with redis://, rediss:// or unix://")
+        if self.grpc_public_address is not None and not _is_host_port(self.grpc_public_address):
+            raise ConfigError(
+                f"--grpc-public-address must be HOST:PORT, got {self.grpc_public_address!r}"
+            )
+        if self.cluster_secret is not None and len(self.cluster_secret) < 16:
+            raise ConfigError("--cluster-secret must be at least 16 characters")
+        if self.redis_url is not None and self.cluster_secret is None and self.token is None:
+            raise ConfigError(
+                "--redis-url needs --cluster-secret (or --token) shared by every node: it signs "
+                "per-session tokens and forwarded requests"
+            )
+        if self.whip_redirect and self.redis_url is None:
+            raise ConfigError("--whip-redirect needs --redis-url (it redirects to other nodes)")
+
+    @property
+    def effective_node_id(self) -> str:
+        """``--node-id``, or this host's name made into a DNS label."""
+        return self.node_id or node_id_from_hostname(socket.gethostname())
+
+    @property
+    def effective_workers(self) -> int:
+        """``--workers``, with 0 meaning one per CPU this process may run on."""
+        if self.workers:
+            return self.workers
+        return (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else os.cpu_count() or 1
+        )
 
     @property
     def effective_cors_origins(self) -> tuple[str, ...]:
@@ -276,6 +331,25 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+_NODE_ID = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def is_node_id(text: str) -> bool:
+    """A node id is a DNS label: it appears in session ids, URLs and Redis keys unescaped."""
+    return _NODE_ID.fullmatch(text) is not None
+
+
+def node_id_from_hostname(hostname: str) -> str:
+    """The first label of ``hostname``, lowercased, other characters as '-' (``node`` if empty)."""
+    label = re.sub(r"[^a-z0-9-]", "-", hostname.split(".", 1)[0].lower())[:63].strip("-")
+    return label or "node"
+
+
+def _is_host_port(text: str) -> bool:
+    host, colon, port = text.rpartition(":")
+    return bool(colon and host and port.isdigit() and 1 <= int(port) <= 65535)
 
 
 def _flag(name: str) -> str:

@@ -59,6 +59,21 @@ SERVE_OPTIONS: list[tuple[str, Parse, str]] = [
         int,
         "one UDP port for the media of every peer connection (default: a port per connection)",
     ),
+    ("workers", int, "worker processes sharing the public ports (0: one per CPU)"),
+    ("redis-url", str, "join a cluster through this Redis: redis://HOST:PORT/DB"),
+    ("node-id", str, "this node's id in the cluster and in session ids (default: hostname)"),
+    (
+        "grpc-public-address",
+        str,
+        "HOST:PORT other nodes and clients dial for this node's gRPC (default: the bound one)",
+    ),
+    ("node-ttl", float, "seconds a node's cluster membership outlives its last heartbeat"),
+    (
+        "cluster-secret",
+        str,
+        "secret shared by every node: signs session tokens and forwarded requests "
+        "(default: derived from --token)",
+    ),
     ("max-watchers", int, "open WatchSession/WatchSessions streams at most"),
     ("max-offer-bytes", int, "largest SDP offer or trickle fragment accepted (413 above it)"),
     ("max-m-lines", int, "most m-lines accepted in an offer (422 above it)"),
@@ -156,6 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get(_env_name("insecure-no-auth")) in ("1", "true", "yes"),
         help="allow binding a non-loopback address without --token [env HARK_INSECURE_NO_AUTH]",
     )
+    serve.add_argument(
+        "--whip-redirect",
+        action="store_true",
+        default=os.environ.get(_env_name("whip-redirect")) in ("1", "true", "yes"),
+        help="answer a WHIP POST placed on another node with 307 to it instead of proxying "
+        "[env HARK_WHIP_REDIRECT]",
+    )
     _client_commands(commands)
     return parser
 
@@ -228,6 +250,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         ice_addresses=tuple(_listed(args, "ice-address")),
         ice_public_addresses=tuple(_listed(args, "ice-public-address")),
         insecure_no_auth=args.insecure_no_auth,
+        whip_redirect=args.whip_redirect,
     )
 
 

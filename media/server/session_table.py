@@ -20,6 +20,7 @@ from media.core.events import CloseReason, SessionEvent, SessionState, StateChan
 from media.core.load_governor import LoadGovernor
 from media.core.segmenter import SegmenterConfig
 from media.core.session import Origin, Session, SessionSnapshot, Timeouts
+from media.core.session_ids import Owner
 from media.core.speech_settings import SpeechSettings
 from media.errors import (
     CapacityExceeded,
@@ -29,7 +30,7 @@ from media.errors import (
     SessionNotFound,
 )
 from media.metrics import Metrics
-from media.server.auth import new_session_id, new_session_token
+from media.server.auth import SessionTokens, new_secret
 from media.server.live_session import LiveSession
 from media.server.watch import SnapshotItem, Subscription, Watch, WatchItem
 
@@ -67,7 +68,11 @@ class SessionTable:
         max_players: int = 8,
         max_playback_queue_ms: int = 60_000,
         governor: LoadGovernor | None = None,
+        owner: Owner | None = None,
+        tokens: SessionTokens | None = None,
     ) -> None:
+        self.owner = owner or Owner("local")
+        self.tokens = tokens or SessionTokens(new_secret())
         self.governor = governor or LoadGovernor(0.0)
         self.max_watchers = max_watchers
         self.max_players = max_players
@@ -182,7 +187,7 @@ class SessionTable:
         reserved: bool = False,
     ) -> LiveSession:
         self.check_capacity(reserved=reserved)
-        sid = session_id or new_session_id()
+        sid = session_id or self.new_id()
         timeouts = self.timeouts
         if ttl:
             timeouts = Timeouts(timeouts.ready, timeouts.media, ttl)
@@ -200,7 +205,7 @@ class SessionTable:
             metrics=self.metrics,
             speech=self.speech,
             on_events=self._published,
-            token=new_session_token() if with_token else None,
+            token=self.tokens.mint(sid) if with_token else None,
             max_players=self.max_players,
             max_playback_queue_ms=self.max_playback_queue_ms,
         )
@@ -209,6 +214,10 @@ class SessionTable:
         live.log.info("created (%s)", origin.name)
         self._published(live, session.events_after(0) or [])
         return live
+
+    def new_id(self) -> str:
+        """A fresh session id naming this process as its owner."""
+        return self.owner.new_session_id()
 
     def get(self, session_id: str) -> LiveSession:
         """The session, open or closed (within retention); ``SessionNotFound`` otherwise."""

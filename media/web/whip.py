@@ -17,7 +17,7 @@ from media.core.session import Origin
 from media.errors import PublisherExists, SessionConflict, Unauthorized
 from media.logs import session_logger
 from media.rtc.publisher import PublisherEvents, PublisherPeer
-from media.server.auth import new_session_id, tokens_match
+from media.server.auth import tokens_match
 from media.server.live_session import LiveSession
 from media.server.session_table import SessionTable
 from media.web.request_bodies import bearer_token
@@ -100,7 +100,7 @@ class WhipHandlers:
         offer = await self._read_offer(request)
         with self._sessions.reserve():
             bound = _SessionToBe()
-            peer, answer = await self._negotiate(new_session_id(), offer, bound)
+            peer, answer = await self._negotiate(self._sessions.new_id(), offer, bound)
             try:
                 live = self._sessions.create(Origin.WHIP, session_id=peer.session_id, reserved=True)
                 bound.live = live

@@ -125,7 +125,7 @@ def test_every_option_is_a_flag_and_is_in_the_readme() -> None:
     from media.cli.main import LIST_OPTIONS, SERVE_OPTIONS
 
     flags = {flag for flag, _, _ in SERVE_OPTIONS} | {flag for flag, _ in LIST_OPTIONS}
-    flags.add("insecure-no-auth")
+    flags |= {"insecure-no-auth", "whip-redirect"}
     fields = {f.name.replace("_", "-") for f in dataclasses.fields(Config)}
     plural = {
         "ice-servers": "ice-server",
