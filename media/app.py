@@ -24,6 +24,8 @@ from grpc_reflection.v1alpha import reflection
 from media.aio import cancel_and_wait
 from media.binding import CannotListen, check_can_bind, host_port, why_bind_failed
 from media.cli.main import main as cli_main
+from media.cluster.grpc_forward import ForwardingService, Upstreams
+from media.cluster.routing import Router, SingleProcessRouter
 from media.config import Config
 from media.core.clock import Clock
 from media.core.events import SessionEvent, SessionState, StateChanged
@@ -63,8 +65,12 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 class HarkApp:
     """One Hark server: ``start()`` binds the ports, ``drain()`` then ``stop()`` wind it down."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, router: Router | None = None) -> None:
         self.config = config
+        self.tokens = SessionTokens(_token_secret(config))
+        # Where session-scoped requests go; replaceable until start() (workers, a cluster).
+        self.router: Router = router or SingleProcessRouter(Owner(config.effective_node_id))
+        self.upstreams = Upstreams()
         self.clock = Clock()
         self.metrics = Metrics()
         self.metrics.max_sessions.set(config.max_sessions)
@@ -81,7 +87,7 @@ class HarkApp:
             max_playback_queue_ms=int(config.max_playback_queue_s * 1000),
             governor=LoadGovernor(config.max_loop_lag_ms / 1000),
             owner=Owner(config.effective_node_id),
-            tokens=SessionTokens(_token_secret(config)),
+            tokens=self.tokens,
         )
         self.metrics.watch_sessions(lambda: (live.session for live in self.sessions.all()))
         self.metrics.watch_playback_queues(
@@ -119,6 +125,11 @@ class HarkApp:
         host = self.config.grpc_host
         host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
         return f"[{host}]:{self.grpc_port}" if ":" in host else f"{host}:{self.grpc_port}"
+
+    @property
+    def grpc_address(self) -> str:
+        """The gRPC address this process advertises as its sessions' owner."""
+        return self.config.grpc_public_address or self.grpc_target
 
     @property
     def ready(self) -> bool:
@@ -285,8 +296,10 @@ class HarkApp:
             self.sessions,
             base_url=lambda: self.base_url,
             heartbeat_interval=self.config.heartbeat_interval,
+            grpc_address=lambda: self.grpc_address,
         )
-        media_pb2_grpc.add_MediaServiceServicer_to_server(service, server)
+        forwarding = ForwardingService(service, self.router, self.tokens, self.upstreams)
+        media_pb2_grpc.add_MediaServiceServicer_to_server(forwarding, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         reflection.enable_server_reflection(
@@ -427,6 +440,7 @@ class HarkApp:
         if self._grpc is not None:
             await self._grpc.stop(grace=2.0)
             self._grpc = None
+        await self.upstreams.close()
         for listener in self._listeners:
             listener.close()
         for runner in self._runners:

@@ -16,6 +16,7 @@ from media.core.events import (
     StateChanged,
 )
 from media.core.session import SessionSnapshot
+from media.core.session_ids import owner_of
 from media.errors import ERROR_DOMAIN, HarkError
 from media.server.watch import SnapshotItem, WatchItem
 from media.v1 import media_pb2 as pb
@@ -34,7 +35,10 @@ def timestamp(seconds: float | None) -> Timestamp | None:
     return ts
 
 
-def session_pb(snap: SessionSnapshot, whip_url: str, token: str | None = None) -> pb.Session:
+def session_pb(
+    snap: SessionSnapshot, whip_url: str, token: str | None = None, *, grpc_address: str = ""
+) -> pb.Session:
+    owner = owner_of(snap.id)
     return pb.Session(
         id=snap.id,
         state=int(snap.state),  # type: ignore[arg-type]
@@ -49,17 +53,22 @@ def session_pb(snap: SessionSnapshot, whip_url: str, token: str | None = None) -
         metadata=dict(snap.metadata),
         origin=int(snap.origin),  # type: ignore[arg-type]
         token=token or "",
+        node=owner.node if owner is not None else "",
+        grpc_address=grpc_address,
     )
 
 
-def event_pb(item: WatchItem, whip_url: str) -> pb.SessionEvent:
+def event_pb(item: WatchItem, whip_url: str, *, grpc_address: str = "") -> pb.SessionEvent:
     if isinstance(item, SnapshotItem):
         snap = item.snapshot
         return pb.SessionEvent(
             session_id=snap.id,
             revision=snap.revision,
             time=timestamp(snap.closed_time or snap.ready_time or snap.created_time),
-            snapshot=pb.Snapshot(session=session_pb(snap, whip_url), resync=item.resync),
+            snapshot=pb.Snapshot(
+                session=session_pb(snap, whip_url, grpc_address=grpc_address),
+                resync=item.resync,
+            ),
         )
     message = pb.SessionEvent(
         session_id=item.session_id, revision=item.revision, time=timestamp(item.time)

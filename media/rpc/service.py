@@ -138,17 +138,23 @@ def _check_metadata(metadata: Mapping[str, str]) -> None:
 
 class MediaService(media_pb2_grpc.MediaServiceServicer):
     def __init__(
-        self, sessions: SessionTable, *, base_url: Callable[[], str], heartbeat_interval: float
+        self,
+        sessions: SessionTable,
+        *,
+        base_url: Callable[[], str],
+        heartbeat_interval: float,
+        grpc_address: Callable[[], str] = str,
     ) -> None:
         self._sessions = sessions
         self._base_url = base_url
         self._heartbeat = heartbeat_interval
+        self._grpc_address = grpc_address
 
     def whip_url(self, session_id: str) -> str:
         return f"{self._base_url()}/whip/{session_id}"
 
     def _pb(self, snap: SessionSnapshot) -> pb.Session:
-        return session_pb(snap, self.whip_url(snap.id))
+        return session_pb(snap, self.whip_url(snap.id), grpc_address=self._grpc_address())
 
     @unary
     async def CreateSession(
@@ -166,7 +172,9 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
             with_token=True,
         )
         snap = live.snapshot()
-        return session_pb(snap, self.whip_url(snap.id), token=live.token)
+        return session_pb(
+            snap, self.whip_url(snap.id), token=live.token, grpc_address=self._grpc_address()
+        )
 
     @unary
     async def GetSession(
@@ -227,7 +235,7 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
                 if item is None:
                     yield self._heartbeat_pb(session_id, watch.delivered_revision)
                 else:
-                    yield event_pb(item, whip_url)
+                    yield event_pb(item, whip_url, grpc_address=self._grpc_address())
 
     @streaming
     async def WatchSessions(
@@ -240,7 +248,7 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
                     yield self._heartbeat_pb("", 0)
                     continue
                 sid = item.snapshot.id if isinstance(item, SnapshotItem) else item.session_id
-                yield event_pb(item, self.whip_url(sid))
+                yield event_pb(item, self.whip_url(sid), grpc_address=self._grpc_address())
 
     @streaming
     async def StreamAudio(

@@ -71,6 +71,8 @@ class _CloseReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CloseReas
     EXPIRED: _CloseReason.ValueType  # 6
     SHUTDOWN: _CloseReason.ValueType  # 7
     ERROR: _CloseReason.ValueType  # 8
+    NODE_LOST: _CloseReason.ValueType  # 9
+    """The node (or worker) that held the session left the cluster or died; the detail names it."""
 
 class CloseReason(_CloseReason, metaclass=_CloseReasonEnumTypeWrapper): ...
 
@@ -83,6 +85,8 @@ MEDIA_TIMEOUT: CloseReason.ValueType  # 5
 EXPIRED: CloseReason.ValueType  # 6
 SHUTDOWN: CloseReason.ValueType  # 7
 ERROR: CloseReason.ValueType  # 8
+NODE_LOST: CloseReason.ValueType  # 9
+"""The node (or worker) that held the session left the cluster or died; the detail names it."""
 Global___CloseReason: _TypeAlias = CloseReason  # noqa: Y015
 
 class _SessionOrigin:
@@ -263,6 +267,8 @@ class Session(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     ORIGIN_FIELD_NUMBER: _builtins.int
     TOKEN_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    GRPC_ADDRESS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     state: Global___SessionState.ValueType
     listening: _builtins.bool
@@ -275,6 +281,12 @@ class Session(_message.Message):
     origin: Global___SessionOrigin.ValueType
     token: _builtins.str
     """Only set in the CreateSession response: authorises this session's WHIP calls."""
+    node: _builtins.str
+    """The id of the node that owns the session (its peer connection and audio)."""
+    grpc_address: _builtins.str
+    """The owner's advertised gRPC address (HOST:PORT): a client may dial it directly for the
+    data plane (StreamAudio, PlayAudio) instead of going through the node it called.
+    """
     @_builtins.property
     def created_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -303,10 +315,12 @@ class Session(_message.Message):
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         origin: Global___SessionOrigin.ValueType = ...,
         token: _builtins.str = ...,
+        node: _builtins.str = ...,
+        grpc_address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["closed_time", b"closed_time", "created_time", b"created_time", "ready_time", b"ready_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["close_detail", b"close_detail", "close_reason", b"close_reason", "closed_time", b"closed_time", "created_time", b"created_time", "id", b"id", "listening", b"listening", "metadata", b"metadata", "origin", b"origin", "ready_time", b"ready_time", "revision", b"revision", "state", b"state", "token", b"token", "whip_url", b"whip_url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["close_detail", b"close_detail", "close_reason", b"close_reason", "closed_time", b"closed_time", "created_time", b"created_time", "grpc_address", b"grpc_address", "id", b"id", "listening", b"listening", "metadata", b"metadata", "node", b"node", "origin", b"origin", "ready_time", b"ready_time", "revision", b"revision", "state", b"state", "token", b"token", "whip_url", b"whip_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
