@@ -25,6 +25,7 @@ from media.aio import cancel_and_wait
 from media.binding import CannotListen, check_can_bind, host_port, why_bind_failed
 from media.cli.main import main as cli_main
 from media.cluster.grpc_forward import ForwardingService, Upstreams
+from media.cluster.http_forward import HttpForwarder
 from media.cluster.routing import Router, SingleProcessRouter
 from media.config import Config
 from media.core.clock import Clock
@@ -71,6 +72,7 @@ class HarkApp:
         # Where session-scoped requests go; replaceable until start() (workers, a cluster).
         self.router: Router = router or SingleProcessRouter(Owner(config.effective_node_id))
         self.upstreams = Upstreams()
+        self.http_forwarder = HttpForwarder(self.router, self.tokens)  # rebuilt with the app
         self.clock = Clock()
         self.metrics = Metrics()
         self.metrics.max_sessions.set(config.max_sessions)
@@ -147,8 +149,10 @@ class HarkApp:
         if self.config.rate_limit > 0:
             limiter = RateLimiter(self.config.rate_limit, self.config.rate_burst)
         middlewares = make_middlewares(self.config.effective_cors_origins, self.metrics, limiter)
+        forwarder = self.http_forwarder = HttpForwarder(self.router, self.tokens)
+        inner = [forwarder.forward, self._time_whip_post]
         app = web.Application(
-            middlewares=[*middlewares, self._time_whip_post],
+            middlewares=[forwarder.trust_forwarded, *middlewares, *inner],
             client_max_size=1024 * 1024,
         )
         app[BODY_TIMEOUT] = self.config.http_body_timeout
@@ -441,6 +445,7 @@ class HarkApp:
             await self._grpc.stop(grace=2.0)
             self._grpc = None
         await self.upstreams.close()
+        await self.http_forwarder.close()
         for listener in self._listeners:
             listener.close()
         for runner in self._runners:

@@ -19,6 +19,8 @@ from media.cluster.routing import Elsewhere, Here, Lost, Route, Unknown
 from media.core.session_ids import Owner, owner_of
 from tests.support import server_config
 
+CLUSTER_SECRET = "in-process cluster secret, shared by every member"
+
 
 @dataclasses.dataclass
 class Members:
@@ -57,11 +59,16 @@ class MembersRouter:
 
 
 @contextlib.asynccontextmanager
-async def in_process_cluster(*nodes: str, **overrides: Any) -> AsyncIterator[Members]:
+async def in_process_cluster(
+    *nodes: str, configs: dict[str, dict[str, Any]] | None = None, **overrides: Any
+) -> AsyncIterator[Members]:
+    """Members named ``nodes``, configured with ``overrides`` and their own ``configs[node]``."""
     members = Members()
     async with contextlib.AsyncExitStack() as stack:
         for node in nodes:
-            app = HarkApp(server_config(node_id=node, **overrides))
+            own = (configs or {}).get(node, {})
+            settings = {"cluster_secret": CLUSTER_SECRET, **overrides, **own}
+            app = HarkApp(server_config(node_id=node, **settings))
             app.router = MembersRouter(Owner(node), members)
             await app.start()
             stack.push_async_callback(app.stop)

@@ -1,0 +1,166 @@
+"""The session URLs at any member: ``/whip/{id}…``, ``/whep/{id}…``, the SSE mirror and
+``/listening`` for a session another process owns are proxied to it.
+
+Two aiohttp middlewares. ``trust_forwarded`` (outermost) gives a request forwarded by a member the
+original client's address, when the member's signature checks, so rate limits and logs see that
+client; a plain client's ``X-Hark-Client-Address`` is ignored. ``forward`` (innermost) proxies a
+request for a session routed ``Elsewhere``: both bodies streamed, headers kept except hop-by-hop
+ones, the status and ``Location``/``ETag``/``Link`` passed back unchanged. Anything else, including
+a request a member forwarded here, goes to this process's handlers, which answer 404 for a session
+they do not hold.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+import aiohttp
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from multidict import CIMultiDict
+
+from media.cluster.forwarded import (
+    CLIENT_ADDRESS_HEADER,
+    FORWARDED_HEADER,
+    MAX_ADDRESS,
+    signature,
+    trusted_client_address,
+)
+from media.cluster.routing import Elsewhere, Router
+from media.logs import session_logger
+from media.server.auth import SessionTokens
+
+logger = logging.getLogger(__name__)
+
+HOP_BY_HOP: Final = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+    }
+)
+NOT_RELAYED: Final = HOP_BY_HOP | {FORWARDED_HEADER.lower(), CLIENT_ADDRESS_HEADER.lower()}
+SKIP_AUTO_HEADERS: Final = ("Content-Type", "Accept-Encoding", "User-Agent")
+CONNECT_TIMEOUT_S: Final = 5.0
+UNREACHABLE_RETRY_AFTER_S: Final = 1
+
+
+class HttpForwarder:
+    """Owns one aiohttp client per owner socket (TCP, or a sibling's Unix socket)."""
+
+    def __init__(self, router: Router, tokens: SessionTokens) -> None:
+        self._router = router
+        self._tokens = tokens
+        self._clients: dict[str | None, aiohttp.ClientSession] = {}
+
+    @property
+    def clients(self) -> int:
+        """How many upstream clients are open (one per owner socket ever proxied to)."""
+        return len(self._clients)
+
+    @web.middleware
+    async def trust_forwarded(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        address = trusted_client_address(
+            self._tokens,
+            request.headers.get(FORWARDED_HEADER),
+            request.headers.get(CLIENT_ADDRESS_HEADER),
+        )
+        if address is not None:
+            request = request.clone(remote=address)
+        return await handler(request)
+
+    @web.middleware
+    async def forward(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        session_id = request.match_info.get("id")
+        if (
+            session_id is None
+            or request.method == "OPTIONS"
+            or FORWARDED_HEADER in request.headers
+            or len(session_id) > 128
+        ):
+            return await handler(request)
+        route = self._router.route(session_id)
+        if not isinstance(route, Elsewhere):
+            return await handler(request)
+        return await self._proxy(request, route, session_id)
+
+    async def _proxy(
+        self, request: web.Request, route: Elsewhere, session_id: str
+    ) -> web.StreamResponse:
+        client = self._client(route.http_socket)
+        url = route.http_base.rstrip("/") + request.raw_path
+        try:
+            upstream = await client.request(
+                request.method,
+                url,
+                headers=self._upstream_headers(request),
+                data=request.content if request.body_exists else None,
+                allow_redirects=False,
+            )
+        except (aiohttp.ClientError, OSError) as exc:
+            session_logger(logger, session_id).warning(
+                "cannot reach %s to forward %s: %s", route.owner, request.method, exc
+            )
+            return web.Response(
+                status=503,
+                text=f"the node holding session {session_id} cannot be reached; retry\n",
+                headers={"Retry-After": str(UNREACHABLE_RETRY_AFTER_S)},
+            )
+        try:
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            for name, value in upstream.headers.items():
+                if name.lower() not in HOP_BY_HOP:
+                    response.headers.add(name, value)
+            await response.prepare(request)
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+        except (ConnectionResetError, aiohttp.ClientError) as exc:
+            # The client or the owner went away mid-stream: the other side sees its peer go.
+            upstream.close()
+            session_logger(logger, session_id).debug("forwarding to %s ended: %r", route.owner, exc)
+            return response
+        except BaseException:
+            upstream.close()  # the owner sees its client go: a streamed watch ends there too
+            raise
+        upstream.release()
+        return response
+
+    def _upstream_headers(self, request: web.Request) -> CIMultiDict[str]:
+        headers = CIMultiDict(
+            (name, value)
+            for name, value in request.headers.items()
+            if name.lower() not in NOT_RELAYED
+        )
+        address = (request.remote or "")[:MAX_ADDRESS]
+        headers[FORWARDED_HEADER] = signature(self._tokens, address)
+        headers[CLIENT_ADDRESS_HEADER] = address
+        return headers
+
+    def _client(self, unix_socket: str | None) -> aiohttp.ClientSession:
+        if unix_socket not in self._clients:
+            connector = (
+                aiohttp.UnixConnector(path=unix_socket)
+                if unix_socket is not None
+                else aiohttp.TCPConnector()
+            )
+            self._clients[unix_socket] = aiohttp.ClientSession(
+                connector=connector,
+                auto_decompress=False,
+                skip_auto_headers=SKIP_AUTO_HEADERS,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S),
+            )
+        return self._clients[unix_socket]
+
+    async def close(self) -> None:
+        clients, self._clients = self._clients, {}
+        for client in clients.values():
+            await client.close()

@@ -1,0 +1,107 @@
+"""A session's URLs work at a node that does not own it (WHIP, trickle, DELETE, the SSE mirror and
+/listening), proxied to the owner; the owner believes a client address only from a member."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from media.core.events import CloseReason
+from media.v1 import media_pb2 as pb
+from tests.in_process_cluster import in_process_cluster
+from tests.integration.test_browser_api import read_sse
+from tests.support import grpc_stub, publish
+
+TRICKLE = {"Content-Type": "application/trickle-ice-sdpfrag"}
+
+
+def _trickle_body(publisher_sdp: str) -> str:
+    ufrag = next(
+        line.split(":", 1)[1]
+        for line in publisher_sdp.splitlines()
+        if line.startswith("a=ice-ufrag:")
+    )
+    candidate = "a=candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host"
+    return f"a=ice-ufrag:{ufrag}\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n{candidate}\r\n"
+
+
+async def test_a_sessions_urls_at_a_non_owner_act_on_the_owners_session() -> None:
+    async with (
+        in_process_cluster("alpha", "beta") as members,
+        grpc_stub(members["beta"]) as owner,
+        aiohttp.ClientSession() as http,
+    ):
+        alpha, beta = members["alpha"], members["beta"]
+        created = await owner.CreateSession(pb.CreateSessionRequest())
+        sid = created.id
+        auth = {"Authorization": f"Bearer {created.token}"}
+        at_alpha = f"{alpha.base_url}/whip/{sid}"
+        async with http.get(f"{at_alpha}/events?token={created.token}") as events:
+            assert events.status == 200 and events.content_type == "text/event-stream"
+            [(_, snapshot)] = await read_sse(events, 1)
+            assert snapshot["snapshot"]["session"]["node"] == "beta"
+            publisher = await publish(alpha.base_url, f"/whip/{sid}", token=created.token)
+            try:
+                assert publisher.url == at_alpha
+                states = await read_sse(events, 3)
+                assert [m["stateChanged"]["state"] for _, m in states] == [
+                    "CONNECTING",
+                    "CONNECTED",
+                    "READY",
+                ]
+                async with http.post(
+                    f"{at_alpha}/listening", json={"listening": True}, headers=auth
+                ) as listening:
+                    assert listening.status == 200, await listening.text()
+                    body = await listening.json()
+                    assert (body["listening"], body["node"]) == (True, "beta")
+                headers = {**TRICKLE, **auth, "If-Match": publisher.etag}
+                body_text = _trickle_body(publisher.pc.localDescription.sdp)
+                async with http.patch(at_alpha, headers=headers, data=body_text) as trickled:
+                    assert trickled.status == 204, await trickled.text()
+                async with http.patch(
+                    at_alpha, headers={**headers, "If-Match": '"stale"'}, data=body_text
+                ) as stale:
+                    assert stale.status == 412 and "If-Match" in await stale.text()
+                assert await publisher.delete() == 200
+                rest = await read_sse(events, 5)
+                assert rest[-1][1]["stateChanged"]["closeReason"] == "CLIENT_DELETE"
+                assert await events.content.read() == b""  # the stream ended with the session
+                assert beta.sessions.get(sid).snapshot().close_reason == CloseReason.CLIENT_DELETE
+            finally:
+                await publisher.vanish()
+
+
+async def test_an_unknown_node_is_404_naming_the_id_without_a_connection() -> None:
+    async with (
+        in_process_cluster("alpha", "beta") as members,
+        aiohttp.ClientSession() as http,
+    ):
+        alpha = members["alpha"]
+        unknown = "gamma.0.AAAAAAAAAAAAAAAAAAAAAAAA"
+        async with http.delete(f"{alpha.base_url}/whip/{unknown}") as response:
+            assert response.status == 404
+            assert unknown in await response.text()
+        assert alpha.http_forwarder is not None and alpha.http_forwarder.clients == 0
+
+
+async def test_the_owner_sees_the_client_address_only_from_a_member() -> None:
+    limited = {"rate_limit": 0.001, "rate_burst": 1}
+    async with (
+        in_process_cluster("alpha", "beta", configs={"beta": limited}) as members,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.5", 0))) as far,
+        aiohttp.ClientSession() as near,
+    ):
+        alpha, beta = members["alpha"], members["beta"]
+        missing = "beta.0.BBBBBBBBBBBBBBBBBBBBBBBB"
+        async with far.delete(f"{alpha.base_url}/whip/{missing}") as first:
+            assert first.status == 404  # answered by the owner
+        async with far.delete(f"{alpha.base_url}/whip/{missing}") as second:
+            assert second.status == 429
+            assert "from 127.0.0.5" in await second.text()
+
+        forged = {"X-Hark-Forwarded": "forged", "X-Hark-Client-Address": "127.0.0.5"}
+        async with near.delete(f"{beta.base_url}/whip/{missing}", headers=forged) as plain:
+            assert plain.status == 404  # its own budget: not 127.0.0.5's, which is spent
+        async with near.delete(f"{beta.base_url}/whip/{missing}", headers=forged) as again:
+            assert again.status == 429
+            assert "from 127.0.0.1" in await again.text()
