@@ -7,6 +7,8 @@
         async for event in hark.watch(session.id):
             ...
 
+StreamAudio and PlayAudio go straight to the node that owns the session (``Session.grpc_address``,
+asked once per owner) when it can be reached from here, else through ``target``, which forwards.
 ``watch`` survives dropped connections: it reconnects with exponential backoff and jitter and
 resumes with ``since_revision``, so the caller sees every event of the session exactly once and in
 order. Errors are Hark's own (``media.errors``), never a bare gRPC error.
@@ -24,10 +26,12 @@ import grpc
 from google.rpc.error_details_pb2 import ErrorInfo
 from grpc_status import rpc_status
 
+from media.core.session_ids import Owner, owner_of
 from media.errors import ERROR_DOMAIN, HarkError, SessionClosed, Unauthorized, by_reason
 from media.v1 import media_pb2 as pb
 from media.v1 import media_pb2_grpc
 
+OWNER_CONNECT_TIMEOUT_S: Final = 2.0
 RETRYABLE: Final = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL}
 )
@@ -98,17 +102,23 @@ class HarkClient:
         token: str | None = None,
         tls: grpc.ChannelCredentials | None = None,
         backoff: Backoff = Backoff(),
+        *,
+        direct: bool = True,
     ) -> None:
         options = [
             ("grpc.initial_reconnect_backoff_ms", int(backoff.initial * 1000)),
             ("grpc.min_reconnect_backoff_ms", int(backoff.initial * 1000)),
             ("grpc.max_reconnect_backoff_ms", int(backoff.maximum * 1000)),
         ]
-        if tls is None:
-            self._channel = grpc.aio.insecure_channel(target, options=options)
-        else:
-            self._channel = grpc.aio.secure_channel(target, tls, options=options)
+        self._tls = tls
+        self._options = options
+        self._channel = self._open(target)
         self._stub = media_pb2_grpc.MediaServiceStub(self._channel)
+        self.direct = direct
+        # The data plane's stub per owner (absent until asked): the entry stub when the owner
+        # is this target or cannot be reached from here.
+        self._owner_stubs: dict[Owner, media_pb2_grpc.MediaServiceAsyncStub] = {}
+        self._owner_channels: list[grpc.aio.Channel] = []
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.backoff = backoff
         self.target = target
@@ -119,12 +129,42 @@ class HarkClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    def _open(self, target: str) -> grpc.aio.Channel:
+        if self._tls is None:
+            return grpc.aio.insecure_channel(target, options=self._options)
+        return grpc.aio.secure_channel(target, self._tls, options=self._options)
+
     async def close(self) -> None:
         await self._channel.close()
+        for channel in self._owner_channels:
+            await channel.close()
 
-    async def _call(self, method: str, request: Any, **kwargs: Any) -> Any:
+    async def _data_stub(self, session_id: str) -> media_pb2_grpc.MediaServiceAsyncStub:
+        """The stub that reaches ``session_id``'s owner most directly."""
+        owner = owner_of(session_id)
+        if not self.direct or owner is None:
+            return self._stub
+        if owner not in self._owner_stubs:
+            address = (await self.get_session(session_id)).grpc_address
+            self._owner_stubs[owner] = await self._reach(address)
+        return self._owner_stubs[owner]
+
+    async def _reach(self, address: str) -> media_pb2_grpc.MediaServiceAsyncStub:
+        if not address or address == self.target:
+            return self._stub
+        channel = self._open(address)
         try:
-            return await getattr(self._stub, method)(request, metadata=self._metadata, **kwargs)
+            await asyncio.wait_for(channel.channel_ready(), OWNER_CONNECT_TIMEOUT_S)
+        except TimeoutError:
+            await channel.close()
+            return self._stub  # not reachable from here: the entry node forwards
+        self._owner_channels.append(channel)
+        return media_pb2_grpc.MediaServiceStub(channel)
+
+    async def _call(self, method: str, request: Any, stub: Any = None, **kwargs: Any) -> Any:
+        try:
+            call = getattr(stub or self._stub, method)
+            return await call(request, metadata=self._metadata, **kwargs)
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise TimeoutError(error.details()) from error
@@ -266,7 +306,8 @@ class HarkClient:
             mode=mode,  # type: ignore[arg-type]
             sample_rate=sample_rate,
         )
-        call = self._stub.StreamAudio(request, metadata=self._metadata)
+        stub = await self._data_stub(session_id)
+        call = stub.StreamAudio(request, metadata=self._metadata)
         try:
             async for chunk in call:
                 yield chunk
@@ -311,7 +352,8 @@ class HarkClient:
                 for chunk in pcm:
                     yield pb.PlayAudioRequest(pcm=chunk)
 
-        response: pb.PlayAudioResponse = await self._call("PlayAudio", requests())
+        stub = await self._data_stub(session_id)
+        response: pb.PlayAudioResponse = await self._call("PlayAudio", requests(), stub)
         return response
 
     async def stop_playback(self, session_id: str) -> list[str]:

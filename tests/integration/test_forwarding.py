@@ -12,6 +12,7 @@ from google.rpc.error_details_pb2 import ErrorInfo
 from grpc_status import rpc_status
 
 from media.app import HarkApp
+from media.client import HarkClient
 from media.errors import ERROR_DOMAIN
 from media.v1 import media_pb2 as pb
 from tests.in_process_cluster import Relay, in_process_cluster
@@ -227,3 +228,34 @@ async def test_a_forwarded_watch_reconnects_and_ends_node_lost_when_the_owner_is
         assert [(e.revision, e.state_changed.close_reason) for e in closed] == [(4, pb.NODE_LOST)]
         assert closed[0].state_changed.previous == pb.NEW
         assert await watch.code() == grpc.StatusCode.OK
+
+
+async def test_the_sdk_streams_and_plays_at_the_owner_directly() -> None:
+    async with (
+        in_process_cluster("alpha", "beta") as members,
+        grpc_stub(members["beta"]) as owner,
+        HarkClient(members["alpha"].grpc_target) as hark,
+    ):
+        alpha, beta = members["alpha"], members["beta"]
+        session = await hark.create_session()  # at alpha: alpha owns this one
+        assert session.node == "alpha"
+        created = await owner.CreateSession(pb.CreateSessionRequest())
+        publisher = await publish(beta.base_url, f"/whip/{created.id}", token=created.token)
+        try:
+            await hark.start_listening(created.id, wait_for_ready=True, timeout=30)
+            async for chunk in hark.stream_audio(created.id, mode=pb.ALL):
+                if chunk.HasField("audio") and chunk.audio.pcm:
+                    break
+            reply = await hark.play(created.id, [tone(440, 0.1)], 48000)
+            assert reply.played_ms == 100
+            for method in ("StreamAudio", "PlayAudio"):
+                assert await answered(alpha, method, "OK") == 0
+                assert await answered(alpha, method, "CANCELLED") == 0
+            assert await answered(beta, "PlayAudio", "OK") == 1
+
+            async def stream_counted() -> bool:
+                return await answered(beta, "StreamAudio", "CANCELLED") == 1
+
+            await eventually(stream_counted, "the owner served StreamAudio")
+        finally:
+            await publisher.vanish()
