@@ -354,6 +354,7 @@ class _ForwardedWatch:
         self._state: int = pb.SESSION_STATE_UNSPECIFIED
         self._log = session_logger(logger, request.session_id)
         self._done = False
+        self._connected = True
 
     async def events(self, route: Elsewhere | Lost) -> AsyncIterator[pb.SessionEvent]:
         delay = WATCH_RETRY_FIRST_S
@@ -383,6 +384,7 @@ class _ForwardedWatch:
         )
         try:
             async for event in call:
+                self._connected = True
                 self._note(event)
                 yield event
             self._done = True
@@ -390,7 +392,10 @@ class _ForwardedWatch:
             if not _upstream_failed(error):
                 self._done = True
                 await pass_through(self._context, error)
-            self._log.info("watch relay from %s broke (%s)", route.owner, error.code())
+            # INFO once per outage: retries while the owner stays unreachable go to DEBUG.
+            log = self._log.info if self._connected else self._log.debug
+            log("watch relay from %s broke (%s): reconnecting", route.owner, error.code().name)
+            self._connected = False
         finally:
             call.cancel()
 

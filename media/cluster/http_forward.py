@@ -5,9 +5,9 @@ Two aiohttp middlewares. ``trust_forwarded`` (outermost) gives a request forward
 original client's address, when the member's signature checks, so rate limits and logs see that
 client; a plain client's ``X-Hark-Client-Address`` is ignored. ``forward`` (innermost) proxies a
 request for a session routed ``Elsewhere``: both bodies streamed, headers kept except hop-by-hop
-ones, the status and ``Location``/``ETag``/``Link`` passed back unchanged. Anything else, including
-a request a member forwarded here, goes to this process's handlers, which answer 404 for a session
-they do not hold.
+ones, the status and ``Location``/``ETag``/``Link`` passed back unchanged. A lost owner's session
+is 404 naming ``NODE_LOST``. Anything else, including a request a member forwarded here, goes to
+this process's handlers, which answer 404 for a session they do not hold.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from media.cluster.forwarded import (
     signature,
     trusted_client_address,
 )
-from media.cluster.routing import Elsewhere, Router
+from media.cluster.grpc_forward import lost_error
+from media.cluster.routing import Elsewhere, Lost, Router
 from media.logs import session_logger
 from media.server.auth import SessionTokens
 
@@ -88,6 +89,8 @@ class HttpForwarder:
         ):
             return await handler(request)
         route = self._router.route(session_id)
+        if isinstance(route, Lost):
+            raise lost_error(session_id, route)  # 404 naming NODE_LOST
         if not isinstance(route, Elsewhere):
             return await handler(request)
         return await self._proxy(request, route, session_id)

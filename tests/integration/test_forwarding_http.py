@@ -9,7 +9,8 @@ from media.core.events import CloseReason
 from media.v1 import media_pb2 as pb
 from tests.in_process_cluster import in_process_cluster
 from tests.integration.test_browser_api import read_sse
-from tests.support import grpc_stub, publish
+from tests.listening import listening, play_requests, requests_of, tone
+from tests.support import events_until, grpc_stub, publish
 
 TRICKLE = {"Content-Type": "application/trickle-ice-sdpfrag"}
 
@@ -71,7 +72,7 @@ async def test_a_sessions_urls_at_a_non_owner_act_on_the_owners_session() -> Non
                 await publisher.vanish()
 
 
-async def test_an_unknown_node_is_404_naming_the_id_without_a_connection() -> None:
+async def test_unknown_and_lost_nodes_are_404_without_a_connection() -> None:
     async with (
         in_process_cluster("alpha", "beta") as members,
         aiohttp.ClientSession() as http,
@@ -81,6 +82,13 @@ async def test_an_unknown_node_is_404_naming_the_id_without_a_connection() -> No
         async with http.delete(f"{alpha.base_url}/whip/{unknown}") as response:
             assert response.status == 404
             assert unknown in await response.text()
+        members.lost.add("delta")
+        lost = "delta.0.AAAAAAAAAAAAAAAAAAAAAAAA"
+        for method, path in (("DELETE", ""), ("GET", "/events"), ("POST", "/listening")):
+            async with http.request(method, f"{alpha.base_url}/whip/{lost}{path}") as response:
+                assert response.status == 404
+                text = await response.text()
+                assert lost in text and "NODE_LOST" in text and "delta" in text
         assert alpha.http_forwarder is not None and alpha.http_forwarder.clients == 0
 
 
@@ -105,3 +113,27 @@ async def test_the_owner_sees_the_client_address_only_from_a_member() -> None:
         async with near.delete(f"{beta.base_url}/whip/{missing}", headers=forged) as again:
             assert again.status == 429
             assert "from 127.0.0.1" in await again.text()
+
+
+async def test_a_whep_player_opened_at_a_non_owner_plays_the_owners_audio() -> None:
+    async with (
+        in_process_cluster("alpha", "beta") as members,
+        grpc_stub(members["beta"]) as owner,
+    ):
+        alpha = members["alpha"]
+        created = await owner.CreateSession(pb.CreateSessionRequest())
+        sid = created.id
+        watch = owner.WatchSession(pb.WatchSessionRequest(session_id=sid))
+        async with listening(alpha.base_url, sid, token=created.token) as player:
+            assert player.url.startswith(f"{alpha.base_url}/whep/{sid}/")
+            messages = play_requests(sid, tone(440, 0.2), playback_id="hello")
+            reply = await owner.PlayAudio(requests_of(messages))
+            assert reply.played_ms == 200
+            [started] = [
+                e
+                for e in await events_until(watch, "playback_started")
+                if e.HasField("playback_started")
+            ]
+            assert started.playback_started.players == 1
+            assert await player.delete() == 200
+        watch.cancel()
