@@ -36,6 +36,10 @@ export interface SessionJson {
   whipUrl?: string;
   metadata?: Record<string, string>;
   origin?: string;
+  /** The id of the node that owns the session. */
+  node?: string;
+  /** The owner's gRPC address (HOST:PORT), for backends. */
+  grpcAddress?: string;
 }
 
 /** A media.v1.SessionEvent in protobuf JSON: exactly one payload field is set. */
