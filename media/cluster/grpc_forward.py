@@ -176,37 +176,43 @@ class ForwardingService(media_pb2_grpc.MediaServiceServicer):
 
     @unary
     async def GetSession(self, request: pb.GetSessionRequest, context: Context) -> pb.Session:
-        session_id = request.session_id
-
-        def snapshot(lost: Lost) -> pb.Session:
-            return lost_session_pb(session_id, lost)
-
-        return await self._unary("GetSession", session_id, request, context, snapshot)  # type: ignore[no-any-return]
+        session: pb.Session = await self._closed_when_lost("GetSession", request, context)
+        return session
 
     @unary
     async def EndSession(self, request: pb.EndSessionRequest, context: Context) -> pb.Session:
-        session_id = request.session_id
-
-        def snapshot(lost: Lost) -> pb.Session:  # ending a closed session is a no-op
-            return lost_session_pb(session_id, lost)
-
-        return await self._unary("EndSession", session_id, request, context, snapshot)  # type: ignore[no-any-return]
+        # Ending a closed session is a no-op that returns it.
+        session: pb.Session = await self._closed_when_lost("EndSession", request, context)
+        return session
 
     @unary
     async def StartListening(
         self, request: pb.StartListeningRequest, context: Context
     ) -> pb.Session:
-        return await self._refused_when_lost("StartListening", request, context)  # type: ignore[no-any-return]
+        session: pb.Session = await self._refused_when_lost("StartListening", request, context)
+        return session
 
     @unary
     async def StopListening(self, request: pb.StopListeningRequest, context: Context) -> pb.Session:
-        return await self._refused_when_lost("StopListening", request, context)  # type: ignore[no-any-return]
+        session: pb.Session = await self._refused_when_lost("StopListening", request, context)
+        return session
 
     @unary
     async def StopPlayback(
         self, request: pb.StopPlaybackRequest, context: Context
     ) -> pb.StopPlaybackResponse:
-        return await self._refused_when_lost("StopPlayback", request, context)  # type: ignore[no-any-return]
+        stopped: pb.StopPlaybackResponse = await self._refused_when_lost(
+            "StopPlayback", request, context
+        )
+        return stopped
+
+    async def _closed_when_lost(self, name: str, request: Any, context: Context) -> Any:
+        session_id = str(request.session_id)
+
+        def snapshot(lost: Lost) -> pb.Session:
+            return lost_session_pb(session_id, lost)
+
+        return await self._unary(name, session_id, request, context, snapshot)
 
     async def _refused_when_lost(self, name: str, request: Any, context: Context) -> Any:
         session_id = str(request.session_id)

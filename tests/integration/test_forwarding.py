@@ -169,6 +169,13 @@ async def test_the_owners_errors_reach_the_caller_unchanged() -> None:
         info = error_info(raised.value)
         assert (info.reason, info.metadata["state"]) == ("SESSION_NOT_READY", "NEW")
 
+        request = pb.StartListeningRequest(session_id=session.id, wait_for_ready=True)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await other.StartListening(request, timeout=1.0)
+        assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        live = beta.sessions.get(session.id)
+        await eventually(lambda: live.watcher_count == 0, "the owner stopped waiting")
+
 
 async def test_an_unknown_node_is_not_found_and_a_lost_one_closed_node_lost() -> None:
     async with (
