@@ -27,6 +27,7 @@ class Members:
     apps: dict[str, HarkApp] = dataclasses.field(default_factory=dict)
     lost: set[str] = dataclasses.field(default_factory=set)
     grpc_targets: dict[str, str] = dataclasses.field(default_factory=dict)
+    http_bases: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def __getitem__(self, node: str) -> HarkApp:
         return self.apps[node]
@@ -49,7 +50,7 @@ class MembersRouter:
         if app is None or owner.worker != 0:
             return Unknown()
         target = self.members.grpc_targets.get(owner.node, app.grpc_target)
-        return Elsewhere(owner, target, app.base_url)
+        return Elsewhere(owner, target, self.members.http_bases.get(owner.node, app.base_url))
 
     def others(self, scope: str) -> list[Elsewhere]:
         return []

@@ -109,8 +109,9 @@ class HttpForwarder:
                 allow_redirects=False,
             )
         except (aiohttp.ClientError, OSError) as exc:
+            # The exception's text may quote the URL, whose query can hold a token: not logged.
             session_logger(logger, session_id).warning(
-                "cannot reach %s to forward %s: %s", route.owner, request.method, exc
+                "cannot reach %s to forward %s: %s", route.owner, request.method, type(exc).__name__
             )
             return web.Response(
                 status=503,
@@ -129,7 +130,8 @@ class HttpForwarder:
         except (ConnectionResetError, aiohttp.ClientError) as exc:
             # The client or the owner went away mid-stream: the other side sees its peer go.
             upstream.close()
-            session_logger(logger, session_id).debug("forwarding to %s ended: %r", route.owner, exc)
+            log = session_logger(logger, session_id)
+            log.debug("forwarding to %s ended: %s", route.owner, type(exc).__name__)
             return response
         except BaseException:
             upstream.close()  # the owner sees its client go: a streamed watch ends there too

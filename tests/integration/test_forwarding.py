@@ -176,6 +176,11 @@ async def test_the_owners_errors_reach_the_caller_unchanged() -> None:
         live = beta.sessions.get(session.id)
         await eventually(lambda: live.watcher_count == 0, "the owner stopped waiting")
 
+        members.grpc_targets["beta"] = "127.0.0.1:1"  # the owner cannot be reached
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await other.GetSession(pb.GetSessionRequest(session_id=session.id))
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE  # retryable, not NOT_FOUND
+
 
 async def test_an_unknown_node_is_not_found_and_a_lost_one_closed_node_lost() -> None:
     async with (

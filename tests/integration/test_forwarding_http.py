@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import logging
+
 import aiohttp
+import pytest
 
 from media.core.events import CloseReason
 from media.v1 import media_pb2 as pb
@@ -137,3 +140,23 @@ async def test_a_whep_player_opened_at_a_non_owner_plays_the_owners_audio() -> N
             assert started.playback_started.players == 1
             assert await player.delete() == 200
         watch.cancel()
+
+
+async def test_an_unreachable_owner_is_503_retry_and_no_token_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with (
+        in_process_cluster("alpha", "beta") as members,
+        grpc_stub(members["beta"]) as owner,
+        aiohttp.ClientSession() as http,
+    ):
+        alpha = members["alpha"]
+        created = await owner.CreateSession(pb.CreateSessionRequest())
+        members.http_bases["beta"] = "http://127.0.0.1:1"  # nothing listens there
+        caplog.set_level(logging.DEBUG)
+        url = f"{alpha.base_url}/whip/{created.id}/events?token={created.token}"
+        async with http.get(url) as response:
+            assert response.status == 503
+            assert response.headers["Retry-After"] == "1"
+            assert created.id in await response.text()
+        assert created.token not in caplog.text
