@@ -152,10 +152,12 @@ class HttpForwarder:
 
     def _client(self, unix_socket: str | None) -> aiohttp.ClientSession:
         if unix_socket not in self._clients:
+            # No pool limit: each proxied SSE stream holds a connection for its lifetime, and
+            # the owner's own limits (--max-connections, --max-watchers) are the ones that count.
             connector = (
-                aiohttp.UnixConnector(path=unix_socket)
+                aiohttp.UnixConnector(path=unix_socket, limit=0)
                 if unix_socket is not None
-                else aiohttp.TCPConnector()
+                else aiohttp.TCPConnector(limit=0)
             )
             self._clients[unix_socket] = aiohttp.ClientSession(
                 connector=connector,
