@@ -178,6 +178,9 @@ def test_each_pod_is_a_cluster_node_named_by_its_stable_dns_name(
 ) -> None:
     statefulset, template, container = hark_statefulset()
     assert "command" not in container, "the image's ENTRYPOINT (hark serve) runs"
+    # No HARK_SERVICE_HOST, HARK_REDIS_PORT=tcp://... from the Services named hark*: Hark's
+    # options are HARK_* variables, and one named like a Service's link would not parse.
+    assert template["spec"]["enableServiceLinks"] is False
     config = hark_config(monkeypatch, pod_env(container), container.get("args", []))
     ports = named_ports(container)
 
