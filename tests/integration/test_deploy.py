@@ -143,7 +143,7 @@ def named_ports(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {port["name"]: port for port in container["ports"]}
 
 
-def test_every_hark_variable_in_deploy_is_a_real_option() -> None:
+def test_every_hark_variable_and_flag_deploy_names_is_a_real_option() -> None:
     known = {"HARK_" + flag.upper().replace("-", "_") for flag, _, _ in SERVE_OPTIONS}
     known |= {"HARK_" + flag.upper().replace("-", "_") for flag, _ in LIST_OPTIONS}
     known |= {"HARK_INSECURE_NO_AUTH", "HARK_WHIP_REDIRECT", "HARK_TARGET"}
@@ -151,6 +151,22 @@ def test_every_hark_variable_in_deploy_is_a_real_option() -> None:
         if path.is_file() and path.suffix in ("", ".yaml", ".yml", ".md"):
             for name in re.findall(r"\bHARK_[A-Z_]+", path.read_text()):
                 assert name in known, f"{path.name} sets {name}, which is no Hark option"
+
+    flags = {f"--{flag}" for flag, _, _ in SERVE_OPTIONS}
+    flags |= {f"--{flag}" for flag, _ in LIST_OPTIONS}
+    flags |= {"--insecure-no-auth", "--whip-redirect"}
+    # What the guides and comments say about Hark's flags (the manifests' own arguments go through
+    # Hark's parser below); the commands they show for other tools have flags of their own.
+    other_tools = {"--from-literal", "--build"}  # kubectl create secret, docker compose up
+    for path in sorted(DEPLOY.rglob("*")):
+        if path.suffix in (".yaml", ".yml") or path.name == "Dockerfile":
+            prose = "\n".join(re.findall(r"#.*", path.read_text()))
+        elif path.suffix == ".md":
+            prose = path.read_text()
+        else:
+            continue
+        for flag in re.findall(r"(?<![\w-])--[a-z][a-z-]*", prose):
+            assert flag in flags | other_tools, f"{path.name} names {flag}, which is no Hark flag"
 
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     port = dockerfile_env()["HARK_HTTP_PORT"]
