@@ -156,7 +156,7 @@ def test_every_hark_variable_and_flag_deploy_names_is_a_real_option() -> None:
     flags |= {f"--{flag}" for flag, _ in LIST_OPTIONS}
     flags |= {"--insecure-no-auth", "--whip-redirect"}
     # What the guides and comments say about Hark's flags (the manifests' own arguments go through
-    # Hark's parser below); the commands they show for other tools have flags of their own.
+    # Hark's parser in the tests below); commands they show for other tools have flags of their own.
     other_tools = {"--from-literal", "--build"}  # kubectl create secret, docker compose up
     for path in sorted(DEPLOY.rglob("*")):
         if path.suffix in (".yaml", ".yml") or path.name == "Dockerfile":
