@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/load.py [--sweep 10,25,50,100] [--seconds 10]
     .venv/bin/python benchmarks/load.py --overload 100 [--ramp 0.2] [--max-loop-lag-ms 25]
     .venv/bin/python benchmarks/load.py --udp-port 40000 [--sweep 25,50]
+    .venv/bin/python benchmarks/load.py --workers 1,2 [--sweep 30,40,50,60,70,80]
 
 The server under test is pinned to CPU 0 (taskset). The publishers run in a separate process
 pinned to CPU 1, sending the speech fixture's Opus packets without re-encoding, in a loop. This
@@ -16,6 +17,11 @@ Capacity per core = the largest N where frames stay >= 99 % of expected and loop
 
 With ``--udp-port``, each step also runs Hark with every session through that one UDP port (the
 demultiplexer), and reports its CPU per session against the per-connection sockets' of the same run.
+
+With ``--workers 1,2``, the sweep runs ``hark serve --workers N`` for each N instead (no bare
+receiver): the server gets the first N CPUs, the load the others (or every CPU when none is left,
+which the report says), and the capacity per worker count follows the same rule, with CPU and RSS
+summed over the supervisor and its workers.
 """
 
 from __future__ import annotations
@@ -43,6 +49,36 @@ LAG_LIMIT_S = 0.05
 def cpu_seconds(pid: int) -> float:
     fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process descended from it (a supervisor's workers)."""
+    children: dict[int, list[int]] = {}
+    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(stat.parent.name))
+    tree, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        tree.append(current)
+        pending += children.get(current, [])
+    return tree
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    return sum(_gone_as_zero(cpu_seconds, p) for p in process_tree(pid))
+
+
+def tree_rss_bytes(pid: int) -> int:
+    return sum(_gone_as_zero(rss_bytes, p) for p in process_tree(pid))
+
+
+def _gone_as_zero(read: Any, pid: int) -> Any:
+    try:
+        return read(pid)
+    except OSError:  # the process ended between listing and reading
+        return 0
 
 
 def rss_bytes(pid: int) -> int:
@@ -92,9 +128,13 @@ def repeated_fixture(times: int) -> pathlib.Path:
     return path
 
 
-async def run_publishers(url: str, count: int, ramp_s: float = 0.0) -> None:
+async def run_publishers(
+    url: str, count: int, ramp_s: float = 0.0, fresh_connections: bool = False
+) -> None:
     """``count`` publishers, all at once (8 at a time), or one every ``ramp_s`` seconds, in which
-    case a refusal (503) is counted instead of ending the run."""
+    case a refusal (503) is counted instead of ending the run. ``fresh_connections``: each WHIP
+    POST on a connection of its own, as separate browsers would (the kernel spreads connections,
+    not requests, over ``--workers`` sharing the port)."""
     import aioice.ice
     from aiortc import RTCPeerConnection, RTCSessionDescription
     from aiortc.contrib.media import MediaPlayer
@@ -137,7 +177,8 @@ async def run_publishers(url: str, count: int, ramp_s: float = 0.0) -> None:
             players.append(player)
             peers.append(pc)
 
-    async with aiohttp.ClientSession() as http:
+    connector = aiohttp.TCPConnector(force_close=fresh_connections)
+    async with aiohttp.ClientSession(connector=connector) as http:
         if ramp_s:
             starts = []
             for _ in range(count):
@@ -168,6 +209,8 @@ class Step:
     rss_per_session: float = 0.0
     lag_p99: float = 0.0
     ready_s: list[float] = field(default_factory=list)
+    workers: int = 1
+    shared_cpus: bool = False
 
     @property
     def frames_ratio(self) -> float:
@@ -183,11 +226,13 @@ class Step:
         return self.frames_ratio >= 0.99 and lag_ok
 
 
-async def spawn(cpu: int, *args: str, pattern: str, stream: str) -> tuple[Any, re.Match[str]]:
+async def spawn(
+    cpus: int | str, *args: str, pattern: str, stream: str
+) -> tuple[Any, re.Match[str]]:
     process = await asyncio.create_subprocess_exec(
         "taskset",
         "-c",
-        str(cpu),
+        str(cpus),
         *args,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
@@ -299,12 +344,39 @@ class Backend:
         await self._channel.close()
 
 
-async def measure(kind: str, sessions: int, seconds: float, udp_port: int | None = None) -> Step:
-    step = Step(kind, sessions, seconds)
+@dataclass(frozen=True)
+class CpuLayout:
+    """taskset CPU lists: the server's, and the load's (publishers and backend)."""
+
+    server: str = "0"
+    load: str = "1"
+    shared: bool = False
+
+
+def cpu_layout(workers: int) -> CpuLayout:
+    """The first ``workers`` CPUs for the server, the rest for the load, or every CPU for the load
+    when none is left (then they share)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    server, rest = cpus[:workers], cpus[workers:]
+    listed = ",".join(map(str, server))
+    return CpuLayout(listed, ",".join(map(str, rest or cpus)), shared=not rest)
+
+
+async def measure(
+    kind: str,
+    sessions: int,
+    seconds: float,
+    udp_port: int | None = None,
+    workers: int | None = None,
+    cpus: CpuLayout = CpuLayout(),
+) -> Step:
+    """One step. ``workers``: run ``hark serve --workers N`` (else today's single process, no
+    flag), spread the publishers' connections, and sum CPU and RSS over its processes."""
+    step = Step(kind, sessions, seconds, workers=workers or 1, shared_cpus=cpus.shared)
     python = sys.executable
     if kind in ("hark", "mux"):
         server, found = await spawn(
-            0,
+            cpus.server,
             python,
             "-m",
             "media",
@@ -312,13 +384,16 @@ async def measure(kind: str, sessions: int, seconds: float, udp_port: int | None
             *("--http-port", "0", "--grpc-port", "0", "--ice-address", "127.0.0.1"),
             *("--rate-limit", "0", "--max-sessions", "100000", "--max-watchers", "100000"),
             *(("--udp-port", str(udp_port)) if kind == "mux" else ()),
+            *(("--workers", str(workers)) if workers is not None else ()),
             pattern=r"HTTP on [\d.]+:(\d+), gRPC on [\d.]+:(\d+)",
             stream="stderr",
         )
         base, grpc_target = f"http://127.0.0.1:{found[1]}", f"127.0.0.1:{found[2]}"
+        if workers is not None:
+            await wait_for_workers(server.pid, workers, base)
     else:
         server, found = await spawn(
-            0,
+            cpus.server,
             python,
             str(ROOT / "benchmarks" / "bare_receiver.py"),
             pattern=r"port (\d+)",
@@ -327,15 +402,16 @@ async def measure(kind: str, sessions: int, seconds: float, udp_port: int | None
         base, grpc_target = f"http://127.0.0.1:{found[1]}", ""
     backend = Backend(grpc_target) if kind != "bare" else None
     watching = asyncio.ensure_future(backend.run()) if backend else None
-    idle_rss = rss_bytes(server.pid)
+    idle_rss = tree_rss_bytes(server.pid)
     publishers = None
     try:
         publishers, _ = await spawn(
-            1,
+            cpus.load,
             python,
             __file__,
             "publishers",
             *("--url", base + "/whip", "--n", str(sessions)),
+            *(("--fresh-connections",) if workers is not None else ()),
             pattern="published",
             stream="stdout",
         )
@@ -343,13 +419,13 @@ async def measure(kind: str, sessions: int, seconds: float, udp_port: int | None
             await wait_until_flowing(http, base, kind, sessions, backend)
             await asyncio.sleep(2.0)
             before = await counters(http, base, kind)
-            cpu0, pub0 = cpu_seconds(server.pid), cpu_seconds(publishers.pid)
+            cpu0, pub0 = tree_cpu_seconds(server.pid), cpu_seconds(publishers.pid)
             await asyncio.sleep(seconds)
             after = await counters(http, base, kind)
-            step.server_cpu = cpu_seconds(server.pid) - cpu0
+            step.server_cpu = tree_cpu_seconds(server.pid) - cpu0
             step.publisher_cpu = cpu_seconds(publishers.pid) - pub0
         step.frames_per_s = (after["frames"] - before["frames"]) / seconds
-        step.rss_per_session = (rss_bytes(server.pid) - idle_rss) / sessions
+        step.rss_per_session = (tree_rss_bytes(server.pid) - idle_rss) / sessions
         if kind != "bare":
             step.lag_p99 = lag_p99(before, after)
             assert backend is not None
@@ -369,6 +445,31 @@ async def measure(kind: str, sessions: int, seconds: float, udp_port: int | None
             await backend.close()
         await stop(server)
     return step
+
+
+async def wait_for_workers(pid: int, workers: int, base: str) -> None:
+    """Every worker process up and the public port answering before publishers arrive (the
+    kernel spreads connections only over sockets already listening). A build without workers runs
+    one process for any N: say so, and measure what runs."""
+    if workers > 1:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(60):
+                while len(process_tree(pid)) - 1 < workers:
+                    await asyncio.sleep(0.2)
+        found = len(process_tree(pid)) - 1
+        if found < workers:
+            print(
+                f"warning: --workers {workers} runs {found} worker processes; measuring that",
+                file=sys.stderr,
+                flush=True,
+            )
+    async with asyncio.timeout(60), aiohttp.ClientSession() as http:
+        while True:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(base + "/readyz") as response:
+                    if response.status == 200:
+                        return
+            await asyncio.sleep(0.2)
 
 
 async def wait_until_flowing(
@@ -596,6 +697,63 @@ async def sweep(sizes: list[int], seconds: float, udp_port: int | None = None) -
         )
 
 
+def report_workers(steps: list[Step]) -> None:
+    """Each worker count's sweep, then the capacity of each against one worker's."""
+    print(
+        "| workers | N | Hark CPU/session | frames/s (of 50N) | READY p50/p95/p99 | "
+        "loop lag p99 | RSS/session | publishers' CPU |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for step in steps:
+        ready = "/".join(f"{percentile(step.ready_s, q) * 1000:.0f}" for q in (0.5, 0.95, 0.99))
+        print(
+            f"| {step.workers} | {step.sessions} | {step.cpu_per_session * 100:.2f} % | "
+            f"{step.frames_per_s:.0f} ({step.frames_ratio * 100:.1f} %) | {ready} ms | "
+            f"{step.lag_p99 * 1000:.1f} ms | {step.rss_per_session / 2**20:.2f} MiB | "
+            f"{step.publisher_cpu / step.seconds * 100:.0f} % |"
+        )
+    counts = sorted({s.workers for s in steps})
+    capacity = {
+        n: max((s.sessions for s in steps if s.workers == n and s.keeps_up), default=0)
+        for n in counts
+    }
+    print(
+        f"\ncapacity: the largest N with frames >= 99 % of expected and loop lag p99 < "
+        f"{LAG_LIMIT_S * 1000:.0f} ms\n"
+    )
+    print("| workers | capacity | x one worker | load generator's CPUs |")
+    print("|---|---|---|---|")
+    for n in counts:
+        one = capacity.get(1, 0)
+        ratio = f"{capacity[n] / one:.2f}x" if one else "-"
+        shared = any(s.shared_cpus for s in steps if s.workers == n)
+        print(
+            f"| {n} | {capacity[n]} | {ratio} | {'shared with the server' if shared else 'own'} |"
+        )
+
+
+async def sweep_workers(counts: list[int], sizes: list[int], seconds: float) -> None:
+    """For each worker count, the sweep against ``hark serve --workers N``, stopping at the first
+    size it does not keep up with."""
+    steps = []
+    for workers in counts:
+        cpus = cpu_layout(workers)
+        # This process is the backend (gRPC watch + StreamAudio): it runs with the load.
+        os.sched_setaffinity(0, {int(cpu) for cpu in cpus.load.split(",")})
+        for size in sizes:
+            step = await measure("hark", size, seconds, workers=workers, cpus=cpus)
+            steps.append(step)
+            print(
+                f"workers={workers} N={size:4}: {step.cpu_per_session * 100:.2f} % CPU/session, "
+                f"{step.frames_ratio * 100:.1f} % of frames, lag p99 {step.lag_p99 * 1000:.1f} ms",
+                file=sys.stderr,
+                flush=True,
+            )
+            if not step.keeps_up:
+                break
+    report_workers(steps)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     commands = parser.add_subparsers(dest="command")
@@ -603,6 +761,7 @@ def main() -> None:
     publishers.add_argument("--url", required=True)
     publishers.add_argument("--n", type=int, required=True)
     publishers.add_argument("--ramp", type=float, default=0.0)
+    publishers.add_argument("--fresh-connections", action="store_true")
     parser.add_argument("--sweep", default="10,25,50,100")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument(
@@ -616,9 +775,19 @@ def main() -> None:
     parser.add_argument(
         "--udp-port", type=int, help="also run Hark with every session on this one UDP port"
     )
+    parser.add_argument(
+        "--workers",
+        metavar="N,N",
+        help="instead of the sweep against the bare receiver: the sweep against "
+        "hark serve --workers N for each N, and the capacity of each",
+    )
     args = parser.parse_args()
     if args.command == "publishers":
-        asyncio.run(run_publishers(args.url, args.n, args.ramp))
+        asyncio.run(run_publishers(args.url, args.n, args.ramp, args.fresh_connections))
+    elif args.workers:
+        sizes = [int(n) for n in args.sweep.split(",")]
+        counts = [int(n) for n in args.workers.split(",")]
+        asyncio.run(sweep_workers(counts, sizes, args.seconds))
     elif args.overload:
         asyncio.run(overload(args.overload, args.seconds, args.ramp, args.max_loop_lag_ms))
     else:
