@@ -24,6 +24,9 @@ from grpc_reflection.v1alpha import reflection
 from media.aio import cancel_and_wait
 from media.binding import CannotListen, check_can_bind, host_port, why_bind_failed
 from media.cli.main import main as cli_main
+from media.cluster.routing import Router
+from media.cluster.supervisor import supervise
+from media.cluster.workers import WorkerSpec, process_role
 from media.config import Config
 from media.core.clock import Clock
 from media.core.events import SessionEvent, SessionState, StateChanged
@@ -63,7 +66,8 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 class HarkApp:
     """One Hark server: ``start()`` binds the ports, ``drain()`` then ``stop()`` wind it down."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, worker: WorkerSpec | None = None) -> None:
+        config = worker.config_for(config) if worker is not None else config
         self.config = config
         self.clock = Clock()
         self.metrics = Metrics()
@@ -80,9 +84,11 @@ class HarkApp:
             max_players=config.max_players_per_session,
             max_playback_queue_ms=int(config.max_playback_queue_s * 1000),
             governor=LoadGovernor(config.max_loop_lag_ms / 1000),
-            owner=Owner(config.effective_node_id),
+            owner=Owner(config.effective_node_id, worker.index if worker is not None else 0),
             tokens=SessionTokens(_token_secret(config)),
         )
+        self.role = process_role(worker, self.sessions, lambda: self.base_url)
+        self.router: Router = self.role.router
         self.metrics.watch_sessions(lambda: (live.session for live in self.sessions.all()))
         self.metrics.watch_playback_queues(
             lambda: (live.voice.queue for live in self.sessions.all() if not live.closed)
@@ -227,7 +233,9 @@ class HarkApp:
 
     async def _metrics(self, request: web.Request) -> web.Response:
         await self._read_received_traffic()
-        response = web.Response(body=self.metrics.exposition())
+        response = web.Response(
+            body=await self.role.metrics(self.metrics.exposition(), request.headers)
+        )
         response.content_type = "text/plain"
         response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
         return response
@@ -260,10 +268,13 @@ class HarkApp:
                 ssl=tls,
                 ssl_handshake_timeout=self.config.http_header_timeout if tls else None,
                 reuse_address=True,
+                reuse_port=self.role.shares_ports,
             )
         except OSError as exc:
             raise CannotListen(what, host_port(host, port), why_bind_failed(exc)) from exc
         self._listeners.append(listener)
+        if what == "HTTP":
+            self._listeners += await self.role.listen_privately(runner.server)
         return int(listener.sockets[0].getsockname()[1])
 
     def _http_tls(self) -> ssl.SSLContext | None:
@@ -280,7 +291,7 @@ class HarkApp:
         if self.config.token:
             interceptors.append(BearerAuth(self.config.token))
         interceptors.append(MalformedRequests())  # innermost: after auth, before decoding
-        server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
+        server = grpc.aio.server(interceptors=interceptors, options=self.role.grpc_options)
         service = MediaService(
             self.sessions,
             base_url=lambda: self.base_url,
@@ -295,7 +306,7 @@ class HarkApp:
         host, port = self.config.grpc_host, self.config.grpc_port
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         credentials = self._grpc_tls()
-        check_can_bind("gRPC", host, port)
+        check_can_bind("gRPC", host, port, reuse_port=self.role.shares_ports)
         try:
             if credentials is None:
                 self.grpc_port = server.add_insecure_port(address)
@@ -304,6 +315,7 @@ class HarkApp:
         except RuntimeError as exc:  # grpc says only that binding failed, never why
             reason = "the address is in use, or not one of this machine's"
             raise CannotListen("gRPC", address, reason) from exc
+        self.role.add_private_grpc_port(server)
         await server.start()
         self._grpc = server
 
@@ -375,6 +387,7 @@ class HarkApp:
         logging.getLogger("aiortc.rtcrtpreceiver").addFilter(self._decode_errors)
         logging.getLogger("aiohttp.server").addFilter(self._protocol_errors)
         self.sessions.observers.append(self._on_event)
+        self.role.take_over()
         self.http_port = await self._serve_http(self.build_http_app(), self.config.http_port)
         if self.config.metrics_port is not None:
             metrics_app = web.Application()
@@ -405,6 +418,7 @@ class HarkApp:
             f", metrics on :{self.metrics_port}" if self.metrics_port is not None else "",
             self.base_url,
         )
+        await self.role.serving()
 
     async def drain(self, timeout: float | None = None) -> None:
         """Refuse new sessions, report not ready, and wait for live sessions to end or time out."""
@@ -441,6 +455,7 @@ class HarkApp:
             self._undo_host_restriction()
             self._undo_host_restriction = None
         self.ice_plan.stop()
+        self.role.close()
         if self._started:
             logger.info("hark stopped")
             self._started = False
@@ -451,9 +466,13 @@ def _token_secret(config: Config) -> bytes:
     return secret_from_text(shared) if shared is not None else new_secret()
 
 
-async def serve(config: Config) -> int:
-    """``hark serve``: run until SIGINT or SIGTERM, drain, then close what is left."""
-    app = HarkApp(config)
+async def serve(config: Config, argv: Sequence[str] = ()) -> int:
+    """``hark serve``: run until SIGINT or SIGTERM, drain, then close what is left; with
+    ``--workers N`` (N > 1), supervise N workers (``hark serve`` with ``argv``) instead."""
+    worker = WorkerSpec.from_env(config)
+    if worker is None and config.effective_workers > 1:
+        return await supervise(config, argv)
+    app = HarkApp(config, worker)
     signals = asyncio.Queue[int]()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -476,4 +495,5 @@ async def serve(config: Config) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``hark`` command."""
-    return cli_main(argv, serve)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    return cli_main(arguments, lambda config: serve(config, arguments))

@@ -71,6 +71,8 @@ class _CloseReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CloseReas
     EXPIRED: _CloseReason.ValueType  # 6
     SHUTDOWN: _CloseReason.ValueType  # 7
     ERROR: _CloseReason.ValueType  # 8
+    NODE_LOST: _CloseReason.ValueType  # 9
+    """The worker or node that held the session died; it was lost with it."""
 
 class CloseReason(_CloseReason, metaclass=_CloseReasonEnumTypeWrapper): ...
 
@@ -83,6 +85,8 @@ MEDIA_TIMEOUT: CloseReason.ValueType  # 5
 EXPIRED: CloseReason.ValueType  # 6
 SHUTDOWN: CloseReason.ValueType  # 7
 ERROR: CloseReason.ValueType  # 8
+NODE_LOST: CloseReason.ValueType  # 9
+"""The worker or node that held the session died; it was lost with it."""
 Global___CloseReason: _TypeAlias = CloseReason  # noqa: Y015
 
 class _SessionOrigin:
