@@ -102,6 +102,7 @@ class Supervisor:
         if line.strip() != b"serving":
             code = await process.wait()
             raise WorkerFailed(f"worker {worker.index} exited ({describe_exit(code)}) at start")
+        logger.info("worker %d serving (pid %d)", worker.index, process.pid)
 
     async def supervise(self) -> bool:
         """Restart each worker that dies until ``stop``, then wait for every one to exit;
@@ -202,13 +203,14 @@ async def _run(supervisor: Supervisor, ports: list[str], config: Config) -> int:
         return 2
     http_port, grpc_port = int(ports[1]), int(ports[3])
     logger.info(
-        "hark serving with %d workers: HTTP on %s:%d, gRPC on %s:%d, public URL %s",
+        "hark serving with %d workers: HTTP on %s:%d, gRPC on %s:%d, public URL %s, run dir %s",
         supervisor.count,
         config.http_host,
         http_port,
         config.grpc_host,
         grpc_port,
         config.base_url(http_port, secure=config.http_tls_cert is not None),
+        supervisor.run_dir,
     )
     supervising = asyncio.create_task(supervisor.supervise(), name="hark-supervise")
     try:

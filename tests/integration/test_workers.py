@@ -1,0 +1,215 @@
+"""``hark serve --workers 2``: real process trees, real aiortc publishers, one public port."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+
+import aiohttp
+import grpc
+
+from media.core.session_ids import Owner
+from media.v1 import media_pb2 as pb
+from media.v1 import media_pb2_grpc
+from tests.support import collect_until_closed, eventually, next_event
+from tests.workers_support import (
+    NODE,
+    HarkWorkers,
+    private_stub,
+    publish_on_every_worker,
+    scrape,
+    worker_of,
+)
+
+
+async def wait_ready(hark: HarkWorkers, session_id: str) -> pb.Session:
+    """The session once READY, asked of its owner through the owner's private socket."""
+    async with private_stub(hark, worker_of(session_id)) as owner:
+        request = pb.StartListeningRequest(session_id=session_id, wait_for_ready=True)
+        session = await owner.StartListening(request, timeout=20)
+    assert session.state == pb.READY
+    return session
+
+
+async def test_sessions_spread_over_both_workers_and_metrics_cover_both() -> None:
+    async with HarkWorkers() as hark:
+        publishers = await publish_on_every_worker(hark)
+        try:
+            for publisher in publishers:
+                await wait_ready(hark, publisher.session_id)
+            per_worker = [
+                sum(1 for p in publishers if worker_of(p.session_id) == k) for k in (0, 1)
+            ]
+
+            async def ready_in_metrics() -> bool:
+                samples = await scrape(hark.base_url + "/metrics")
+                ready = [
+                    samples.get(
+                        ("hark_sessions", frozenset({("state", "READY"), ("worker", str(k))})),
+                        0.0,
+                    )
+                    for k in (0, 1)
+                ]
+                return ready == per_worker
+
+            # Whichever worker takes each scrape, it reports both.
+            for _ in range(4):
+                await eventually(ready_in_metrics, f"READY sessions per worker {per_worker}")
+            samples = await scrape(hark.base_url + "/metrics")
+            assert samples[("hark_worker_up", frozenset({("worker", "0")}))] == 1
+            assert samples[("hark_worker_up", frozenset({("worker", "1")}))] == 1
+            async with aiohttp.ClientSession() as http:
+                for _ in range(8):
+                    async with http.get(hark.base_url + "/healthz") as response:
+                        assert response.status == 200
+        finally:
+            for publisher in publishers:
+                await publisher.vanish()
+
+
+async def test_a_killed_worker_is_restarted_and_its_sessions_answer_node_lost() -> None:
+    async with HarkWorkers("--log-level", "INFO") as hark:
+        publishers = await publish_on_every_worker(hark)
+        try:
+            for publisher in publishers:
+                await wait_ready(hark, publisher.session_id)
+            lost = [p.session_id for p in publishers if worker_of(p.session_id) == 1]
+            kept = [p.session_id for p in publishers if worker_of(p.session_id) == 0]
+            async with private_stub(hark, 1) as worker1:
+                pre_created = await worker1.CreateSession(pb.CreateSessionRequest())
+            lost.append(pre_created.id)
+
+            mark = len(hark.log)
+            os.kill(hark.pids[1], signal.SIGKILL)
+            killed = re.compile(r"worker 1 exited \(killed by SIGKILL\)")
+            await hark.wait_for_log(killed, after=mark)
+            await hark.wait_for_log(re.compile(r"worker 1 serving"), after=mark)
+
+            async with private_stub(hark, 1) as worker1:
+                for session_id in lost:
+                    session = await worker1.GetSession(pb.GetSessionRequest(session_id=session_id))
+                    assert session.state == pb.CLOSED
+                    assert session.close_reason == pb.NODE_LOST
+                    assert "worker 1" in session.close_detail
+                watch = worker1.WatchSession(pb.WatchSessionRequest(session_id=lost[0]))
+                (snapshot,) = await collect_until_closed(watch)
+                assert snapshot.snapshot.session.close_reason == pb.NODE_LOST
+            async with private_stub(hark, 0) as worker0:
+                for session_id in kept:
+                    session = await worker0.GetSession(pb.GetSessionRequest(session_id=session_id))
+                    assert session.state == pb.READY
+
+            # The public port kept serving, and takes new sessions on the new worker 1 too.
+            async with aiohttp.ClientSession() as http:
+                async with http.get(hark.base_url + "/healthz") as response:
+                    assert response.status == 200
+            publishers += await publish_on_every_worker(hark)
+            for publisher in publishers[-2:]:
+                await wait_ready(hark, publisher.session_id)
+            assert "Traceback" not in hark.text
+        finally:
+            for publisher in publishers:
+                await publisher.vanish()
+
+
+async def test_sigterm_drains_every_worker_and_the_parent_exits_0() -> None:
+    async with HarkWorkers("--drain-timeout", "2", "--log-level", "INFO") as hark:
+        publishers = await publish_on_every_worker(hark)
+        try:
+            watches = []
+            async with contextlib.AsyncExitStack() as channels:
+                for publisher in publishers[-2:]:
+                    await wait_ready(hark, publisher.session_id)
+                    target = hark.private_grpc(worker_of(publisher.session_id))
+                    channel = await channels.enter_async_context(grpc.aio.insecure_channel(target))
+                    stub = media_pb2_grpc.MediaServiceStub(channel)
+                    watch = stub.WatchSession(
+                        pb.WatchSessionRequest(session_id=publisher.session_id)
+                    )
+                    await next_event(watch)
+                    watches.append(watch)
+
+                assert hark.proc is not None
+                hark.proc.send_signal(signal.SIGTERM)
+                async with aiohttp.ClientSession() as http:
+
+                    async def draining() -> bool:
+                        async with http.get(hark.base_url + "/readyz") as response:
+                            return response.status == 503
+
+                    # Both workers drain: every answer through the public port says so.
+                    await eventually(draining, "/readyz turns 503")
+                    for _ in range(4):
+                        assert await draining()
+                for watch in watches:
+                    closed = (await collect_until_closed(watch))[-1]
+                    assert closed.state_changed.close_reason == pb.SHUTDOWN
+                code = await hark.wait(timeout=30)
+        finally:
+            for publisher in publishers:
+                await publisher.vanish()
+    assert code == 0, hark.text
+    assert len(re.findall(r"draining: [1-9]\d* live sessions", hark.text)) == 2, hark.text
+    assert not hark.run_dir.exists()
+    for pid in hark.pids.values():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 0)
+            raise AssertionError(f"worker pid {pid} outlived the parent")
+    assert "Traceback" not in hark.text
+
+
+async def test_an_id_naming_a_worker_the_host_does_not_have_is_not_found() -> None:
+    missing = Owner(NODE, 7).new_session_id()
+    async with HarkWorkers() as hark:
+        async with grpc.aio.insecure_channel(hark.grpc_target) as channel:
+            stub = media_pb2_grpc.MediaServiceStub(channel)
+            try:
+                await stub.GetSession(pb.GetSessionRequest(session_id=missing))
+                raise AssertionError("GetSession found a session of worker 7 of 2")
+            except grpc.aio.AioRpcError as error:
+                assert error.code() == grpc.StatusCode.NOT_FOUND
+                assert missing in (error.details() or "")
+        async with aiohttp.ClientSession() as http:
+            async with http.delete(f"{hark.base_url}/whip/{missing}") as response:
+                assert response.status == 404
+                assert missing in await response.text()
+
+
+def free_udp_pair() -> int:
+    """A UDP port P on loopback with P + 1 free as well."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as first:
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+            if port >= 65535:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as second:
+                try:
+                    second.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+                return int(port)
+    raise AssertionError("no two consecutive free UDP ports")
+
+
+async def test_worker_k_takes_udp_port_plus_k() -> None:
+    port = free_udp_pair()
+    args = ("--udp-port", str(port), "--ice-address", "127.0.0.1")
+    async with HarkWorkers(*args) as hark:
+        publishers = await publish_on_every_worker(hark)
+        try:
+            for publisher in publishers:
+                expected = port + worker_of(publisher.session_id)
+                host_ports = {
+                    int(line.split()[5])
+                    for line in publisher.answer.splitlines()
+                    if line.startswith("a=candidate:") and "typ host" in line
+                }
+                assert host_ports == {expected}, publisher.answer
+                await wait_ready(hark, publisher.session_id)
+        finally:
+            for publisher in publishers:
+                await publisher.vanish()
