@@ -273,8 +273,7 @@ class HarkApp:
         except OSError as exc:
             raise CannotListen(what, host_port(host, port), why_bind_failed(exc)) from exc
         self._listeners.append(listener)
-        if what == "HTTP":
-            self._listeners += await self.role.listen_privately(runner.server)
+        self._listeners += await self.role.listen_privately(runner.server, what)
         return int(listener.sockets[0].getsockname()[1])
 
     def _http_tls(self) -> ssl.SSLContext | None:

@@ -23,7 +23,8 @@ from tests.support import Publisher, publish
 
 NODE = "hark-test"
 SERVING = re.compile(
-    r"hark serving with (\d+) workers: HTTP on [\d.]+:(\d+), gRPC on [\d.]+:(\d+), .* run dir (\S+)"
+    r"hark serving with (\d+) workers: HTTP on [\d.]+:(\d+), gRPC on [\d.]+:(\d+)"
+    r"(?:, metrics on :(\d+))?, public URL .* run dir (\S+)"
 )
 WORKER_SERVING = re.compile(r"worker (\d+) serving \(pid (\d+)\)")
 
@@ -38,6 +39,7 @@ class HarkWorkers:
         self.proc: asyncio.subprocess.Process | None = None
         self.log: list[str] = []
         self.http_port = self.grpc_port = 0
+        self.metrics_port: int | None = None
         self.run_dir = pathlib.Path()
         self.pids: dict[int, int] = {}
         self._new_line = asyncio.Condition()
@@ -46,6 +48,11 @@ class HarkWorkers:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        port = self.http_port if self.metrics_port is None else self.metrics_port
+        return f"http://127.0.0.1:{port}/metrics"
 
     @property
     def grpc_target(self) -> str:
@@ -66,7 +73,8 @@ class HarkWorkers:
         self._reader = asyncio.create_task(self._read())
         serving = await self.wait_for_log(SERVING, timeout=60)
         self.http_port, self.grpc_port = int(serving[2]), int(serving[3])
-        self.run_dir = pathlib.Path(serving[4])
+        self.metrics_port = int(serving[4]) if serving[4] else None
+        self.run_dir = pathlib.Path(serving[5])
         return self
 
     async def _read(self) -> None:
@@ -148,10 +156,14 @@ async def publish_on_every_worker(hark: HarkWorkers, at_most: int = 16) -> list[
     return publishers
 
 
-async def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+async def scrape_text(url: str) -> str:
     async with aiohttp.ClientSession() as http, http.get(url) as response:
         assert response.status == 200
-        text = await response.text()
+        return await response.text()
+
+
+async def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    text = await scrape_text(url)
     return {
         (sample.name, frozenset(sample.labels.items())): sample.value
         for family in text_string_to_metric_families(text)

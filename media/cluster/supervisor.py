@@ -203,12 +203,13 @@ async def _run(supervisor: Supervisor, ports: list[str], config: Config) -> int:
         return 2
     http_port, grpc_port = int(ports[1]), int(ports[3])
     logger.info(
-        "hark serving with %d workers: HTTP on %s:%d, gRPC on %s:%d, public URL %s, run dir %s",
+        "hark serving with %d workers: HTTP on %s:%d, gRPC on %s:%d%s, public URL %s, run dir %s",
         supervisor.count,
         config.http_host,
         http_port,
         config.grpc_host,
         grpc_port,
+        f", metrics on :{ports[5]}" if len(ports) > 4 else "",
         config.base_url(http_port, secure=config.http_tls_cert is not None),
         supervisor.run_dir,
     )

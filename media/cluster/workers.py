@@ -57,8 +57,10 @@ class WorkerSpec:
             raise ConfigError(f"{INDEX_ENV}={index!r} is not a worker index")
         return cls(int(index), config.effective_workers, pathlib.Path(run_dir))
 
-    def http_socket(self, index: int) -> pathlib.Path:
-        return self.run_dir / f"w{index}.http.sock"
+    def http_socket(self, index: int, what: str = "HTTP") -> pathlib.Path:
+        """Worker ``index``'s private socket for its HTTP app (``what`` "HTTP"), or for its
+        ``--metrics-port`` app (``what`` "metrics")."""
+        return self.run_dir / f"w{index}.{what.lower()}.sock"
 
     def grpc_socket(self, index: int) -> pathlib.Path:
         return self.run_dir / f"w{index}.grpc.sock"
@@ -145,7 +147,9 @@ class SingleProcess:
     def take_over(self) -> None:
         pass
 
-    async def listen_privately(self, http: Callable[[], asyncio.Protocol]) -> list[asyncio.Server]:
+    async def listen_privately(
+        self, http: Callable[[], asyncio.Protocol], what: str
+    ) -> list[asyncio.Server]:
         return []
 
     def add_private_grpc_port(self, server: grpc.aio.Server) -> None:
@@ -172,18 +176,23 @@ class Worker(SingleProcess):
         self.router = WorkerRouter(spec, sessions.owner, base_url)
         self._journal: SessionJournal | None = None
         self._parent: asyncio.ReadTransport | None = None
+        self._metrics_from = "HTTP"  # the app /metrics is on
 
     async def metrics(self, own: bytes, headers: Mapping[str, str]) -> bytes:
         if wants_one_worker(headers):
             return own
-        siblings = {k: self.spec.http_socket(k) for k in self.spec.siblings}
+        siblings = {k: self.spec.http_socket(k, self._metrics_from) for k in self.spec.siblings}
         return await node_exposition(self.spec.index, own, siblings)
 
     def take_over(self) -> None:
         self._journal = take_over_journal(self.spec, self.sessions)
 
-    async def listen_privately(self, http: Callable[[], asyncio.Protocol]) -> list[asyncio.Server]:
-        path = self.spec.http_socket(self.spec.index)
+    async def listen_privately(
+        self, http: Callable[[], asyncio.Protocol], what: str
+    ) -> list[asyncio.Server]:
+        if what == "metrics":
+            self._metrics_from = what
+        path = self.spec.http_socket(self.spec.index, what)
         path.unlink(missing_ok=True)  # the socket of the worker this one replaces
         return [await asyncio.get_running_loop().create_unix_server(http, str(path))]
 

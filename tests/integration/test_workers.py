@@ -5,11 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
+import subprocess
 
 import aiohttp
 import grpc
+import pytest
 
 from media.core.session_ids import Owner
 from media.v1 import media_pb2 as pb
@@ -21,6 +24,7 @@ from tests.workers_support import (
     private_stub,
     publish_on_every_worker,
     scrape,
+    scrape_text,
     worker_of,
 )
 
@@ -34,8 +38,24 @@ async def wait_ready(hark: HarkWorkers, session_id: str) -> pb.Session:
     return session
 
 
-async def test_sessions_spread_over_both_workers_and_metrics_cover_both() -> None:
-    async with HarkWorkers() as hark:
+def promtool_check_metrics(text: str) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        reason = "promtool is not installed (Debian package prometheus; make deps-debian)"
+        if os.environ.get("CI"):
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    checked = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+@pytest.mark.parametrize("where", [(), ("--metrics-port", "0")], ids=["http-port", "metrics-port"])
+async def test_sessions_spread_over_both_workers_and_metrics_cover_both(
+    where: tuple[str, ...],
+) -> None:
+    async with HarkWorkers(*where) as hark:
         publishers = await publish_on_every_worker(hark)
         try:
             for publisher in publishers:
@@ -45,7 +65,7 @@ async def test_sessions_spread_over_both_workers_and_metrics_cover_both() -> Non
             ]
 
             async def ready_in_metrics() -> bool:
-                samples = await scrape(hark.base_url + "/metrics")
+                samples = await scrape(hark.metrics_url)
                 ready = [
                     samples.get(
                         ("hark_sessions", frozenset({("state", "READY"), ("worker", str(k))})),
@@ -58,9 +78,10 @@ async def test_sessions_spread_over_both_workers_and_metrics_cover_both() -> Non
             # Whichever worker takes each scrape, it reports both.
             for _ in range(4):
                 await eventually(ready_in_metrics, f"READY sessions per worker {per_worker}")
-            samples = await scrape(hark.base_url + "/metrics")
+            samples = await scrape(hark.metrics_url)
             assert samples[("hark_worker_up", frozenset({("worker", "0")}))] == 1
             assert samples[("hark_worker_up", frozenset({("worker", "1")}))] == 1
+            promtool_check_metrics(await scrape_text(hark.metrics_url))
             async with aiohttp.ClientSession() as http:
                 for _ in range(8):
                     async with http.get(hark.base_url + "/healthz") as response:
