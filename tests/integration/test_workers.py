@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pkgutil
 import re
 import shutil
 import signal
@@ -17,7 +18,8 @@ import pytest
 from media.core.session_ids import Owner
 from media.v1 import media_pb2 as pb
 from media.v1 import media_pb2_grpc
-from tests.support import collect_until_closed, eventually, next_event
+from tests.integration.test_browser_api import read_sse
+from tests.support import collect_until_closed, events_until, eventually, next_event, publish
 from tests.workers_support import (
     NODE,
     HarkWorkers,
@@ -231,6 +233,99 @@ async def test_worker_k_takes_udp_port_plus_k() -> None:
                 }
                 assert host_ports == {expected}, publisher.answer
                 await wait_ready(hark, publisher.session_id)
+        finally:
+            for publisher in publishers:
+                await publisher.vanish()
+
+
+def has_forwarders() -> bool:
+    import media.cluster
+
+    return any(m.name.startswith("forward") for m in pkgutil.iter_modules(media.cluster.__path__))
+
+
+needs_forwarders = pytest.mark.skipif(not has_forwarders(), reason="needs the forwarders")
+
+
+@needs_forwarders
+async def test_every_session_rpc_works_through_the_public_port() -> None:
+    async with HarkWorkers() as hark:
+        publishers = await publish_on_every_worker(hark)
+        try:
+            # One channel is one connection, to one worker: the other worker's session is
+            # forwarded.
+            async with grpc.aio.insecure_channel(hark.grpc_target) as channel:
+                stub = media_pb2_grpc.MediaServiceStub(channel)
+                for publisher in publishers[-2:]:
+                    sid = publisher.session_id
+                    listening = await stub.StartListening(
+                        pb.StartListeningRequest(session_id=sid, wait_for_ready=True), timeout=20
+                    )
+                    assert listening.state == pb.READY and listening.listening
+                    assert (await stub.GetSession(pb.GetSessionRequest(session_id=sid))).listening
+                    watch = stub.WatchSession(pb.WatchSessionRequest(session_id=sid))
+                    audio = stub.StreamAudio(pb.StreamAudioRequest(session_id=sid))
+                    chunk = await audio.read()
+                    assert isinstance(chunk, pb.AudioChunk) and chunk.session_id == sid
+                    await events_until(watch, "speech_ended", timeout=30)
+                    audio.cancel()
+                    await stub.StopListening(pb.StopListeningRequest(session_id=sid))
+                    ended = await stub.EndSession(pb.EndSessionRequest(session_id=sid))
+                    assert ended.state == pb.CLOSED and ended.close_reason == pb.API_END
+                    closed = (await collect_until_closed(watch))[-1]
+                    assert closed.state_changed.close_reason == pb.API_END
+        finally:
+            for publisher in publishers:
+                await publisher.vanish()
+
+
+@needs_forwarders
+async def test_a_pre_created_session_is_published_and_deleted_through_the_public_port() -> None:
+    async with HarkWorkers() as hark:
+        created: list[pb.Session] = []
+        async with grpc.aio.insecure_channel(hark.grpc_target) as channel:
+            stub = media_pb2_grpc.MediaServiceStub(channel)
+            created.append(await stub.CreateSession(pb.CreateSessionRequest()))
+        async with private_stub(hark, 1 - worker_of(created[0].id)) as other:
+            created.append(await other.CreateSession(pb.CreateSessionRequest()))
+        publishers = []
+        try:
+            for session in created:
+                publishers.append(await publish(hark.base_url, f"/whip/{session.id}"))
+                await wait_ready(hark, session.id)
+                async with aiohttp.ClientSession() as http:
+                    url = f"{hark.base_url}/whip/{session.id}/events"
+                    async with http.get(url) as response:
+                        assert response.content_type == "text/event-stream"
+                        [(_, snapshot)] = await read_sse(response, 1)
+                        assert snapshot["snapshot"]["session"]["state"] == "READY"
+            for publisher in publishers:
+                assert await publisher.delete() in (200, 204)
+                async with private_stub(hark, worker_of(publisher.session_id)) as owner:
+                    gone = await owner.GetSession(
+                        pb.GetSessionRequest(session_id=publisher.session_id)
+                    )
+                    assert gone.close_reason == pb.CLIENT_DELETE
+        finally:
+            for publisher in publishers:
+                await publisher.vanish()
+
+
+@needs_forwarders
+async def test_a_lost_session_answers_node_lost_through_the_public_port() -> None:
+    async with HarkWorkers() as hark:
+        publishers = await publish_on_every_worker(hark)
+        try:
+            lost = next(p.session_id for p in publishers if worker_of(p.session_id) == 1)
+            await wait_ready(hark, lost)
+            mark = len(hark.log)
+            os.kill(hark.pids[1], signal.SIGKILL)
+            await hark.wait_for_log(re.compile(r"worker 1 serving"), after=mark)
+            for _ in range(6):  # fresh connections, which land on either worker
+                async with grpc.aio.insecure_channel(hark.grpc_target) as channel:
+                    stub = media_pb2_grpc.MediaServiceStub(channel)
+                    session = await stub.GetSession(pb.GetSessionRequest(session_id=lost))
+                    assert session.close_reason == pb.NODE_LOST
         finally:
             for publisher in publishers:
                 await publisher.vanish()
