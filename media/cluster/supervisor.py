@@ -170,6 +170,15 @@ def reserve_port(what: str, host: str, port: int) -> socket.socket:
 
 async def supervise(config: Config, argv: Sequence[str]) -> int:
     """Run ``config.effective_workers`` workers until SIGINT or SIGTERM; the exit status."""
+    count = config.effective_workers
+    if config.udp_port is not None and config.udp_port + count - 1 > 65535:
+        last = config.udp_port + count - 1
+        print(
+            f"hark serve: --udp-port with --workers {count} takes UDP ports up to {last}: "
+            "over 65535",
+            file=sys.stderr,
+        )
+        return 2
     with contextlib.ExitStack() as held:
         try:
             http = held.enter_context(reserve_port("HTTP", config.http_host, config.http_port))

@@ -205,6 +205,7 @@ class Worker(SingleProcess):
         loop = asyncio.get_running_loop()
         self._parent, _ = await loop.connect_read_pipe(_ParentGone, sys.stdin)
         print("serving", flush=True)
+        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # nobody reads that pipe any more
 
     def close(self) -> None:
         if self._journal is not None:

@@ -229,8 +229,7 @@ class SessionTable:
             on_events=self._published,
         )
         self._sessions[session_id] = live
-        self._published(live, session.events_after(0) or [])
-        live.close(reason, detail)
+        live.close(reason, detail)  # counted as closed (again), not as created
         return live
 
     def new_id(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import pkgutil
@@ -10,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 
 import aiohttp
 import grpc
@@ -329,3 +331,28 @@ async def test_a_lost_session_answers_node_lost_through_the_public_port() -> Non
         finally:
             for publisher in publishers:
                 await publisher.vanish()
+
+
+async def run_hark(*args: str) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "media", "serve", "--workers", "2", *args),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, err.decode()
+
+
+async def test_a_busy_port_or_udp_ports_past_65535_exit_2_with_a_message() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, err = await run_hark("--http-port", str(port), "--grpc-port", "0")
+    assert code == 2
+    assert f"cannot listen for HTTP on 127.0.0.1:{port}: the address is already in use" in err
+    code, err = await run_hark("--http-port", "0", "--grpc-port", "0", "--udp-port", "65535")
+    assert code == 2
+    assert "--udp-port with --workers 2 takes UDP ports up to 65536" in err
+    assert "Traceback" not in err
