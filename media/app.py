@@ -409,7 +409,8 @@ class HarkApp:
                 "the HTTP and gRPC ports can publish, watch and control sessions"
             )
         logger.info(
-            "hark serving: HTTP on %s:%d, gRPC on %s:%d%s, public URL %s",
+            "hark %sserving: HTTP on %s:%d, gRPC on %s:%d%s, public URL %s",
+            self.role.title,
             self.config.http_host,
             self.http_port,
             self.config.grpc_host,

@@ -137,6 +137,7 @@ class SingleProcess:
 
     shares_ports = False
     grpc_options = (("grpc.so_reuseport", 0),)
+    title = ""  # what the startup log calls this process, after "hark "
 
     def __init__(self, sessions: SessionTable) -> None:
         self.router: Router = SingleProcessRouter(sessions.owner)
@@ -172,6 +173,7 @@ class Worker(SingleProcess):
 
     def __init__(self, spec: WorkerSpec, sessions: SessionTable, base_url: Callable[[], str]):
         self.spec = spec
+        self.title = f"worker {spec.index} of {spec.count} "
         self.sessions = sessions
         self.router = WorkerRouter(spec, sessions.owner, base_url)
         self._journal: SessionJournal | None = None
