@@ -80,7 +80,12 @@ class Supervisor:
     async def start(self, ports: Sequence[str]) -> None:
         """Start every worker and wait until each is serving; ``WorkerFailed`` otherwise."""
         self._argv += [*ports, "--workers", str(self.count)]
-        await asyncio.gather(*(self._start(worker) for worker in self._workers))
+        try:
+            async with asyncio.TaskGroup() as starting:
+                for worker in self._workers:
+                    starting.create_task(self._start(worker))
+        except* WorkerFailed as failed:
+            raise failed.exceptions[0] from None
 
     async def _start(self, worker: _WorkerProcess) -> None:
         env = {**self._env, INDEX_ENV: str(worker.index), RUN_DIR_ENV: str(self.run_dir)}
@@ -98,8 +103,9 @@ class Supervisor:
         if self._stopping.is_set():
             worker.signal(signal.SIGTERM)
         assert process.stdout is not None
-        line = await process.stdout.readline()
-        if line.strip() != b"serving":
+        while (line := await process.stdout.readline()) and line.strip() != b"serving":
+            pass  # not ours: the worker's own output goes to stderr
+        if not line:
             code = await process.wait()
             raise WorkerFailed(f"worker {worker.index} exited ({describe_exit(code)}) at start")
         logger.info("worker %d serving (pid %d)", worker.index, process.pid)

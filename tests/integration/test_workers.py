@@ -356,3 +356,20 @@ async def test_a_busy_port_or_udp_ports_past_65535_exit_2_with_a_message() -> No
     assert code == 2
     assert "--udp-port with --workers 2 takes UDP ports up to 65536" in err
     assert "Traceback" not in err
+
+
+async def test_a_worker_that_cannot_start_stops_the_others_and_exits_2() -> None:
+    port = free_udp_pair()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", port + 1))  # worker 1's media port
+        code, err = await run_hark(
+            *("--http-port", "0", "--grpc-port", "0", "--udp-port", str(port)),
+            *("--ice-address", "127.0.0.1"),
+        )
+    assert code == 2, err
+    assert f"cannot listen for media (--udp-port) on 127.0.0.1:{port + 1}" in err
+    assert "worker 1 exited (exit code 2) at start" in err
+    for pid in re.findall(r"worker \d serving \(pid (\d+)\)", err):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), 0)
+            raise AssertionError(f"worker pid {pid} outlived the supervisor")
