@@ -10,7 +10,6 @@ import re
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 
 import aiohttp
@@ -42,17 +41,22 @@ async def wait_ready(hark: HarkWorkers, session_id: str) -> pb.Session:
     return session
 
 
-def promtool_check_metrics(text: str) -> None:
+async def promtool_check_metrics(text: str) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
         reason = "promtool is not installed (Debian package prometheus; make deps-debian)"
         if os.environ.get("CI"):
             pytest.fail(reason, pytrace=False)
         pytest.skip(reason)
-    checked = subprocess.run(
-        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
+    checking = await asyncio.create_subprocess_exec(
+        promtool,
+        *("check", "metrics"),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
-    assert checked.returncode == 0, checked.stdout + checked.stderr
+    output, _ = await asyncio.wait_for(checking.communicate(text.encode()), 60)
+    assert checking.returncode == 0, output.decode()
 
 
 @pytest.mark.parametrize("where", [(), ("--metrics-port", "0")], ids=["http-port", "metrics-port"])
@@ -85,7 +89,7 @@ async def test_sessions_spread_over_both_workers_and_metrics_cover_both(
             samples = await scrape(hark.metrics_url)
             assert samples[("hark_worker_up", frozenset({("worker", "0")}))] == 1
             assert samples[("hark_worker_up", frozenset({("worker", "1")}))] == 1
-            promtool_check_metrics(await scrape_text(hark.metrics_url))
+            await promtool_check_metrics(await scrape_text(hark.metrics_url))
             async with aiohttp.ClientSession() as http:
                 for _ in range(8):
                     async with http.get(hark.base_url + "/healthz") as response:
