@@ -26,7 +26,9 @@ from media.binding import CannotListen, check_can_bind, host_port, why_bind_fail
 from media.cli.main import main as cli_main
 from media.cluster.grpc_forward import ForwardingService, Upstreams
 from media.cluster.http_forward import HttpForwarder
-from media.cluster.routing import Router, SingleProcessRouter
+from media.cluster.routing import Router
+from media.cluster.supervisor import supervise
+from media.cluster.workers import WorkerSpec, process_role
 from media.config import Config
 from media.core.clock import Clock
 from media.core.events import SessionEvent, SessionState, StateChanged
@@ -44,13 +46,14 @@ from media.rtc.compat import (
 )
 from media.rtc.decode_errors import DecodeErrorCounter
 from media.rtc.ice_plan import IcePlan
-from media.server.auth import SessionTokens, new_secret, secret_from_text
-from media.server.session_table import OVERLOAD_RETRY_AFTER_S, SessionTable
+from media.server.auth import SessionTokens, secret_for
+from media.server.session_table import SessionTable
 from media.v1 import media_pb2_grpc
 from media.web.connection_limit import ConnectionLimit
 from media.web.error_responses import ClientProtocolErrors
 from media.web.events import SessionEventsHandlers
 from media.web.middleware import cors_on_prepare, make_middlewares
+from media.web.probes import ProbeHandlers
 from media.web.request_bodies import BODY_TIMEOUT
 from media.web.sdk_files import add_sdk_routes
 from media.web.whep import WhepHandlers
@@ -66,13 +69,12 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 class HarkApp:
     """One Hark server: ``start()`` binds the ports, ``drain()`` then ``stop()`` wind it down."""
 
-    def __init__(self, config: Config, router: Router | None = None) -> None:
+    def __init__(
+        self, config: Config, router: Router | None = None, worker: WorkerSpec | None = None
+    ) -> None:
+        config = worker.config_for(config) if worker is not None else config
         self.config = config
-        self.tokens = SessionTokens(_token_secret(config))
-        # Where session-scoped requests go; replaceable until start() (workers, a cluster).
-        self.router: Router = router or SingleProcessRouter(Owner(config.effective_node_id))
-        self.upstreams = Upstreams()
-        self.http_forwarder = HttpForwarder(self.router, self.tokens)  # rebuilt with the app
+        self.tokens = SessionTokens(secret_for(config.cluster_secret or config.token))
         self.clock = Clock()
         self.metrics = Metrics()
         self.metrics.max_sessions.set(config.max_sessions)
@@ -88,9 +90,14 @@ class HarkApp:
             max_players=config.max_players_per_session,
             max_playback_queue_ms=int(config.max_playback_queue_s * 1000),
             governor=LoadGovernor(config.max_loop_lag_ms / 1000),
-            owner=Owner(config.effective_node_id),
+            owner=Owner(config.effective_node_id, worker.index if worker is not None else 0),
             tokens=self.tokens,
         )
+        self.role = process_role(worker, self.sessions, lambda: self.base_url)
+        # Where session-scoped requests go; replaceable until start() (a cluster's router).
+        self.router: Router = router or self.role.router
+        self.upstreams = Upstreams()
+        self.http_forwarder = HttpForwarder(self.router, self.tokens)  # rebuilt with the app
         self.metrics.watch_sessions(lambda: (live.session for live in self.sessions.all()))
         self.metrics.watch_playback_queues(
             lambda: (live.voice.queue for live in self.sessions.all() if not live.closed)
@@ -189,32 +196,13 @@ class HarkApp:
         app.router.add_get("/", self._demo_page)
         app.router.add_static("/static", STATIC, append_version=True)
         add_sdk_routes(app)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
+        ProbeHandlers(self.sessions, self.config.max_sessions).add_routes(app)
         if self.config.metrics_port is None:
             app.router.add_get("/metrics", self._metrics)
         return app
 
     async def _demo_page(self, request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "index.html")
-
-    async def _healthz(self, request: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
-
-    async def _readyz(self, request: web.Request) -> web.Response:
-        if self.sessions.draining:
-            return web.Response(status=503, text="draining\n", headers={"Retry-After": "5"})
-        live = self.sessions.live_count()
-        if live >= self.config.max_sessions:
-            text = (
-                f"at capacity: {live} live sessions (--max-sessions {self.config.max_sessions})\n"
-            )
-            return web.Response(status=503, text=text, headers={"Retry-After": "2"})
-        if self.sessions.governor.overloaded:
-            text = self.sessions.overload_detail() + "\n"
-            retry_after = str(OVERLOAD_RETRY_AFTER_S)
-            return web.Response(status=503, text=text, headers={"Retry-After": retry_after})
-        return web.Response(text="ready\n")
 
     @web.middleware
     async def _time_whip_post(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -242,7 +230,9 @@ class HarkApp:
 
     async def _metrics(self, request: web.Request) -> web.Response:
         await self._read_received_traffic()
-        response = web.Response(body=self.metrics.exposition())
+        response = web.Response(
+            body=await self.role.metrics(self.metrics.exposition(), request.headers)
+        )
         response.content_type = "text/plain"
         response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
         return response
@@ -275,10 +265,12 @@ class HarkApp:
                 ssl=tls,
                 ssl_handshake_timeout=self.config.http_header_timeout if tls else None,
                 reuse_address=True,
+                reuse_port=self.role.shares_ports,
             )
         except OSError as exc:
             raise CannotListen(what, host_port(host, port), why_bind_failed(exc)) from exc
         self._listeners.append(listener)
+        self._listeners += await self.role.listen_privately(runner.server, what)
         return int(listener.sockets[0].getsockname()[1])
 
     def _http_tls(self) -> ssl.SSLContext | None:
@@ -295,7 +287,7 @@ class HarkApp:
         if self.config.token:
             interceptors.append(BearerAuth(self.config.token))
         interceptors.append(MalformedRequests())  # innermost: after auth, before decoding
-        server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
+        server = grpc.aio.server(interceptors=interceptors, options=self.role.grpc_options)
         service = MediaService(
             self.sessions,
             base_url=lambda: self.base_url,
@@ -312,7 +304,7 @@ class HarkApp:
         host, port = self.config.grpc_host, self.config.grpc_port
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         credentials = self._grpc_tls()
-        check_can_bind("gRPC", host, port)
+        check_can_bind("gRPC", host, port, reuse_port=self.role.shares_ports)
         try:
             if credentials is None:
                 self.grpc_port = server.add_insecure_port(address)
@@ -321,6 +313,7 @@ class HarkApp:
         except RuntimeError as exc:  # grpc says only that binding failed, never why
             reason = "the address is in use, or not one of this machine's"
             raise CannotListen("gRPC", address, reason) from exc
+        self.role.add_private_grpc_port(server)
         await server.start()
         self._grpc = server
 
@@ -392,6 +385,7 @@ class HarkApp:
         logging.getLogger("aiortc.rtcrtpreceiver").addFilter(self._decode_errors)
         logging.getLogger("aiohttp.server").addFilter(self._protocol_errors)
         self.sessions.observers.append(self._on_event)
+        self.role.take_over()
         self.http_port = await self._serve_http(self.build_http_app(), self.config.http_port)
         if self.config.metrics_port is not None:
             metrics_app = web.Application()
@@ -414,7 +408,8 @@ class HarkApp:
                 "the HTTP and gRPC ports can publish, watch and control sessions"
             )
         logger.info(
-            "hark serving: HTTP on %s:%d, gRPC on %s:%d%s, public URL %s",
+            "hark %sserving: HTTP on %s:%d, gRPC on %s:%d%s, public URL %s",
+            self.role.title,
             self.config.http_host,
             self.http_port,
             self.config.grpc_host,
@@ -422,6 +417,7 @@ class HarkApp:
             f", metrics on :{self.metrics_port}" if self.metrics_port is not None else "",
             self.base_url,
         )
+        await self.role.serving()
 
     async def drain(self, timeout: float | None = None) -> None:
         """Refuse new sessions, report not ready, and wait for live sessions to end or time out."""
@@ -460,19 +456,19 @@ class HarkApp:
             self._undo_host_restriction()
             self._undo_host_restriction = None
         self.ice_plan.stop()
+        self.role.close()
         if self._started:
             logger.info("hark stopped")
             self._started = False
 
 
-def _token_secret(config: Config) -> bytes:
-    shared = config.cluster_secret or config.token
-    return secret_from_text(shared) if shared is not None else new_secret()
-
-
-async def serve(config: Config) -> int:
-    """``hark serve``: run until SIGINT or SIGTERM, drain, then close what is left."""
-    app = HarkApp(config)
+async def serve(config: Config, argv: Sequence[str] = ()) -> int:
+    """``hark serve``: run until SIGINT or SIGTERM, drain, then close what is left; with
+    ``--workers N`` (N > 1), supervise N workers (``hark serve`` with ``argv``) instead."""
+    worker = WorkerSpec.from_env(config)
+    if worker is None and config.effective_workers > 1:
+        return await supervise(config, argv)
+    app = HarkApp(config, worker=worker)
     signals = asyncio.Queue[int]()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -495,4 +491,5 @@ async def serve(config: Config) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``hark`` command."""
-    return cli_main(argv, serve)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    return cli_main(arguments, lambda config: serve(config, arguments))

@@ -28,7 +28,7 @@ def why_bind_failed(exc: OSError) -> str:
     return os.strerror(exc.errno) if exc.errno else str(exc)
 
 
-def check_can_bind(what: str, host: str, port: int) -> None:
+def check_can_bind(what: str, host: str, port: int, *, reuse_port: bool = False) -> None:
     """Binds and releases the address first: grpc reports a busy port as a C-level log line and a
     bare RuntimeError, and this says why in one sentence instead."""
     if port == 0:
@@ -37,6 +37,8 @@ def check_can_bind(what: str, host: str, port: int) -> None:
     for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
         with socket.socket(family, kind, proto) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:  # the workers of one host share the port
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             try:
                 probe.bind(address)
                 return

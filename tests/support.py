@@ -194,7 +194,10 @@ async def collect_until_closed(stream: Any, timeout: float = 30.0) -> list[pb.Se
     return events
 
 
-STARTED = re.compile(r"HTTP on [\d.]+:(\d+), gRPC on [\d.]+:(\d+)")
+# A single process, or the supervisor of --workers N once every worker serves.
+STARTED = re.compile(
+    r"hark serving(?: with \d+ workers)?: HTTP on [\d.]+:(\d+), gRPC on [\d.]+:(\d+)"
+)
 
 
 class HarkProcess:

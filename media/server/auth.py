@@ -18,6 +18,11 @@ def secret_from_text(text: str) -> bytes:
     return hashlib.sha256(b"hark cluster secret\0" + text.encode()).digest()
 
 
+def secret_for(shared: str | None) -> bytes:
+    """The key of ``--cluster-secret`` (else ``--token``), or a fresh one only this process has."""
+    return secret_from_text(shared) if shared is not None else new_secret()
+
+
 class SessionTokens:
     """Per-session tokens any node holding the secret can check without asking the minting node."""
 

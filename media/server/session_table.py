@@ -215,6 +215,23 @@ class SessionTable:
         self._published(live, session.events_after(0) or [])
         return live
 
+    def restore_closed(
+        self, session_id: str, origin: Origin, reason: CloseReason, detail: str
+    ) -> LiveSession:
+        """A session an earlier incarnation of this process owned, readable as closed for
+        --closed-retention (no capacity check: it holds no media)."""
+        session = Session(session_id, origin, self.clock.now(), timeouts=self.timeouts)
+        live = LiveSession(
+            session,
+            clock=self.clock,
+            metrics=self.metrics,
+            speech=self.speech,
+            on_events=self._published,
+        )
+        self._sessions[session_id] = live
+        live.close(reason, detail)  # counted as closed (again), not as created
+        return live
+
     def new_id(self) -> str:
         """A fresh session id naming this process as its owner."""
         return self.owner.new_session_id()
