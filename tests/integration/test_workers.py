@@ -297,11 +297,13 @@ async def test_a_pre_created_session_is_published_and_deleted_through_the_public
         publishers = []
         try:
             for session in created:
-                publishers.append(await publish(hark.base_url, f"/whip/{session.id}"))
+                path = f"/whip/{session.id}"
+                publishers.append(await publish(hark.base_url, path, token=session.token))
                 await wait_ready(hark, session.id)
                 async with aiohttp.ClientSession() as http:
                     url = f"{hark.base_url}/whip/{session.id}/events"
-                    async with http.get(url) as response:
+                    auth = {"Authorization": f"Bearer {session.token}"}
+                    async with http.get(url, headers=auth) as response:
                         assert response.content_type == "text/event-stream"
                         [(_, snapshot)] = await read_sse(response, 1)
                         assert snapshot["snapshot"]["session"]["state"] == "READY"
