@@ -13,10 +13,7 @@ import grpc
 
 from media.aio import cancel_and_wait
 from media.audio.pcm import PcmConverter
-from media.audio.speech_pipeline import (
-    STREAM_ENDED,
-    AudioMode,
-)
+from media.audio.subscribers import CHUNK_MS_RANGE, DEFAULT_CHUNK_MS, STREAM_ENDED, AudioMode
 from media.core.events import CloseReason, InterruptReason
 from media.core.playback_queue import RATE, Playback, PlaybackMode, check_playback_id
 from media.core.segmenter import SegmenterConfig
@@ -257,9 +254,16 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
                 f"sample_rate must be 0 or one of {rates}, got {request.sample_rate}",
                 "sample_rate",
             )
+        low, high = CHUNK_MS_RANGE
+        if request.chunk_ms and not low <= request.chunk_ms <= high:
+            raise InvalidRequest(
+                f"chunk_ms must be 0 or {low}..{high}, got {request.chunk_ms}", "chunk_ms"
+            )
         pipeline = self._sessions.get_open(session_id).pipeline
         subscriber = pipeline.subscribe(
-            AudioMode(request.mode or AudioMode.SPEECH), request.sample_rate
+            AudioMode(request.mode or AudioMode.SPEECH),
+            request.sample_rate,
+            request.chunk_ms or DEFAULT_CHUNK_MS,
         )
         sequence = 0
         gauge = self._sessions.metrics.audio_subscribers
