@@ -260,6 +260,8 @@ def lag_p99(before: dict[str, float], after: dict[str, float]) -> float:
 class Backend:
     """Listens to every READY session and consumes its speech, as a voice-agent backend would."""
 
+    chunk_ms = 0  # StreamAudio's chunk_ms (--chunk-ms; 0: the server's default)
+
     def __init__(self, target: str) -> None:
         import grpc
 
@@ -289,7 +291,8 @@ class Backend:
         from media.v1 import media_pb2 as pb
 
         await self._stub.StartListening(pb.StartListeningRequest(session_id=session_id))
-        async for _ in self._stub.StreamAudio(pb.StreamAudioRequest(session_id=session_id)):
+        request = pb.StreamAudioRequest(session_id=session_id, chunk_ms=self.chunk_ms)
+        async for _ in self._stub.StreamAudio(request):
             pass
 
     async def close(self) -> None:
@@ -616,7 +619,11 @@ def main() -> None:
     parser.add_argument(
         "--udp-port", type=int, help="also run Hark with every session on this one UDP port"
     )
+    parser.add_argument(
+        "--chunk-ms", type=int, default=0, help="StreamAudio chunk_ms of the backend's subscribers"
+    )
     args = parser.parse_args()
+    Backend.chunk_ms = args.chunk_ms
     if args.command == "publishers":
         asyncio.run(run_publishers(args.url, args.n, args.ramp))
     elif args.overload:

@@ -239,10 +239,10 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
                 sid = item.snapshot.id if isinstance(item, SnapshotItem) else item.session_id
                 yield event_pb(item, self.whip_url(sid))
 
-    @streaming
-    async def StreamAudio(
+    @unary
+    async def StreamAudio(  # type: ignore[override]  # written with context.write (see below)
         self, request: pb.StreamAudioRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[pb.AudioChunk]:
+    ) -> None:
         session_id = _session_id(request)
         if request.mode not in (0, AudioMode.SPEECH, AudioMode.ALL):
             raise InvalidRequest(
@@ -265,13 +265,15 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
             request.sample_rate,
             request.chunk_ms or DEFAULT_CHUNK_MS,
         )
+        # context.write, not yield: an async generator would pass each message up through the
+        # error and interceptor wrappers' generators too (about 4 µs a message).
         sequence = 0
         gauge = self._sessions.metrics.audio_subscribers
         gauge.inc()
         try:
             while (item := await subscriber.get()) is not STREAM_ENDED:
                 sequence += 1
-                yield chunk_pb(session_id, sequence, item)
+                await context.write(chunk_pb(session_id, sequence, item))
         finally:
             gauge.dec()
             pipeline.unsubscribe(subscriber)

@@ -42,7 +42,7 @@ def push_frame(subscriber: AudioSubscriber, offset: int, segment: int = 1) -> No
 
 
 async def test_a_slow_subscriber_loses_the_oldest_audio_and_is_told_how_much() -> None:
-    subscriber = AudioSubscriber(AudioMode.SPEECH, RATE, 20, limit_ms=100)
+    subscriber = AudioSubscriber(AudioMode.SPEECH, RATE, 20, limit_ms=100, chunk_ms=20)
     subscriber.push(SegmentStart(1, 0, 0))
     for i in range(10):
         push_frame(subscriber, i * 20)
@@ -57,7 +57,7 @@ async def test_a_slow_subscriber_loses_the_oldest_audio_and_is_told_how_much() -
 
 
 async def test_queued_audio_is_merged_into_chunks_of_at_most_100_ms() -> None:
-    subscriber = AudioSubscriber(AudioMode.SPEECH, RATE, 20, limit_ms=2000)
+    subscriber = AudioSubscriber(AudioMode.SPEECH, RATE, 20, limit_ms=2000, chunk_ms=20)
     for i in range(12):
         push_frame(subscriber, i * 20)
     chunks = [await subscriber.get() for _ in range(3)]

@@ -196,10 +196,10 @@ def test_subscribers_at_one_rate_share_one_resampler() -> None:
     """Two ALL subscribers and a SPEECH one at 8 kHz get each frame from one resample: the very
     same bytes object (one resampler each would make equal bytes, never the same object)."""
     pipeline = listening_pipeline()
-    first = pipeline.subscribe(AudioMode.ALL, 8000)
-    second = pipeline.subscribe(AudioMode.ALL, 8000)
-    speech = pipeline.subscribe(AudioMode.SPEECH, 8000)
-    vad_rate = pipeline.subscribe(AudioMode.ALL, 0)
+    first = pipeline.subscribe(AudioMode.ALL, 8000, chunk_ms=20)
+    second = pipeline.subscribe(AudioMode.ALL, 8000, chunk_ms=20)
+    speech = pipeline.subscribe(AudioMode.SPEECH, 8000, chunk_ms=20)
+    vad_rate = pipeline.subscribe(AudioMode.ALL, 0, chunk_ms=20)
     a, b, s, v = (
         [item for item in read if isinstance(item, Audio)]
         for read in read_all(pipeline, first, second, speech, vad_rate)
