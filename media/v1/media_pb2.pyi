@@ -838,15 +838,17 @@ class StreamAudioRequest(_message.Message):
     sample_rate: _builtins.int
     """8000, 16000, 24000, 32000 or 48000; 0 means the server's --vad-sample-rate."""
     chunk_ms: _builtins.int
-    """How much audio one message carries at most, 20 to 200 ms; 0 means 20 (one
-    VAD frame per message). Larger chunks cost the server and the reader less
-    per second of audio (100 ms: about a fifth of the messages). A chunk holds
-    whole VAD frames (chunk_ms rounded down, at least one frame) of one segment,
-    contiguous on the media clock (in ALL mode, all voiced or all unvoiced). The
-    first audio of a segment (SPEECH: the pre-roll and the frames that confirmed
-    the start) is sent at once, and a segment's end, StopListening or the
-    session's end send what is pending, so only audio in the middle of a
-    segment waits, for at most chunk_ms minus one frame.
+    """Audio per message at most: 20 to 200 ms; 0 means 100. Most of what a
+    message costs does not depend on its size: per second of audio, 100 ms
+    chunks cost the server 0.38x the CPU of 20 ms ones, 200 ms 0.22x
+    (benchmarks/stream_audio.py). A chunk holds whole VAD frames (chunk_ms
+    rounded down, at least one) of one segment, contiguous on the media clock
+    (in ALL mode all voiced or all unvoiced). No added wait where it matters:
+    a segment's first audio (SPEECH: its pre-roll up to the frame that
+    confirmed the start) goes out at once, and its end, StopListening and the
+    session's end send what is pending; audio inside a segment waits at most
+    chunk_ms minus one frame (100: 40 ms on average). A reader that falls
+    behind gets queued audio merged into chunks of up to max(chunk_ms, 100).
     """
     def __init__(
         self,
