@@ -48,10 +48,12 @@ async def test_chunks_of_100_ms_carry_the_same_audio_and_segments_as_chunks_of_2
         created = await stub.CreateSession(pb.CreateSessionRequest())
         small: list[pb.AudioChunk] = []
         large: list[pb.AudioChunk] = []
+        odd: list[pb.AudioChunk] = []
         request = pb.StreamAudioRequest(session_id=created.id, chunk_ms=20)
         readers = [
             asyncio.ensure_future(collect(stub.StreamAudio(request), small)),
             asyncio.ensure_future(collect(hark.stream_audio(created.id, chunk_ms=100), large)),
+            asyncio.ensure_future(collect(hark.stream_audio(created.id, chunk_ms=140), odd)),
         ]
         publisher = await publish(app.base_url, f"/whip/{created.id}", token=created.token)
         try:
@@ -59,7 +61,7 @@ async def test_chunks_of_100_ms_carry_the_same_audio_and_segments_as_chunks_of_2
                 pb.StartListeningRequest(session_id=created.id, wait_for_ready=True), timeout=10
             )
             await eventually(
-                lambda: min(len(markers(small)), len(markers(large))) >= 2 * UTTERANCES,
+                lambda: min(len(markers(c)) for c in (small, large, odd)) >= 2 * UTTERANCES,
                 "every utterance ends in both streams",
                 timeout=FIXTURE_S + 20,
             )
@@ -89,6 +91,21 @@ async def test_chunks_of_100_ms_carry_the_same_audio_and_segments_as_chunks_of_2
             assert after.offset_ms == before.offset_ms + before.duration_ms
         assert all(a.duration_ms <= 100 and a.dropped_ms == 0 for a in audio_large)
         assert len(audio_large) < len(audio_small)
+
+    # The pre-roll and the audio that confirmed the start go out at once, whatever the chunk
+    # size: with 140 ms, the pre-roll's 300 ms and the start do not fill whole chunks, so the
+    # audio sent at the start ends in a short chunk reaching past the start; every other chunk
+    # inside a segment is full.
+    sent_at_start = []
+    for start, audio in by_segment(odd):
+        assert b"".join(a.pcm for a in audio) == b"".join(
+            a.pcm for s, same in segments_small if s == start for a in same
+        )
+        short = [a for a in audio[:-1] if a.duration_ms < 140]
+        assert len(short) <= 1, [a.duration_ms for a in audio]
+        assert all(a.offset_ms + a.duration_ms > start.start_ms for a in short)
+        sent_at_start += short
+    assert sent_at_start
 
 
 @pytest.mark.parametrize("chunk_ms", [1, 19, 201, 5000])
