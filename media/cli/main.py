@@ -204,7 +204,10 @@ def _client_commands(commands: Any) -> None:
     audio.add_argument("session", help="the session id")
     audio.add_argument("--all", action="store_true", help="all audio while listening (mode ALL)")
     audio.add_argument(
-        "--sample-rate", type=int, default=0, help="8000 to 48000 Hz [default: the VAD's]"
+        "--sample-rate",
+        type=int,
+        default=0,
+        help="8000, 16000, 24000, 32000 or 48000 [default: the VAD's]",
     )
     audio.add_argument(
         "--chunk-ms", type=int, default=0, help="audio per message, 20 to 200 [default 100]"

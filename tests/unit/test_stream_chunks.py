@@ -24,6 +24,7 @@ from media.audio.subscribers import (
 )
 from media.core.segmenter import SegmenterConfig
 from media.core.speech_settings import SpeechSettings
+from media.metrics import Metrics
 from tests.support import SPEECH, truth
 
 UTTERANCES = len(truth()["utterances"])
@@ -219,3 +220,15 @@ def test_subscribers_at_one_rate_share_one_resampler() -> None:
         frames = range(chunk.offset_ms, chunk.offset_ms + chunk.duration_ms, 20)
         assert chunk.pcm == b"".join(live[offset] for offset in frames)
     assert abs(sum(len(x.pcm) for x in a) - sum(len(x.pcm) for x in v) / 2) <= 64
+
+
+def test_audio_dropped_for_a_slow_reader_is_published_on_scrape_under_the_same_name() -> None:
+    metrics = Metrics()
+    pipeline = SpeechPipeline(SpeechSettings(subscriber_queue_ms=500), lambda e: None, metrics)
+    pipeline.start(SegmenterConfig(), 2)
+    never_read = pipeline.subscribe(AudioMode.ALL, 0)
+    publish_fixture(pipeline)
+    dropped_s = metrics.registry.get_sample_value("hark_stream_audio_dropped_seconds_total")
+    assert never_read.total_dropped_ms > 10000
+    assert dropped_s == pytest.approx(never_read.total_dropped_ms / 1000)
+    assert b"hark_stream_audio_dropped_seconds_total" in metrics.exposition()
