@@ -305,6 +305,8 @@ def lag_p99(before: dict[str, float], after: dict[str, float]) -> float:
 class Backend:
     """Listens to every READY session and consumes its speech, as a voice-agent backend would."""
 
+    chunk_ms = 0  # StreamAudio's chunk_ms (--chunk-ms; 0: the server's default)
+
     def __init__(self, target: str) -> None:
         import grpc
 
@@ -334,7 +336,8 @@ class Backend:
         from media.v1 import media_pb2 as pb
 
         await self._stub.StartListening(pb.StartListeningRequest(session_id=session_id))
-        async for _ in self._stub.StreamAudio(pb.StreamAudioRequest(session_id=session_id)):
+        request = pb.StreamAudioRequest(session_id=session_id, chunk_ms=self.chunk_ms)
+        async for _ in self._stub.StreamAudio(request):
             pass
 
     async def close(self) -> None:
@@ -781,7 +784,11 @@ def main() -> None:
         help="instead of the sweep against the bare receiver: the sweep against "
         "hark serve --workers N for each N, and the capacity of each",
     )
+    parser.add_argument(
+        "--chunk-ms", type=int, default=0, help="StreamAudio chunk_ms of the backend's subscribers"
+    )
     args = parser.parse_args()
+    Backend.chunk_ms = args.chunk_ms
     if args.command == "publishers":
         asyncio.run(run_publishers(args.url, args.n, args.ramp, args.fresh_connections))
     elif args.workers:

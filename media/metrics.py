@@ -155,6 +155,27 @@ class ReceivedTraffic(Collector):
         return []
 
 
+class LocalCounter(Collector):
+    """A counter kept as a plain number where the media path counts (per frame or message) and
+    published at scrape time: no Prometheus call or lock on that path. Same exposition as a
+    ``Counter`` named ``name``."""
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry) -> None:
+        self._name = name
+        self._documentation = documentation
+        self.value = 0.0
+        registry.register(self)
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+    def collect(self) -> Iterable[Metric]:
+        yield CounterMetricFamily(self._name, self._documentation, value=self.value)
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -255,7 +276,7 @@ class Metrics:
             "Entries in the --udp-port demultiplexer's routing tables.",
             registry=r,
         )
-        self.audio_dropped = Counter(
+        self.audio_dropped = LocalCounter(
             "hark_stream_audio_dropped_seconds",
             "Audio dropped for StreamAudio subscribers that read too slowly.",
             registry=r,

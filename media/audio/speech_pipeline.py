@@ -1,25 +1,30 @@
 """One session's speech pipeline: VAD frames → webrtcvad → segmenter → events and audio subscribers.
 
 Nothing here awaits. Frames arrive from the peer's audio consumer; events leave through a
-callback into the session; audio leaves through each StreamAudio subscriber's bounded queue.
+callback into the session; audio leaves through each StreamAudio subscriber's bounded queue
+(``media.audio.subscribers``), subscribers grouped by sample rate.
 """
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
-import enum
 import logging
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Final
 
 import webrtcvad
 from av import AudioFrame
 
 from media.audio.framing import Framer
-from media.audio.pcm import Downmixer, PcmConverter
+from media.audio.pcm import Downmixer
+from media.audio.subscribers import (
+    DEFAULT_CHUNK_MS,
+    STREAM_ENDED,
+    AudioMode,
+    AudioSubscriber,
+    RateGroup,
+    SegmentEnd,
+    SegmentStart,
+)
 from media.core.events import EndReason, SpeechEnded, SpeechStarted
 from media.core.rtp_clock import RTP_WRAP, TimestampUnwrapper
 from media.core.segmenter import Segmenter, SegmenterConfig
@@ -27,133 +32,6 @@ from media.core.speech_settings import SpeechSettings
 from media.metrics import Metrics
 
 logger = logging.getLogger(__name__)
-
-MAX_CHUNK_MS: Final = 100
-
-
-class AudioMode(enum.IntEnum):
-    SPEECH = 1
-    ALL = 2
-
-
-@dataclass(slots=True)
-class Audio:
-    """A piece of PCM for subscribers. ``dropped_ms`` is filled in on delivery."""
-
-    pcm: bytes
-    sample_rate: int
-    offset_ms: int
-    duration_ms: int
-    segment_id: int
-    voiced: bool
-    dropped_ms: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class SegmentStart:
-    segment_id: int
-    start_ms: int
-    audio_start_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class SegmentEnd:
-    segment_id: int
-    start_ms: int
-    end_ms: int
-    reason: EndReason
-
-
-class StreamEnded:
-    """The session closed: nothing more will come."""
-
-
-STREAM_ENDED: Final = StreamEnded()
-
-StreamItem = Audio | SegmentStart | SegmentEnd | StreamEnded
-
-
-class AudioSubscriber:
-    """One StreamAudio caller's queue, bounded in ms of audio; the oldest audio goes first.
-
-    Audio dropped for a slow reader is added up and reported on the next audio it receives.
-    """
-
-    def __init__(
-        self,
-        mode: AudioMode,
-        sample_rate: int,
-        source_rate: int,
-        limit_ms: int,
-        metrics: Metrics | None = None,
-    ) -> None:
-        self.mode = mode
-        self._metrics = metrics
-        self.sample_rate = sample_rate
-        self._resampler = (
-            PcmConverter(source_rate, 1, sample_rate) if sample_rate != source_rate else None
-        )
-        self._limit_ms = limit_ms
-        self._queue: deque[StreamItem] = deque()
-        self._queued_ms = 0
-        self._dropped_ms = 0
-        self.total_dropped_ms = 0
-        self._wake = asyncio.Event()
-
-    def push(self, item: StreamItem) -> None:
-        if isinstance(item, Audio):
-            if self._resampler is not None:
-                pcm = self._resampler.convert(item.pcm)
-                item = dataclasses.replace(item, pcm=pcm, sample_rate=self.sample_rate)
-            if not self._merge(item):
-                self._queue.append(item)
-            self._queued_ms += item.duration_ms
-            while self._queued_ms > self._limit_ms:
-                self._drop_oldest_audio()
-        else:
-            self._queue.append(item)
-            if item is STREAM_ENDED:
-                self._resampler = None
-        self._wake.set()
-
-    def _merge(self, item: Audio) -> bool:
-        if not self._queue:
-            return False
-        last = self._queue[-1]
-        if (
-            not isinstance(last, Audio)
-            or last.segment_id != item.segment_id
-            or (self.mode is AudioMode.ALL and last.voiced != item.voiced)
-            or last.offset_ms + last.duration_ms != item.offset_ms
-            or last.duration_ms + item.duration_ms > MAX_CHUNK_MS
-        ):
-            return False
-        last.pcm += item.pcm
-        last.duration_ms += item.duration_ms
-        last.voiced = last.voiced or item.voiced
-        return True
-
-    def _drop_oldest_audio(self) -> None:
-        for index, queued in enumerate(self._queue):
-            if isinstance(queued, Audio):
-                del self._queue[index]
-                self._queued_ms -= queued.duration_ms
-                self._dropped_ms += queued.duration_ms
-                self.total_dropped_ms += queued.duration_ms
-                if self._metrics is not None:
-                    self._metrics.audio_dropped.inc(queued.duration_ms / 1000)
-                return
-
-    async def get(self) -> StreamItem:
-        while not self._queue:
-            self._wake.clear()
-            await self._wake.wait()
-        item = self._queue.popleft()
-        if isinstance(item, Audio):
-            self._queued_ms -= item.duration_ms
-            item.dropped_ms, self._dropped_ms = self._dropped_ms, 0
-        return item
-
 
 SpeechEvent = SpeechStarted | SpeechEnded
 
@@ -181,7 +59,7 @@ class SpeechPipeline:
         self._recent: deque[tuple[int, bytes, bool]] = deque()
         self._segmenter: Segmenter | None = None
         self._segment: SpeechStarted | None = None
-        self._subscribers: set[AudioSubscriber] = set()
+        self._groups: dict[int, RateGroup] = {}  # by subscriber sample rate
         self._last_offset_ms = 0
         self._discarded_seen = 0
         self._previous_end_ms = 0
@@ -222,6 +100,8 @@ class SpeechPipeline:
             + segmenter.end_silence_ms
         )
         self._recent = deque(maxlen=keep_ms // segmenter.frame_ms + 2)
+        for group in self._groups.values():
+            group.keep_history(self._recent.maxlen or 0)
         buffered, self._pre_listen = list(self._pre_listen), deque(maxlen=self._pre_listen.maxlen)
         for offset_ms, vad_frame in buffered:
             self._analyse(offset_ms, vad_frame)
@@ -235,30 +115,46 @@ class SpeechPipeline:
         self._segmenter = None
         self._recent.clear()
         self._handle(events)
+        for group in self._groups.values():
+            group.flush()
 
     def close(self) -> None:
         """End analysis and every subscriber, and free the resampler (and its FFmpeg threads)."""
         self.stop(EndReason.CLOSED)
-        for subscriber in self._subscribers:
-            subscriber.push(STREAM_ENDED)
-        self._subscribers.clear()
+        for group in self._groups.values():
+            group.push(STREAM_ENDED)
+        self._groups.clear()
         self._downmixer = None
 
     # subscribers
 
-    def subscribe(self, mode: AudioMode, sample_rate: int) -> AudioSubscriber:
+    def subscribe(
+        self, mode: AudioMode, sample_rate: int, chunk_ms: int = DEFAULT_CHUNK_MS
+    ) -> AudioSubscriber:
+        """A subscriber at ``sample_rate`` (0: the VAD rate), sharing that rate's resampler."""
+        rate = sample_rate or self._rate
         subscriber = AudioSubscriber(
             mode,
-            sample_rate or self._rate,
-            self._rate,
+            rate,
+            self.settings.frame_ms,
             self.settings.subscriber_queue_ms,
+            chunk_ms,
             self._metrics,
         )
-        self._subscribers.add(subscriber)
+        group = self._groups.get(rate)
+        if group is None:
+            group = self._groups[rate] = RateGroup(self._rate, rate)
+            group.keep_history(self._recent.maxlen or 0)
+        group.add(subscriber)
         return subscriber
 
     def unsubscribe(self, subscriber: AudioSubscriber) -> None:
-        self._subscribers.discard(subscriber)
+        group = self._groups.get(subscriber.sample_rate)
+        if group is None:
+            return
+        group.remove(subscriber)
+        if not group.subscribers:
+            del self._groups[subscriber.sample_rate]
 
     # internals
 
@@ -271,11 +167,14 @@ class SpeechPipeline:
             self._count_discarded()
         if events:
             self._handle(events)
-        if self._subscribers:
+        if self._groups:
             segment_id = self._segment.segment_id if self._segment is not None else 0
-            for subscriber in self._subscribers:
-                if subscriber.mode is AudioMode.ALL or (segment_id and not events):
-                    subscriber.push(self._audio(offset_ms, vad_frame, voiced, segment_id))
+            # SPEECH subscribers got the frame that started a segment with its pre-roll.
+            in_speech = bool(segment_id) and not events
+            for group in self._groups.values():
+                group.deliver(offset_ms, vad_frame, voiced, segment_id, in_speech)
+                if events:  # a segment's first audio is not held back to fill a chunk
+                    group.flush()
 
     def _count_discarded(self) -> None:
         assert self._segmenter is not None
@@ -304,21 +203,11 @@ class SpeechPipeline:
         assert self._segmenter is not None
         audio_start = self._segmenter.config.audio_start_ms(event.start_ms, self._previous_end_ms)
         marker = SegmentStart(event.segment_id, event.start_ms, audio_start)
-        backlog = [
-            self._audio(offset, pcm, voiced, event.segment_id)
-            for offset, pcm, voiced in self._recent
-            if offset >= audio_start
-        ]
-        for subscriber in self._subscribers:
-            subscriber.push(marker)
-            if subscriber.mode is AudioMode.SPEECH:
-                for audio in backlog:
-                    subscriber.push(dataclasses.replace(audio))
+        backlog = [recent for recent in self._recent if recent[0] >= audio_start]
+        for group in self._groups.values():
+            group.segment_started(marker, backlog, event.segment_id)
 
     def _segment_ended(self, event: SpeechEnded) -> None:
         marker = SegmentEnd(event.segment_id, event.start_ms, event.end_ms, event.reason)
-        for subscriber in self._subscribers:
-            subscriber.push(marker)
-
-    def _audio(self, offset_ms: int, pcm: bytes, voiced: bool, segment_id: int) -> Audio:
-        return Audio(pcm, self._rate, offset_ms, self.settings.frame_ms, segment_id, voiced)
+        for group in self._groups.values():
+            group.push(marker)

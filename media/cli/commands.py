@@ -8,6 +8,7 @@ import re
 import signal
 import sys
 import time
+import wave
 from collections.abc import Sequence
 from typing import Final, TextIO
 from urllib.parse import urljoin, urlsplit
@@ -146,6 +147,82 @@ async def listen(target: str, token: str | None, session_id: str, stop: bool, wa
     state = pb.SessionState.Name(session.state)
     print(f"{session.id} listening {'on' if session.listening else 'off'} ({state})", flush=True)
     return 0
+
+
+class _AudioTally:
+    """What ``hark audio`` prints: a line per segment, then the totals."""
+
+    def __init__(self) -> None:
+        self.chunks = self.audio_ms = self.dropped_ms = 0
+        self._segment_chunks = self._segment_ms = 0
+
+    def audio(self, audio: pb.PcmAudio) -> None:
+        self.chunks += 1
+        self.audio_ms += audio.duration_ms
+        self.dropped_ms += audio.dropped_ms
+        self._segment_chunks += 1
+        self._segment_ms += audio.duration_ms
+
+    def segment_start(self, start: pb.SegmentStart) -> str:
+        self._segment_chunks = self._segment_ms = 0
+        return (
+            f"segment {start.segment_id}: speech at {start.start_ms} ms, "
+            f"audio from {start.audio_start_ms} ms"
+        )
+
+    def segment_end(self, end: pb.SegmentEnd) -> str:
+        reason = pb.SpeechEndReason.Name(end.reason)
+        return (
+            f"segment {end.segment_id}: ended at {end.end_ms} ms ({reason}), "
+            f"{self._segment_ms} ms of audio in {self._segment_chunks} chunks"
+        )
+
+    def summary(self, session_id: str) -> str:
+        dropped = f", {self.dropped_ms} ms dropped" if self.dropped_ms else ""
+        return f"{session_id}: {self.audio_ms} ms of audio in {self.chunks} chunks{dropped}"
+
+
+async def audio(
+    target: str,
+    token: str | None,
+    session_id: str,
+    *,
+    everything: bool,
+    sample_rate: int,
+    chunk_ms: int,
+    out_path: str | None,
+) -> int:
+    """Read a session's StreamAudio until it closes: a line per segment, the PCM to a WAV file."""
+    tally = _AudioTally()
+    wav: wave.Wave_write | None = None
+    mode = pb.ALL if everything else pb.SPEECH
+    try:
+        async with HarkClient(target, token=token) as hark:
+            async for chunk in hark.stream_audio(session_id, mode, sample_rate, chunk_ms):
+                kind = chunk.WhichOneof("payload")
+                if kind == "audio":
+                    tally.audio(chunk.audio)
+                    if out_path is not None and wav is None:
+                        wav = _open_wav(out_path, chunk.audio.sample_rate)
+                    if wav is not None:
+                        wav.writeframes(chunk.audio.pcm)
+                elif kind == "segment_start":
+                    print(tally.segment_start(chunk.segment_start), flush=True)
+                elif kind == "segment_end":
+                    print(tally.segment_end(chunk.segment_end), flush=True)
+    finally:
+        if wav is not None:
+            wav.close()
+    print(tally.summary(session_id), flush=True)
+    return 0
+
+
+def _open_wav(path: str, rate: int) -> wave.Wave_write:
+    wav = wave.open(path, "wb")  # closed by audio() when the stream ends
+    wav.setnchannels(1)
+    wav.setsampwidth(2)
+    wav.setframerate(rate)
+    return wav
 
 
 WHIP_PATH: Final = re.compile(r"/whip(/[^/]+)?/?$")

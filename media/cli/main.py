@@ -221,6 +221,21 @@ def _client_commands(commands: Any) -> None:
         help="seconds to wait for the session to be READY; 0: fail at once [default 10]",
     )
 
+    audio = commands.add_parser("audio", help="read a session's StreamAudio until it closes")
+    connection(audio)
+    audio.add_argument("session", help="the session id")
+    audio.add_argument("--all", action="store_true", help="all audio while listening (mode ALL)")
+    audio.add_argument(
+        "--sample-rate",
+        type=int,
+        default=0,
+        help="8000, 16000, 24000, 32000 or 48000 [default: the VAD's]",
+    )
+    audio.add_argument(
+        "--chunk-ms", type=int, default=0, help="audio per message, 20 to 200 [default 100]"
+    )
+    audio.add_argument("--out", help="write the PCM to this WAV file")
+
     publish = commands.add_parser("publish", help="publish an audio file over WHIP")
     publish.add_argument("file", help="any audio file PyAV reads")
     publish.add_argument("--url", required=True, help="WHIP endpoint, e.g. http://HOST:8080/whip")
@@ -298,6 +313,16 @@ def _run_client_command(args: argparse.Namespace) -> int:
         run = commands.watch(args.target, args.token, args.session, args.since, args.json, retries)
     elif args.command == "listen":
         run = commands.listen(args.target, args.token, args.session, args.stop, args.wait)
+    elif args.command == "audio":
+        run = commands.audio(
+            args.target,
+            args.token,
+            args.session,
+            everything=args.all,
+            sample_rate=args.sample_rate,
+            chunk_ms=args.chunk_ms,
+            out_path=args.out,
+        )
     elif args.command == "play":
         run = commands.play(args.target, args.token, args.session, args.file, args.replace)
     else:
@@ -315,7 +340,7 @@ def main(argv: Sequence[str] | None, serve: Callable[[Config], Coroutine[Any, An
     """The ``hark`` command; ``serve`` runs a server (the composition root's, ``media.app``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command in ("sessions", "watch", "listen", "publish", "play"):
+    if args.command in ("sessions", "watch", "listen", "audio", "publish", "play"):
         return _run_client_command(args)
     if args.command == "serve":
         try:

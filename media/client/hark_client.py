@@ -298,13 +298,15 @@ class HarkClient:
                 ) from None
 
     async def stream_audio(
-        self, session_id: str, mode: int = pb.SPEECH, sample_rate: int = 0
+        self, session_id: str, mode: int = pb.SPEECH, sample_rate: int = 0, chunk_ms: int = 0
     ) -> AsyncIterator[pb.AudioChunk]:
-        """The session's speech as PCM chunks (see StreamAudio); ends when the session closes."""
+        """The session's speech as PCM chunks of up to ``chunk_ms`` (see StreamAudio; 0: the
+        server's default); ends when the session closes."""
         request = pb.StreamAudioRequest(
             session_id=session_id,
             mode=mode,  # type: ignore[arg-type]
             sample_rate=sample_rate,
+            chunk_ms=chunk_ms,
         )
         stub = await self._data_stub(session_id)
         call = stub.StreamAudio(request, metadata=self._metadata)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc.error_details_pb2 import ErrorInfo
 
-from media.audio.speech_pipeline import Audio, SegmentEnd, SegmentStart, StreamItem
+from media.audio.subscribers import Audio, SegmentEnd, SegmentStart, StreamItem
 from media.core.events import (
     ListeningChanged,
     PlaybackFinished,
@@ -121,17 +121,15 @@ def event_pb(item: WatchItem, whip_url: str, *, grpc_address: str = "") -> pb.Se
 def chunk_pb(session_id: str, sequence: int, item: StreamItem) -> pb.AudioChunk:
     chunk = pb.AudioChunk(session_id=session_id, sequence=sequence)
     if isinstance(item, Audio):
-        chunk.audio.CopyFrom(
-            pb.PcmAudio(
-                pcm=item.pcm,
-                sample_rate=item.sample_rate,
-                offset_ms=item.offset_ms,
-                duration_ms=item.duration_ms,
-                segment_id=item.segment_id,
-                voiced=item.voiced,
-                dropped_ms=item.dropped_ms,
-            )
-        )
+        # Field by field into the chunk's own submessage: no PcmAudio built and then copied.
+        audio = chunk.audio
+        audio.pcm = item.pcm
+        audio.sample_rate = item.sample_rate
+        audio.offset_ms = item.offset_ms
+        audio.duration_ms = item.duration_ms
+        audio.segment_id = item.segment_id
+        audio.voiced = item.voiced
+        audio.dropped_ms = item.dropped_ms
     elif isinstance(item, SegmentStart):
         chunk.segment_start.CopyFrom(
             pb.SegmentStart(

@@ -13,10 +13,7 @@ import grpc
 
 from media.aio import cancel_and_wait
 from media.audio.pcm import PcmConverter
-from media.audio.speech_pipeline import (
-    STREAM_ENDED,
-    AudioMode,
-)
+from media.audio.subscribers import CHUNK_MS_RANGE, DEFAULT_CHUNK_MS, STREAM_ENDED, AudioMode
 from media.core.events import CloseReason, InterruptReason
 from media.core.playback_queue import RATE, Playback, PlaybackMode, check_playback_id
 from media.core.segmenter import SegmenterConfig
@@ -250,10 +247,10 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
                 sid = item.snapshot.id if isinstance(item, SnapshotItem) else item.session_id
                 yield event_pb(item, self.whip_url(sid), grpc_address=self._grpc_address())
 
-    @streaming
-    async def StreamAudio(
+    @unary
+    async def StreamAudio(  # type: ignore[override]  # written with context.write (see below)
         self, request: pb.StreamAudioRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[pb.AudioChunk]:
+    ) -> None:
         session_id = _session_id(request)
         if request.mode not in (0, AudioMode.SPEECH, AudioMode.ALL):
             raise InvalidRequest(
@@ -265,17 +262,26 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
                 f"sample_rate must be 0 or one of {rates}, got {request.sample_rate}",
                 "sample_rate",
             )
+        low, high = CHUNK_MS_RANGE
+        if request.chunk_ms and not low <= request.chunk_ms <= high:
+            raise InvalidRequest(
+                f"chunk_ms must be 0 or {low}..{high}, got {request.chunk_ms}", "chunk_ms"
+            )
         pipeline = self._sessions.get_open(session_id).pipeline
         subscriber = pipeline.subscribe(
-            AudioMode(request.mode or AudioMode.SPEECH), request.sample_rate
+            AudioMode(request.mode or AudioMode.SPEECH),
+            request.sample_rate,
+            request.chunk_ms or DEFAULT_CHUNK_MS,
         )
+        # context.write, not yield: an async generator would pass each message up through the
+        # error and interceptor wrappers' generators too (about 4 µs a message).
         sequence = 0
         gauge = self._sessions.metrics.audio_subscribers
         gauge.inc()
         try:
             while (item := await subscriber.get()) is not STREAM_ENDED:
                 sequence += 1
-                yield chunk_pb(session_id, sequence, item)
+                await context.write(chunk_pb(session_id, sequence, item))
         finally:
             gauge.dec()
             pipeline.unsubscribe(subscriber)

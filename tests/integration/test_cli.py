@@ -227,3 +227,48 @@ async def test_listen_from_the_cli_makes_watch_show_speech() -> None:
             await publisher.vanish()
         code, _, err = await run("listen", "nope", "--target", app.grpc_target)
         assert code == 1 and "nope" in err
+
+
+async def test_audio_prints_each_segment_and_writes_the_speech_to_a_wav_file(
+    tmp_path: pathlib.Path,
+) -> None:
+    out = tmp_path / "speech.wav"
+    async with running_server() as app, grpc_stub(app) as stub:
+        publisher = await publish(app.base_url)
+        sid = publisher.session_id
+        try:
+            reader = await asyncio.create_subprocess_exec(
+                *HARK, "audio", sid, "--target", app.grpc_target, "--chunk-ms", "200",
+                "--out", str(out), stdout=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            assert reader.stdout is not None
+            await eventually(
+                lambda: app.metrics.registry.get_sample_value("hark_audio_subscribers") == 1,
+                "hark audio subscribes",
+            )
+            await stub.StartListening(
+                pb.StartListeningRequest(session_id=sid, wait_for_ready=True), timeout=10
+            )
+            lines: list[str] = []
+            async with asyncio.timeout(30):
+                while sum("ended at" in line for line in lines) < 2:
+                    lines.append((await reader.stdout.readline()).decode())
+            await stub.EndSession(pb.EndSessionRequest(session_id=sid))
+            rest, _ = await asyncio.wait_for(reader.communicate(), 20)
+        finally:
+            await publisher.vanish()
+        code, _, err = await run(
+            "audio", sid, "--target", app.grpc_target, "--chunk-ms", "300", timeout=20
+        )
+    assert reader.returncode == 0
+    assert lines[0].startswith("segment 1: speech at ")
+    assert "(SILENCE)" in lines[1] and lines[1].startswith("segment 1: ended at ")
+    summary = rest.decode().splitlines()[-1]
+    assert summary.startswith(f"{sid}: ") and "ms of audio in" in summary
+    audio_ms = int(summary.split()[1])
+    with wave.open(str(out)) as wav:
+        assert (wav.getnchannels(), wav.getframerate()) == (1, 16000)
+        assert wav.getnframes() == audio_ms * 16
+    chunks = int(summary.split(" in ")[1].split()[0])
+    assert chunks < audio_ms / 100  # 200 ms chunks, but the ends of segments
+    assert code == 1 and "chunk_ms must be 0 or 20..200, got 300" in err

@@ -103,6 +103,10 @@ BAD_ARGUMENTS: list[tuple[str, Callable[[Any, str], Any]]] = [
     ),
     ("mode", lambda stub, sid: stub.StreamAudio(pb.StreamAudioRequest(session_id=sid, mode=9))),
     (
+        "chunk_ms",
+        lambda stub, sid: stub.StreamAudio(pb.StreamAudioRequest(session_id=sid, chunk_ms=10)),
+    ),
+    (
         "start.channels",
         lambda stub, sid: stub.PlayAudio(
             iter(

@@ -10,14 +10,8 @@ import pytest
 from av import AudioFrame
 
 from media.audio.framing import Framer
-from media.audio.speech_pipeline import (
-    Audio,
-    AudioMode,
-    AudioSubscriber,
-    SegmentEnd,
-    SegmentStart,
-    SpeechPipeline,
-)
+from media.audio.speech_pipeline import SpeechPipeline
+from media.audio.subscribers import Audio, AudioMode, AudioSubscriber, SegmentEnd, SegmentStart
 from media.core.events import EndReason, SpeechEnded
 from media.core.rate_limiter import RateLimiter
 from media.core.segmenter import SegmenterConfig
@@ -43,44 +37,33 @@ def test_framer_restarts_at_a_gap_instead_of_shifting_later_audio() -> None:
     assert [offset for offset, _ in frames] == [1000]
 
 
-def audio(offset: int, ms: int = 20, segment: int = 1) -> Audio:
-    return Audio(bytes(RATE * ms // 1000 * 2), RATE, offset, ms, segment, True)
+def push_frame(subscriber: AudioSubscriber, offset: int, segment: int = 1) -> None:
+    subscriber.push_audio(offset, bytes(FRAME_BYTES), True, segment)
 
 
 async def test_a_slow_subscriber_loses_the_oldest_audio_and_is_told_how_much() -> None:
-    subscriber = AudioSubscriber(AudioMode.SPEECH, RATE, RATE, limit_ms=100)
+    subscriber = AudioSubscriber(AudioMode.SPEECH, RATE, 20, limit_ms=100, chunk_ms=20)
     subscriber.push(SegmentStart(1, 0, 0))
     for i in range(10):
-        subscriber.push(audio(i * 20))
+        push_frame(subscriber, i * 20)
     assert await subscriber.get() == SegmentStart(1, 0, 0)  # markers are never dropped
     kept = await subscriber.get()
     assert isinstance(kept, Audio)
     assert (kept.offset_ms, kept.duration_ms, kept.dropped_ms) == (100, 100, 100)
     assert subscriber.total_dropped_ms == 100
-    subscriber.push(audio(200))
+    push_frame(subscriber, 200)
     after = await subscriber.get()
     assert isinstance(after, Audio) and after.dropped_ms == 0
 
 
 async def test_queued_audio_is_merged_into_chunks_of_at_most_100_ms() -> None:
-    subscriber = AudioSubscriber(AudioMode.SPEECH, RATE, RATE, limit_ms=2000)
+    subscriber = AudioSubscriber(AudioMode.SPEECH, RATE, 20, limit_ms=2000, chunk_ms=20)
     for i in range(12):
-        subscriber.push(audio(i * 20))
+        push_frame(subscriber, i * 20)
     chunks = [await subscriber.get() for _ in range(3)]
     spans = [(c.offset_ms, c.duration_ms) for c in chunks]  # type: ignore[union-attr]
     assert spans == [(0, 100), (100, 100), (200, 40)]
     assert all(len(c.pcm) == c.duration_ms * 32 for c in chunks)  # type: ignore[union-attr]
-
-
-async def test_a_subscriber_at_another_rate_gets_resampled_audio() -> None:
-    subscriber = AudioSubscriber(AudioMode.ALL, 8000, RATE, limit_ms=2000)
-    for i in range(5):
-        subscriber.push(audio(i * 20))
-    total = 0
-    while total < 80 * 2 * 8:  # at least 80 of the 100 ms arrive (the resampler holds a little)
-        item = await asyncio.wait_for(subscriber.get(), 1)
-        assert isinstance(item, Audio) and item.sample_rate == 8000
-        total += len(item.pcm)
 
 
 def test_rate_limiter_allows_a_burst_then_the_rate() -> None:
