@@ -224,24 +224,23 @@ class ForwardingService(media_pb2_grpc.MediaServiceServicer):
 
     # session-scoped streams
 
-    @streaming
-    async def StreamAudio(
+    @unary
+    async def StreamAudio(  # type: ignore[override]  # context.write, like MediaService's
         self, request: pb.StreamAudioRequest, context: Context
-    ) -> AsyncIterator[pb.AudioChunk]:
+    ) -> None:
         session_id = request.session_id
         route = self._route(session_id, context)
         if isinstance(route, Lost):
             raise lost_error(session_id, route)
         if not isinstance(route, Elsewhere):
-            async for chunk in self.local.StreamAudio(request, context):
-                yield chunk
+            await self.local.StreamAudio(request, context)
             return
         call = self.upstreams.stub(route.grpc_target).StreamAudio(
             request, **self.call_options(context)
         )
         try:
             async for chunk in call:
-                yield chunk
+                await context.write(chunk)
         except grpc.aio.AioRpcError as error:
             now = self.router.route(session_id)
             if _upstream_failed(error) and isinstance(now, Lost):
