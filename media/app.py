@@ -24,6 +24,8 @@ from grpc_reflection.v1alpha import reflection
 from media.aio import cancel_and_wait
 from media.binding import CannotListen, check_can_bind, host_port, why_bind_failed
 from media.cli.main import main as cli_main
+from media.cluster.fanout import ClusterService, MemberChannels
+from media.cluster.routing import Router, SingleProcessRouter
 from media.config import Config
 from media.core.clock import Clock
 from media.core.events import SessionEvent, SessionState, StateChanged
@@ -33,7 +35,7 @@ from media.core.session import Session, Timeouts
 from media.core.session_ids import Owner
 from media.metrics import Metrics
 from media.rpc.interceptors import BearerAuth, MalformedRequests, RpcMetrics
-from media.rpc.service import SERVICE_NAME, MediaService
+from media.rpc.service import SERVICE_NAME
 from media.rtc import compat
 from media.rtc.compat import (
     keep_consent_through_stalls,
@@ -83,6 +85,8 @@ class HarkApp:
             owner=Owner(config.effective_node_id),
             tokens=SessionTokens(_token_secret(config)),
         )
+        self.router: Router = SingleProcessRouter(self.sessions.owner)
+        self._member_channels = MemberChannels()
         self.metrics.watch_sessions(lambda: (live.session for live in self.sessions.all()))
         self.metrics.watch_playback_queues(
             lambda: (live.voice.queue for live in self.sessions.all() if not live.closed)
@@ -281,10 +285,12 @@ class HarkApp:
             interceptors.append(BearerAuth(self.config.token))
         interceptors.append(MalformedRequests())  # innermost: after auth, before decoding
         server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
-        service = MediaService(
+        service = ClusterService(
             self.sessions,
             base_url=lambda: self.base_url,
             heartbeat_interval=self.config.heartbeat_interval,
+            router=self.router,
+            channels=self._member_channels,
         )
         media_pb2_grpc.add_MediaServiceServicer_to_server(service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -427,6 +433,7 @@ class HarkApp:
         if self._grpc is not None:
             await self._grpc.stop(grace=2.0)
             self._grpc = None
+        await self._member_channels.close()
         for listener in self._listeners:
             listener.close()
         for runner in self._runners:

@@ -28,6 +28,7 @@ class CloseReason(enum.IntEnum):
     EXPIRED = 6
     SHUTDOWN = 7
     ERROR = 8
+    NODE_LOST = 9
 
 
 class EndReason(enum.IntEnum):

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Final
 
 from media.core.clock import Clock
+from media.core.event_log import Position
 from media.core.events import CloseReason, SessionEvent, SessionState, StateChanged
 from media.core.load_governor import LoadGovernor
 from media.core.segmenter import SegmenterConfig
@@ -31,6 +32,7 @@ from media.errors import (
 )
 from media.metrics import Metrics
 from media.server.auth import SessionTokens, new_secret
+from media.server.event_feed import EventFeed, FeedWatch
 from media.server.live_session import LiveSession
 from media.server.watch import SnapshotItem, Subscription, Watch, WatchItem
 
@@ -88,6 +90,8 @@ class SessionTable:
         self._sessions: dict[str, LiveSession] = {}
         self._deadlines: dict[str, _Deadline] = {}
         self._all_watchers: set[Subscription] = set()
+        self.feed = EventFeed()
+        self._feed_watchers = 0
         self._releasing: set[asyncio.Task[None]] = set()
         self._draining = False
         self._negotiating = 0
@@ -108,6 +112,7 @@ class SessionTable:
             live.close(CloseReason.SHUTDOWN, "server shutting down")
         for subscription in self._all_watchers:
             subscription.finish()
+        self.feed.finish()
         for deadline in self._deadlines.values():
             deadline.handle.cancel()
         self._deadlines.clear()
@@ -344,8 +349,46 @@ class SessionTable:
             initial, subscription, heartbeat_s=heartbeat_s, ends_at_close=False, release=release
         )
 
+    def watch_everything(
+        self,
+        position: Position | None,
+        *,
+        fresh: bool,
+        include_closed: bool,
+        heartbeat_s: float,
+        announce: bool = False,
+    ) -> FeedWatch:
+        """Every session's events, resumable from ``position`` (see ``media.server.event_feed``),
+        until shutdown."""
+        self._check_watchers()
+        opening = self.feed.open(
+            position,
+            self._retained_snapshots,
+            fresh=fresh,
+            include_closed=include_closed,
+            announce=announce,
+        )
+        self._feed_watchers += 1
+
+        def release() -> None:
+            self.metrics.watch_streams.dec()
+            self._feed_watchers -= 1
+
+        self.metrics.watch_streams.inc()
+        ended = self.feed.finished or (self._draining and not self._sessions)
+        return FeedWatch(self.feed, opening, heartbeat_s=heartbeat_s, ended=ended, release=release)
+
+    def _retained_snapshots(self, include_closed: bool) -> list[SessionSnapshot]:
+        return [
+            live.snapshot() for live in self._sessions.values() if include_closed or not live.closed
+        ]
+
     def watcher_count(self) -> int:
-        return len(self._all_watchers) + sum(live.watcher_count for live in self._sessions.values())
+        return (
+            len(self._all_watchers)
+            + self._feed_watchers
+            + sum(live.watcher_count for live in self._sessions.values())
+        )
 
     def _check_watchers(self) -> None:
         count = self.watcher_count()
@@ -359,6 +402,7 @@ class SessionTable:
     def _published(self, live: LiveSession, events: list[SessionEvent]) -> None:
         closed = False
         for event in events:
+            self.feed.append(event)
             for subscription in self._all_watchers:
                 subscription.push(event)
             self.metrics.observe_event(event, live.session)
