@@ -296,6 +296,7 @@ class WatchMerge:
                 include_closed=self._request.include_closed,
                 resume_token=encode_token({**base, **mine}),
             )
+            member = self._current(member)
             stub = self._service._channels.stub(member.grpc_target)
             call = stub.WatchSessions(
                 request, metadata=self._service._metadata(self._context, scope)
@@ -319,6 +320,13 @@ class WatchMerge:
             await self._queue.put(_Broken(member))
             await asyncio.sleep(RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)])
             failures += 1
+
+    def _current(self, member: Elsewhere) -> Elsewhere:
+        """Where the member is now (a restarted node may come back at another address)."""
+        for listed, _ in reach(self._service._router, self._me, self._scope):
+            if listed.owner == member.owner:
+                return listed
+        return member
 
     async def _check_member(self, member: Elsewhere) -> list[pb.SessionEvent]:
         """After ``member`` broke: ``NODE_LOST`` for its sessions if it is gone, else nothing

@@ -1,0 +1,353 @@
+"""ListSessions and WatchSessions over a cluster: real in-process Hark nodes on port 0 (and a real
+`hark serve` process where one must die), real aiortc publishers, wired together by a test Router
+that lists the other nodes as members."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+
+from media.app import HarkApp
+from media.cluster.routing import Elsewhere, Here, Lost, Route, Unknown
+from media.core.session_ids import Owner, owner_of
+from media.v1 import media_pb2 as pb
+from media.v1 import media_pb2_grpc
+from tests.support import HarkProcess, publish, server_config
+
+S = pb.SessionState
+
+
+class Member:
+    """A node as the test router knows it: its addresses, and whether it is lost."""
+
+    def __init__(self, grpc_target: str, base_url: str) -> None:
+        self.grpc_target = grpc_target
+        self.base_url = base_url
+        self.lost = False
+
+
+class MeshRouter:
+    """Test wiring: each node is one worker; every other node of ``members`` is a member."""
+
+    def __init__(self, me: Owner, members: dict[str, Member], *, scoped: bool = True) -> None:
+        self.me = me
+        self.members = members
+        self.scoped = scoped  # False: lists the other nodes at every scope (loop-prone)
+
+    def route(self, session_id: str) -> Route:
+        owner = owner_of(session_id)
+        if owner == self.me:
+            return Here()
+        member = self.members.get(owner.node) if owner is not None else None
+        if owner is None or member is None:
+            return Unknown()
+        if member.lost:
+            return Lost(owner)
+        return Elsewhere(owner, member.grpc_target, member.base_url)
+
+    def others(self, scope: str) -> list[Elsewhere]:
+        if scope == "worker" or (scope == "node" and self.scoped):
+            return []
+        return [
+            Elsewhere(Owner(node), member.grpc_target, member.base_url)
+            for node, member in self.members.items()
+            if node != self.me.node and not member.lost
+        ]
+
+    def place(self) -> Here | Elsewhere:
+        return Here()
+
+
+@contextlib.asynccontextmanager
+async def cluster(*names: str, scoped: bool = True) -> AsyncIterator[dict[str, HarkApp]]:
+    members: dict[str, Member] = {}
+    apps: dict[str, HarkApp] = {}
+    try:
+        for name in names:
+            app = HarkApp(server_config(node_id=name))
+            app.router = MeshRouter(Owner(name), members, scoped=scoped)
+            apps[name] = app
+            await app.start()
+            members[name] = Member(app.grpc_target, app.base_url)
+        yield apps
+    finally:
+        for app in apps.values():
+            await app.stop()
+
+
+@contextlib.asynccontextmanager
+async def stubs(*apps: HarkApp) -> AsyncIterator[list[media_pb2_grpc.MediaServiceAsyncStub]]:
+    async with contextlib.AsyncExitStack() as stack:
+        channels = [
+            await stack.enter_async_context(grpc.aio.insecure_channel(app.grpc_target))
+            for app in apps
+        ]
+        yield [media_pb2_grpc.MediaServiceStub(channel) for channel in channels]
+
+
+class Seen:
+    """What a watcher of every session received, per session."""
+
+    def __init__(self) -> None:
+        self.events: dict[str, list[pb.SessionEvent]] = {}
+        self.token = ""
+
+    def add(self, event: pb.SessionEvent) -> None:
+        assert event.resume_token, f"a WatchSessions message without a resume_token: {event}"
+        self.token = event.resume_token
+        if event.WhichOneof("payload") != "heartbeat":
+            self.events.setdefault(event.session_id, []).append(event)
+
+    def revisions(self, session_id: str) -> list[int]:
+        return [event.revision for event in self.events.get(session_id, [])]
+
+    def latest(self, session_id: str) -> pb.SessionEvent | None:
+        events = self.events.get(session_id)
+        return events[-1] if events else None
+
+
+async def read_until(watch: Any, seen: Seen, done: Any, timeout: float = 20.0) -> None:
+    """Read ``watch`` into ``seen`` (heartbeats included) until ``done(seen)`` holds."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not done(seen):
+                event = await watch.read()
+                if event is grpc.aio.EOF:
+                    raise AssertionError("the watch ended")
+                seen.add(event)
+    except TimeoutError:
+        raise AssertionError(f"not seen within {timeout} s; seen: {seen.events}") from None
+
+
+def state_of(event: pb.SessionEvent | None) -> int:
+    if event is None:
+        return 0
+    if event.HasField("snapshot"):
+        return event.snapshot.session.state
+    if event.HasField("state_changed"):
+        return event.state_changed.state
+    return -1
+
+
+def in_revision_order(seen: Seen, session_id: str) -> bool:
+    """A snapshot (or the first event), then every later revision once, in order."""
+    revisions = seen.revisions(session_id)
+    return revisions == list(range(revisions[0], revisions[0] + len(revisions)))
+
+
+async def test_watch_sessions_at_one_node_sees_the_sessions_of_every_node() -> None:
+    async with cluster("a", "b", "c") as apps:
+        async with stubs(*apps.values()) as (at_a, at_b, at_c):
+            before = {
+                node: await stub.CreateSession(pb.CreateSessionRequest())
+                for node, stub in (("a", at_a), ("b", at_b), ("c", at_c))
+            }
+            watch = at_a.WatchSessions(pb.WatchSessionsRequest())
+            seen = Seen()
+            await read_until(watch, seen, lambda s: all(c.id in s.events for c in before.values()))
+            for created in before.values():
+                first = seen.events[created.id][0]
+                assert first.snapshot.session.state == S.NEW and not first.snapshot.resync
+
+            publisher = await publish(apps["c"].base_url)
+            try:
+                ended = await at_b.EndSession(pb.EndSessionRequest(session_id=before["b"].id))
+                await read_until(
+                    watch,
+                    seen,
+                    lambda s: (
+                        state_of(s.latest(publisher.session_id)) == S.READY
+                        and state_of(s.latest(ended.id)) == S.CLOSED
+                    ),
+                )
+            finally:
+                await publisher.vanish()
+            watch.cancel()
+
+    assert publisher.session_id.startswith("c.0.")
+    assert [state_of(e) for e in seen.events[publisher.session_id]] == [
+        S.NEW,
+        S.CONNECTING,
+        S.CONNECTED,
+        S.READY,
+    ]
+    assert seen.revisions(publisher.session_id) == [1, 2, 3, 4]
+    closing = seen.events[ended.id][-1].state_changed
+    assert closing.close_reason == pb.API_END
+    for session_id in seen.events:
+        assert in_revision_order(seen, session_id), seen.events[session_id]
+
+
+async def test_list_sessions_at_one_node_lists_every_node_and_the_scope_marker_narrows_it() -> None:
+    async with cluster("a", "b", "c") as apps:
+        async with stubs(*apps.values()) as (at_a, at_b, at_c):
+            created = [
+                await stub.CreateSession(pb.CreateSessionRequest())
+                for stub in (at_a, at_b, at_c, at_c)
+            ]
+            await at_c.EndSession(pb.EndSessionRequest(session_id=created[3].id))
+            listed = await at_b.ListSessions(pb.ListSessionsRequest())
+            with_closed = await at_b.ListSessions(pb.ListSessionsRequest(include_closed=True))
+            only_b = await at_b.ListSessions(
+                pb.ListSessionsRequest(), metadata=(("x-hark-scope", "worker"),)
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as wrong:
+                await at_b.ListSessions(
+                    pb.ListSessionsRequest(), metadata=(("x-hark-scope", "planet"),)
+                )
+
+    assert sorted(s.id for s in listed.sessions) == sorted(c.id for c in created[:3])
+    assert sorted(s.id for s in with_closed.sessions) == sorted(c.id for c in created)
+    assert [s.id for s in only_b.sessions] == [created[1].id]
+    assert wrong.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "x-hark-scope" in (wrong.value.details() or "")
+
+
+async def test_the_scope_marker_keeps_a_router_that_ignores_scope_from_looping() -> None:
+    """Each node's router lists the other at every scope: without the marker, a call would bounce
+    between them until its deadline."""
+    async with cluster("a", "b", scoped=False) as apps:
+        async with stubs(*apps.values()) as (at_a, at_b):
+            created = [await at_a.CreateSession(pb.CreateSessionRequest())]
+            created.append(await at_b.CreateSession(pb.CreateSessionRequest()))
+            listed = await at_a.ListSessions(pb.ListSessionsRequest(), timeout=10)
+            watch = at_a.WatchSessions(pb.WatchSessionsRequest(), timeout=30)
+            seen = Seen()
+            await read_until(watch, seen, lambda s: len(s.events) == 2)
+            watch.cancel()
+
+    assert sorted(s.id for s in listed.sessions) == sorted(c.id for c in created)
+    assert sorted(seen.events) == sorted(c.id for c in created)
+    assert all(len(events) == 1 for events in seen.events.values())
+
+
+async def test_a_watcher_that_reconnects_with_its_token_gets_exactly_what_it_missed() -> None:
+    async with cluster("a", "b", "c") as apps:
+        async with stubs(*apps.values()) as (at_a, at_b, at_c):
+            at = {"a": at_a, "b": at_b, "c": at_c}
+            first = {
+                n: await stub.CreateSession(pb.CreateSessionRequest()) for n, stub in at.items()
+            }
+            watch = at_a.WatchSessions(pb.WatchSessionsRequest())
+            before = Seen()
+            await read_until(watch, before, lambda s: all(c.id in s.events for c in first.values()))
+            # One live event from every node, so the token has stood in each node's log.
+            for node, stub in at.items():
+                await stub.EndSession(pb.EndSessionRequest(session_id=first[node].id))
+            await read_until(
+                watch,
+                before,
+                lambda s: all(state_of(s.latest(c.id)) == S.CLOSED for c in first.values()),
+            )
+            token = before.token
+            watch.cancel()
+
+            # While nobody watches: a publisher at c, sessions created and ended at a and b.
+            publisher = await publish(apps["c"].base_url)
+            try:
+                missed = [await at_a.CreateSession(pb.CreateSessionRequest())]
+                missed.append(await at_b.CreateSession(pb.CreateSessionRequest()))
+                await at_b.EndSession(pb.EndSessionRequest(session_id=missed[1].id))
+                await at_c.StartListening(
+                    pb.StartListeningRequest(session_id=publisher.session_id, wait_for_ready=True),
+                    timeout=20,
+                )
+                final = {
+                    s.id: s.revision
+                    for stub in at.values()
+                    for s in (
+                        await stub.ListSessions(
+                            pb.ListSessionsRequest(include_closed=True),
+                            metadata=(("x-hark-scope", "worker"),),
+                        )
+                    ).sessions
+                }
+
+                resumed = at_a.WatchSessions(pb.WatchSessionsRequest(resume_token=token))
+                after = Seen()
+
+                def caught_up(s: Seen) -> bool:
+                    for session_id, events in s.events.items():
+                        assert events[-1].revision <= final[session_id], "an event repeated"
+                    return all(
+                        s.revisions(sid)[-1:] == [revision]
+                        for sid, revision in final.items()
+                        if revision > before_revision(before, sid)
+                    )
+
+                await read_until(resumed, after, caught_up)
+                resumed.cancel()
+            finally:
+                await publisher.vanish()
+
+    assert not any(e.HasField("snapshot") for events in after.events.values() for e in events)
+    for session_id, revision in final.items():
+        got = before.revisions(session_id) + after.revisions(session_id)
+        start = got[0] if before.revisions(session_id) else 1
+        assert got == list(range(start, revision + 1)), (session_id, got)
+    assert after.revisions(publisher.session_id)[:4] == [1, 2, 3, 4]
+
+
+def before_revision(seen: Seen, session_id: str) -> int:
+    revisions = seen.revisions(session_id)
+    return revisions[-1] if revisions else 0
+
+
+async def test_watchers_get_node_lost_for_every_open_session_of_a_dead_node() -> None:
+    async with (
+        cluster("a") as apps,
+        HarkProcess("--node-id", "b", "--ice-address", "127.0.0.1") as b,
+    ):
+        members = apps["a"].router.members  # type: ignore[attr-defined]
+        members["b"] = Member(f"127.0.0.1:{b.grpc_port}", f"http://127.0.0.1:{b.http_port}")
+        async with (
+            stubs(apps["a"]) as (at_a,),
+            grpc.aio.insecure_channel(members["b"].grpc_target) as channel,
+        ):
+            at_b = media_pb2_grpc.MediaServiceStub(channel)
+            waiting = await at_b.CreateSession(pb.CreateSessionRequest())
+            ended = await at_b.CreateSession(pb.CreateSessionRequest())
+            await at_b.EndSession(pb.EndSessionRequest(session_id=ended.id))
+            publisher = await publish(members["b"].base_url)
+            try:
+                await at_b.StartListening(
+                    pb.StartListeningRequest(session_id=publisher.session_id, wait_for_ready=True),
+                    timeout=20,
+                )
+                here = await at_a.CreateSession(pb.CreateSessionRequest())
+                watch = at_a.WatchSessions(pb.WatchSessionsRequest())
+                seen = Seen()
+                await read_until(
+                    watch,
+                    seen,
+                    lambda s: {waiting.id, publisher.session_id, here.id} <= s.events.keys(),
+                )
+                assert b.proc is not None
+                b.proc.kill()
+                await b.proc.wait()
+                members["b"].lost = True
+                await read_until(
+                    watch,
+                    seen,
+                    lambda s: (
+                        state_of(s.latest(waiting.id)) == S.CLOSED
+                        and state_of(s.latest(publisher.session_id)) == S.CLOSED
+                    ),
+                )
+                watch.cancel()
+            finally:
+                await publisher.vanish()
+
+    for session_id, previous in ((waiting.id, S.NEW), (publisher.session_id, S.READY)):
+        *_, last_seen, closed = seen.events[session_id]
+        assert closed.state_changed.close_reason == pb.NODE_LOST
+        assert closed.state_changed.previous == previous
+        assert "node b" in closed.state_changed.close_detail
+        assert closed.revision == last_seen.revision + 1
+    assert ended.id not in seen.events, "a closed session is not watched (include_closed unset)"
+    assert state_of(seen.latest(here.id)) == S.NEW, "the surviving node's sessions are untouched"
