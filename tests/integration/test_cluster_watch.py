@@ -12,12 +12,15 @@ from typing import Any
 import grpc
 import pytest
 
+from media.aio import cancel_and_wait
 from media.app import HarkApp
+from media.client.hark_client import Backoff, HarkClient
 from media.cluster.routing import Elsewhere, Here, Lost, Route, Unknown
 from media.core.session_ids import Owner, owner_of
 from media.v1 import media_pb2 as pb
 from media.v1 import media_pb2_grpc
-from tests.support import HarkProcess, publish, server_config
+from tests.support import HarkProcess, eventually, publish, server_config
+from tests.tcp_proxy import tcp_proxy
 
 S = pb.SessionState
 
@@ -351,3 +354,125 @@ async def test_watchers_get_node_lost_for_every_open_session_of_a_dead_node() ->
         assert closed.revision == last_seen.revision + 1
     assert ended.id not in seen.events, "a closed session is not watched (include_closed unset)"
     assert state_of(seen.latest(here.id)) == S.NEW, "the surviving node's sessions are untouched"
+
+
+def contiguous(seen: Seen, session_id: str) -> bool:
+    revisions = seen.revisions(session_id)
+    return bool(revisions) and revisions == list(range(revisions[0], revisions[-1] + 1))
+
+
+async def test_a_member_stream_that_breaks_resumes_where_it_left() -> None:
+    async with cluster("a", "b") as apps, tcp_proxy(apps["b"].grpc_port) as proxy:
+        members = apps["a"].router.members  # type: ignore[attr-defined]
+        members["b"].grpc_target = proxy.target
+        async with stubs(*apps.values()) as (at_a, at_b):
+            early = await at_b.CreateSession(pb.CreateSessionRequest())
+            watch = at_a.WatchSessions(pb.WatchSessionsRequest())
+            seen = Seen()
+            await read_until(watch, seen, lambda s: early.id in s.events)
+            proxy.cut()  # node a can no longer reach node b; both keep running
+            missed = [await at_b.CreateSession(pb.CreateSessionRequest()) for _ in range(2)]
+            await at_b.EndSession(pb.EndSessionRequest(session_id=missed[0].id))
+            await at_b.EndSession(pb.EndSessionRequest(session_id=early.id))
+            proxy.restore()
+            await read_until(
+                watch,
+                seen,
+                lambda s: (
+                    state_of(s.latest(early.id)) == S.CLOSED
+                    and state_of(s.latest(missed[0].id)) == S.CLOSED
+                    and missed[1].id in s.events
+                ),
+            )
+            watch.cancel()
+
+    assert proxy.connections >= 2, "the member stream was never cut"
+    for created in missed:
+        assert seen.events[created.id][0].HasField("state_changed"), "replayed, not resynced"
+        assert seen.revisions(created.id)[0] == 1
+    assert seen.revisions(missed[0].id) == [1, 2]
+    for session_id in seen.events:
+        assert contiguous(seen, session_id), seen.events[session_id]
+
+
+async def test_a_member_that_comes_back_as_another_process_closes_its_old_sessions() -> None:
+    async with cluster("a") as apps, stubs(apps["a"]) as (at_a,):
+        members = apps["a"].router.members  # type: ignore[attr-defined]
+        async with HarkProcess("--node-id", "b") as first:
+            members["b"] = Member(
+                f"127.0.0.1:{first.grpc_port}", f"http://127.0.0.1:{first.http_port}"
+            )
+            async with grpc.aio.insecure_channel(members["b"].grpc_target) as channel:
+                old = await media_pb2_grpc.MediaServiceStub(channel).CreateSession(
+                    pb.CreateSessionRequest()
+                )
+            watch = at_a.WatchSessions(pb.WatchSessionsRequest())
+            seen = Seen()
+            await read_until(watch, seen, lambda s: old.id in s.events)
+            assert first.proc is not None
+            first.proc.kill()
+            await first.proc.wait()
+        async with HarkProcess("--node-id", "b") as second:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{second.grpc_port}") as channel:
+                new = await media_pb2_grpc.MediaServiceStub(channel).CreateSession(
+                    pb.CreateSessionRequest()
+                )
+            members["b"].grpc_target = f"127.0.0.1:{second.grpc_port}"  # same node, new process
+            await read_until(
+                watch, seen, lambda s: state_of(s.latest(old.id)) == S.CLOSED and new.id in s.events
+            )
+            watch.cancel()
+
+    closed = seen.events[old.id][-1]
+    assert closed.state_changed.close_reason == pb.NODE_LOST
+    assert "restarted" in closed.state_changed.close_detail
+    assert closed.revision == seen.events[old.id][-2].revision + 1
+    assert seen.events[new.id][0].snapshot.resync, "what b's new process holds comes as resync"
+
+
+async def test_the_sdk_watch_of_every_session_resumes_across_a_cut_with_its_token() -> None:
+    async with cluster("a", "b") as apps, tcp_proxy(apps["a"].grpc_port) as proxy:
+        fast = Backoff(initial=0.05, maximum=0.5)
+        async with (
+            stubs(*apps.values()) as (at_a, at_b),
+            HarkClient(proxy.target, backoff=fast) as hark,
+        ):
+            sessions = [
+                await stub.CreateSession(pb.CreateSessionRequest()) for stub in (at_a, at_b)
+            ]
+            seen = Seen()
+            got_all = asyncio.Event()
+            wanted: set[str] = {s.id for s in sessions}
+
+            async def consume() -> None:
+                async for event in hark.watch():
+                    seen.add(event)
+                    if wanted <= seen.events.keys() and all(
+                        state_of(seen.latest(sid)) == S.CLOSED for sid in wanted
+                    ):
+                        got_all.set()
+
+            watcher = asyncio.create_task(consume())
+            try:
+                await eventually(lambda: wanted <= seen.events.keys(), "both snapshots")
+                proxy.cut()
+                later = [
+                    await stub.CreateSession(pb.CreateSessionRequest()) for stub in (at_a, at_b)
+                ]
+                wanted |= {s.id for s in later}
+                for created in (*sessions, *later):
+                    stub = at_a if created.id.startswith("a.") else at_b
+                    await stub.EndSession(pb.EndSessionRequest(session_id=created.id))
+                proxy.restore()
+                async with asyncio.timeout(20):
+                    await got_all.wait()
+            finally:
+                await cancel_and_wait(watcher)
+
+    assert proxy.connections >= 2, "the watch was never cut"
+    for created in sessions:
+        assert seen.revisions(created.id) == [1, 2]
+        assert seen.events[created.id][0].HasField("snapshot")
+    for created in later:
+        assert seen.revisions(created.id) == [1, 2], "resumed: every event once, no snapshot"
+        assert all(e.HasField("state_changed") for e in seen.events[created.id])
