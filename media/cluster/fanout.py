@@ -41,6 +41,8 @@ SCOPE_KEY: Final = "x-hark-scope"  # media.cluster.forwarded.SCOPE once the forw
 Metadata: TypeAlias = tuple[tuple[str, str | bytes], ...]
 SCOPES: Final = ("cluster", "node", "worker")
 MEMBERSHIP_POLL_S: Final = 1.0
+MEMBER_ANSWER_S: Final = 10.0
+"""How long ListSessions waits for a member (a vanished host may never refuse the connection)."""
 CHANNEL_OPTIONS: Final = [
     ("grpc.initial_reconnect_backoff_ms", 50),
     ("grpc.min_reconnect_backoff_ms", 50),
@@ -142,11 +144,12 @@ class ClusterService(MediaService):
             await abort_with(context, exc)
         here = await super().ListSessions(request, context)
         remaining = context.time_remaining()
+        timeout = MEMBER_ANSWER_S if remaining is None else min(remaining, MEMBER_ANSWER_S)
         failed: MemberFailed | None = None
         try:
             async with asyncio.TaskGroup() as group:
                 asked = [
-                    group.create_task(self._list_at(m, s, request, context, remaining))
+                    group.create_task(self._list_at(m, s, request, context, timeout))
                     for m, s in members
                 ]
         except* MemberFailed as failures:
@@ -246,27 +249,36 @@ class WatchMerge:
             self._start_pump(member, scope, self._start)
         self._tasks.append(asyncio.create_task(self._poll_membership(), name="hark-watch-poll"))
         heartbeat_s = self._service._heartbeat
+        loop = asyncio.get_running_loop()
+        quiet_since = loop.time()
         while True:
             try:
-                item = await asyncio.wait_for(self._queue.get(), heartbeat_s)
+                wait = quiet_since + heartbeat_s - loop.time()
+                item = await asyncio.wait_for(self._queue.get(), max(0.0, wait))
             except TimeoutError:
-                yield self._state.heartbeat(self._clock.now())
-                continue
+                item = None  # nothing sent for heartbeat_s, whatever the sources said
             if isinstance(item, _Ended):
                 if item.error is not None:
                     raise item.error
                 return
-            if isinstance(item, _Broken):
-                for message in await self._check_member(item.member):
-                    yield message
-                continue
-            if item.source is not None and item.source.owner not in self._pumps:
-                continue  # the rest of a member already given up as lost
-            source = None if item.source is None else item.source.owner
-            for message in self._state.apply(source, item.message, self._clock.now()):
+            for message in await self._handle(item):
                 yield message
-            if item.message.HasField("heartbeat") and self._scope != "cluster":
-                yield self._state.heartbeat(self._clock.now())
+                quiet_since = loop.time()
+
+    async def _handle(self, item: _Message | _Broken | None) -> list[pb.SessionEvent]:
+        """What to send for one item of the queue (``None``: the merge has been quiet)."""
+        now = self._clock.now()
+        if item is None:
+            return [self._state.heartbeat(now)]
+        if isinstance(item, _Broken):
+            return await self._check_member(item.member)
+        if item.source is not None and item.source.owner not in self._pumps:
+            return []  # the rest of a member already given up as lost
+        source = None if item.source is None else item.source.owner
+        out = self._state.apply(source, item.message, now)
+        if item.message.HasField("heartbeat") and self._scope != "cluster":
+            out.append(self._state.heartbeat(now))  # a member tells its merger where it is
+        return out
 
     async def close(self) -> None:
         await cancel_and_wait(*self._tasks, *self._pumps.values())

@@ -19,7 +19,7 @@ from media.cluster.routing import Elsewhere, Here, Lost, Route, Unknown
 from media.core.session_ids import Owner, owner_of
 from media.v1 import media_pb2 as pb
 from media.v1 import media_pb2_grpc
-from tests.support import HarkProcess, eventually, publish, server_config
+from tests.support import HarkProcess, _AuthStub, eventually, publish, server_config
 from tests.tcp_proxy import tcp_proxy
 
 S = pb.SessionState
@@ -67,12 +67,14 @@ class MeshRouter:
 
 
 @contextlib.asynccontextmanager
-async def cluster(*names: str, scoped: bool = True) -> AsyncIterator[dict[str, HarkApp]]:
+async def cluster(
+    *names: str, scoped: bool = True, **overrides: Any
+) -> AsyncIterator[dict[str, HarkApp]]:
     members: dict[str, Member] = {}
     apps: dict[str, HarkApp] = {}
     try:
         for name in names:
-            app = HarkApp(server_config(node_id=name))
+            app = HarkApp(server_config(node_id=name, **overrides))
             app.router = MeshRouter(Owner(name), members, scoped=scoped)
             apps[name] = app
             await app.start()
@@ -84,13 +86,16 @@ async def cluster(*names: str, scoped: bool = True) -> AsyncIterator[dict[str, H
 
 
 @contextlib.asynccontextmanager
-async def stubs(*apps: HarkApp) -> AsyncIterator[list[media_pb2_grpc.MediaServiceAsyncStub]]:
+async def stubs(
+    *apps: HarkApp, token: str | None = None
+) -> AsyncIterator[list[media_pb2_grpc.MediaServiceAsyncStub]]:
     async with contextlib.AsyncExitStack() as stack:
         channels = [
             await stack.enter_async_context(grpc.aio.insecure_channel(app.grpc_target))
             for app in apps
         ]
-        yield [media_pb2_grpc.MediaServiceStub(channel) for channel in channels]
+        stubs = [media_pb2_grpc.MediaServiceStub(channel) for channel in channels]
+        yield [_AuthStub(stub, token) if token else stub for stub in stubs]  # type: ignore[misc]
 
 
 class Seen:
@@ -476,3 +481,33 @@ async def test_the_sdk_watch_of_every_session_resumes_across_a_cut_with_its_toke
     for created in later:
         assert seen.revisions(created.id) == [1, 2], "resumed: every event once, no snapshot"
         assert all(e.HasField("state_changed") for e in seen.events[created.id])
+
+
+async def test_an_idle_cluster_watch_hears_heartbeats_that_carry_the_token() -> None:
+    async with cluster("a", "b") as apps, stubs(apps["a"]) as (at_a,):
+        watch = at_a.WatchSessions(pb.WatchSessionsRequest())
+        beats: list[pb.SessionEvent] = []
+        async with asyncio.timeout(20):
+            while len(beats) < 3:
+                beats.append(await watch.read())
+        watch.cancel()
+    assert all(beat.HasField("heartbeat") for beat in beats)
+    assert all(beat.resume_token for beat in beats[1:]), "every node's position, once known"
+    assert {"a/0", "b/0"} <= {e.split("=")[0] for e in beats[-1].resume_token.split(",")}
+
+
+async def test_members_are_asked_with_the_callers_credentials() -> None:
+    token = "cluster-token-0123"
+    async with cluster("a", "b", token=token) as apps:
+        async with stubs(*apps.values(), token=token) as (at_a, at_b):
+            created = [await stub.CreateSession(pb.CreateSessionRequest()) for stub in (at_a, at_b)]
+            listed = await at_a.ListSessions(pb.ListSessionsRequest())
+            watch = at_a.WatchSessions(pb.WatchSessionsRequest())
+            seen = Seen()
+            await read_until(watch, seen, lambda s: {c.id for c in created} <= s.events.keys())
+            watch.cancel()
+        async with stubs(apps["a"]) as (anonymous,):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await anonymous.ListSessions(pb.ListSessionsRequest())
+    assert sorted(s.id for s in listed.sessions) == sorted(c.id for c in created)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
