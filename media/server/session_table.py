@@ -32,7 +32,7 @@ from media.errors import (
 )
 from media.metrics import Metrics
 from media.server.auth import SessionTokens, new_secret
-from media.server.event_feed import EventFeed, FeedWatch
+from media.server.event_feed import EVENT_LOG_CAPACITY, EventFeed, FeedWatch
 from media.server.live_session import LiveSession
 from media.server.watch import SnapshotItem, Subscription, Watch, WatchItem
 
@@ -72,6 +72,7 @@ class SessionTable:
         governor: LoadGovernor | None = None,
         owner: Owner | None = None,
         tokens: SessionTokens | None = None,
+        event_log_capacity: int = EVENT_LOG_CAPACITY,
     ) -> None:
         self.owner = owner or Owner("local")
         self.tokens = tokens or SessionTokens(new_secret())
@@ -90,7 +91,7 @@ class SessionTable:
         self._sessions: dict[str, LiveSession] = {}
         self._deadlines: dict[str, _Deadline] = {}
         self._all_watchers: set[Subscription] = set()
-        self.feed = EventFeed()
+        self.feed = EventFeed(event_log_capacity)
         self._feed_watchers = 0
         self._releasing: set[asyncio.Task[None]] = set()
         self._draining = False
