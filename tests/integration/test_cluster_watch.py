@@ -26,7 +26,7 @@ S = pb.SessionState
 
 
 class Member:
-    """A node as the test router knows it: its addresses, and whether it is lost."""
+    """A worker as the test router knows it: its addresses, and whether it is lost."""
 
     def __init__(self, grpc_target: str, base_url: str) -> None:
         self.grpc_target = grpc_target
@@ -34,33 +34,45 @@ class Member:
         self.lost = False
 
 
+def owner_named(name: str) -> Owner:
+    """``"b"``: node b's only worker; ``"a/1"``: worker 1 of node a."""
+    node, _, worker = name.partition("/")
+    return Owner(node, int(worker or 0))
+
+
 class MeshRouter:
-    """Test wiring: each node is one worker; every other node of ``members`` is a member."""
+    """Test wiring: ``members`` by name; sibling workers are reached directly, another node
+    through its worker 0 (as through its public address)."""
 
     def __init__(self, me: Owner, members: dict[str, Member], *, scoped: bool = True) -> None:
         self.me = me
         self.members = members
         self.scoped = scoped  # False: lists the other nodes at every scope (loop-prone)
 
+    def _elsewhere(self, owner: Owner) -> Elsewhere | Lost | None:
+        for name, member in self.members.items():
+            if owner_named(name) == owner:
+                if member.lost:
+                    return Lost(owner)
+                return Elsewhere(owner, member.grpc_target, member.base_url)
+        return None
+
     def route(self, session_id: str) -> Route:
         owner = owner_of(session_id)
         if owner == self.me:
             return Here()
-        member = self.members.get(owner.node) if owner is not None else None
-        if owner is None or member is None:
-            return Unknown()
-        if member.lost:
-            return Lost(owner)
-        return Elsewhere(owner, member.grpc_target, member.base_url)
+        found = self._elsewhere(owner) if owner is not None else None
+        return Unknown() if found is None else found
 
     def others(self, scope: str) -> list[Elsewhere]:
-        if scope == "worker" or (scope == "node" and self.scoped):
+        if scope == "worker":
             return []
-        return [
-            Elsewhere(Owner(node), member.grpc_target, member.base_url)
-            for node, member in self.members.items()
-            if node != self.me.node and not member.lost
-        ]
+        owners = {owner_named(name) for name in self.members} - {self.me}
+        siblings = [o for o in owners if o.node == self.me.node]
+        nodes = [o for o in owners if o.node != self.me.node and o.worker == 0]
+        listed = siblings if scope == "node" and self.scoped else siblings + nodes
+        found = [self._elsewhere(owner) for owner in sorted(listed, key=str)]
+        return [where for where in found if isinstance(where, Elsewhere)]
 
     def place(self) -> Here | Elsewhere:
         return Here()
@@ -74,8 +86,10 @@ async def cluster(
     apps: dict[str, HarkApp] = {}
     try:
         for name in names:
-            app = HarkApp(server_config(node_id=name, **overrides))
-            app.router = MeshRouter(Owner(name), members, scoped=scoped)
+            owner = owner_named(name)
+            app = HarkApp(server_config(node_id=owner.node, **overrides))
+            app.sessions.owner = owner  # test wiring: what --workers does for worker k
+            app.router = MeshRouter(owner, members, scoped=scoped)
             apps[name] = app
             await app.start()
             members[name] = Member(app.grpc_target, app.base_url)
@@ -511,3 +525,55 @@ async def test_members_are_asked_with_the_callers_credentials() -> None:
                 await anonymous.ListSessions(pb.ListSessionsRequest())
     assert sorted(s.id for s in listed.sessions) == sorted(c.id for c in created)
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_node_of_several_workers_is_watched_and_listed_through_one_of_them() -> None:
+    async with cluster("a", "a/1", "b") as apps:
+        async with stubs(*apps.values()) as (at_a0, at_a1, at_b):
+            created = {
+                name: await stub.CreateSession(pb.CreateSessionRequest())
+                for name, stub in (("a", at_a0), ("a/1", at_a1), ("b", at_b))
+            }
+            assert created["a/1"].id.startswith("a.1.")
+            every = sorted(c.id for c in created.values())
+            listings = [
+                await stub.ListSessions(pb.ListSessionsRequest()) for stub in (at_a0, at_a1, at_b)
+            ]
+            node_a = await at_a0.ListSessions(
+                pb.ListSessionsRequest(), metadata=(("x-hark-scope", "node"),)
+            )
+
+            watch = at_b.WatchSessions(pb.WatchSessionsRequest())
+            seen = Seen()
+            await read_until(watch, seen, lambda s: set(every) <= s.events.keys())
+            await at_a1.EndSession(pb.EndSessionRequest(session_id=created["a/1"].id))
+            await read_until(
+                watch, seen, lambda s: state_of(s.latest(created["a/1"].id)) == S.CLOSED
+            )
+            token = seen.token
+            watch.cancel()
+
+            later = await at_a1.CreateSession(pb.CreateSessionRequest())
+            await at_a0.EndSession(pb.EndSessionRequest(session_id=created["a"].id))
+            resumed = at_b.WatchSessions(pb.WatchSessionsRequest(resume_token=token))
+            after = Seen()
+            await read_until(
+                resumed,
+                after,
+                lambda s: later.id in s.events and state_of(s.latest(created["a"].id)) == S.CLOSED,
+            )
+
+            apps["a"].router.members["a/1"].lost = True  # type: ignore[attr-defined]
+            await read_until(resumed, after, lambda s: state_of(s.latest(later.id)) == S.CLOSED)
+            resumed.cancel()
+
+    for listing in listings:
+        assert sorted(s.id for s in listing.sessions) == every
+    assert sorted(s.id for s in node_a.sessions) == sorted([created["a"].id, created["a/1"].id])
+    assert {"a/0", "a/1", "b/0"} <= {e.split("=")[0] for e in token.split(",")}
+    assert not any(e.HasField("snapshot") for events in after.events.values() for e in events)
+    assert after.revisions(later.id) == [1, 2]
+    assert after.revisions(created["a"].id) == [2]
+    lost = after.events[later.id][-1].state_changed
+    assert lost.close_reason == pb.NODE_LOST and "worker 1" in lost.close_detail
+    assert sorted(after.events) == sorted([later.id, created["a"].id]), "nothing else repeated"
