@@ -3,8 +3,8 @@ call made to every member ``Router.others(scope)`` lists.
 
 A call says how far it reaches in the ``x-hark-scope`` metadata: ``cluster`` (no marker: a
 client's call) fans out to every sibling worker and every other node; ``node`` (a call from
-another node) to the sibling workers only; ``worker`` (a call from a sibling, or from a node of
-this one) answers from this process alone, so a call never goes round in circles.
+another node) to the sibling workers only; ``worker`` (a call from a sibling worker) answers
+from this process alone, so a call never goes round in circles.
 
 A merged WatchSessions reconnects to a member whose stream breaks, from the position its last
 message left (nothing lost or repeated). A member the router no longer lists, or whose sessions it
@@ -237,6 +237,9 @@ class WatchMerge:
         self._start = start
         self._queue: asyncio.Queue[_Message | _Broken | _Ended] = asyncio.Queue(MERGE_QUEUE)
         self._pumps: dict[Owner, asyncio.Task[None]] = {}
+        self._gone: set[Owner] = (
+            set()
+        )  # given up while still listed: not redialled until it returns
         self._tasks: list[asyncio.Task[None]] = []
         self._clock = service._sessions.clock
 
@@ -354,6 +357,7 @@ class WatchMerge:
 
     async def _give_up(self, owner: Owner) -> list[pb.SessionEvent]:
         pump = self._pumps.pop(owner, None)
+        self._gone.add(owner)
         if pump is not None:
             await cancel_and_wait(pump)
         logger.info("watch of every session: %s is gone; its sessions are NODE_LOST", owner)
@@ -365,8 +369,9 @@ class WatchMerge:
         while True:
             await asyncio.sleep(MEMBERSHIP_POLL_S)
             members = dict((m.owner, (m, s)) for m, s in reach(router, self._me, self._scope))
+            self._gone &= members.keys()
             for owner, (member, scope) in members.items():
-                if owner not in self._pumps:
+                if owner not in self._pumps and owner not in self._gone:
                     self._start_pump(member, scope, {})
             for owner in list(self._pumps):
                 if owner not in members:
