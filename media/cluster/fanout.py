@@ -295,8 +295,8 @@ class WatchMerge:
     async def _pump_here(self, request: pb.WatchSessionsRequest) -> None:
         error: BaseException | None = None
         try:
-            announce = self._scope != "cluster"
-            async for message in self._service.watch_here(request, announce=announce):
+            # Announced: the merged token names this process from the start, even with no session.
+            async for message in self._service.watch_here(request, announce=True):
                 await self._queue.put(_Message(None, message))
         except HarkError as exc:
             error = exc

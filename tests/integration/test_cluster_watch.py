@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -577,3 +579,45 @@ async def test_a_node_of_several_workers_is_watched_and_listed_through_one_of_th
     lost = after.events[later.id][-1].state_changed
     assert lost.close_reason == pb.NODE_LOST and "worker 1" in lost.close_detail
     assert sorted(after.events) == sorted([later.id, created["a"].id]), "nothing else repeated"
+
+
+async def test_hark_watch_of_every_session_resumes_across_a_cut() -> None:
+    async with cluster("a", "b") as apps, tcp_proxy(apps["a"].grpc_port) as proxy:
+        async with stubs(*apps.values()) as (at_a, at_b):
+            early = await at_b.CreateSession(pb.CreateSessionRequest())
+            watcher = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "media", "watch", "--target", proxy.target, "--json",
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL,
+            )  # fmt: skip
+            assert watcher.stdout is not None
+            printed: list[dict[str, Any]] = []
+
+            async def read_until_printed(session_id: str, state: str) -> None:
+                async with asyncio.timeout(20):
+                    while not any(
+                        line.get("sessionId") == session_id
+                        and line.get("stateChanged", {}).get("state") == state
+                        for line in printed
+                    ):
+                        assert watcher.stdout is not None
+                        printed.append(json.loads(await watcher.stdout.readline()))
+
+            try:
+                async with asyncio.timeout(20):
+                    printed.append(json.loads(await watcher.stdout.readline()))
+                assert printed[0]["snapshot"]["session"]["id"] == early.id
+                proxy.cut()
+                missed = await at_a.CreateSession(pb.CreateSessionRequest())
+                await at_b.EndSession(pb.EndSessionRequest(session_id=early.id))
+                proxy.restore()
+                await read_until_printed(early.id, "CLOSED")
+                await read_until_printed(missed.id, "NEW")
+            finally:
+                watcher.kill()
+                await watcher.wait()
+
+    assert proxy.connections >= 2, "the watch was never cut"
+    assert [line["sessionId"] for line in printed].count(early.id) == 2, "snapshot, then CLOSED"
+    assert not any("snapshot" in line for line in printed[1:]), "resumed, not resynced"
+    assert all(line["resumeToken"] for line in printed)
