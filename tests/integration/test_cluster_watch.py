@@ -250,7 +250,9 @@ async def test_the_scope_marker_keeps_a_router_that_ignores_scope_from_looping()
     assert all(len(events) == 1 for events in seen.events.values())
 
 
-async def test_a_watcher_that_reconnects_with_its_token_gets_exactly_what_it_missed() -> None:
+async def test_a_watcher_that_reconnects_with_its_token_anywhere_gets_exactly_what_it_missed() -> (
+    None
+):
     async with cluster("a", "b", "c") as apps:
         async with stubs(*apps.values()) as (at_a, at_b, at_c):
             at = {"a": at_a, "b": at_b, "c": at_c}
@@ -292,7 +294,8 @@ async def test_a_watcher_that_reconnects_with_its_token_gets_exactly_what_it_mis
                     ).sessions
                 }
 
-                resumed = at_a.WatchSessions(pb.WatchSessionsRequest(resume_token=token))
+                # At another node: the token is the whole cluster's.
+                resumed = at_c.WatchSessions(pb.WatchSessionsRequest(resume_token=token))
                 after = Seen()
 
                 def caught_up(s: Seen) -> bool:
