@@ -90,7 +90,6 @@ class SessionTable:
         self.observers: list[Callable[[SessionEvent, Session], None]] = []
         self._sessions: dict[str, LiveSession] = {}
         self._deadlines: dict[str, _Deadline] = {}
-        self._all_watchers: set[Subscription] = set()
         self.feed = EventFeed(event_log_capacity)
         self._feed_watchers = 0
         self._releasing: set[asyncio.Task[None]] = set()
@@ -111,8 +110,6 @@ class SessionTable:
         self._shut = True
         for live in list(self._sessions.values()):
             live.close(CloseReason.SHUTDOWN, "server shutting down")
-        for subscription in self._all_watchers:
-            subscription.finish()
         self.feed.finish()
         for deadline in self._deadlines.values():
             deadline.handle.cancel()
@@ -328,28 +325,6 @@ class SessionTable:
             initial, subscription, heartbeat_s=heartbeat_s, ends_at_close=True, release=release
         )
 
-    def watch_all(self, include_closed: bool, *, heartbeat_s: float) -> Watch:
-        """A snapshot of every session, then every session's events, until shutdown."""
-        self._check_watchers()
-        initial = [
-            SnapshotItem(live.snapshot())
-            for live in self._sessions.values()
-            if include_closed or not live.closed
-        ]
-        subscription = Subscription()
-        if self._draining and not self._sessions:
-            subscription.finish()
-        self._all_watchers.add(subscription)
-
-        def release() -> None:
-            self.metrics.watch_streams.dec()
-            self._all_watchers.discard(subscription)
-
-        self.metrics.watch_streams.inc()
-        return Watch(
-            initial, subscription, heartbeat_s=heartbeat_s, ends_at_close=False, release=release
-        )
-
     def watch_everything(
         self,
         position: Position | None,
@@ -385,11 +360,7 @@ class SessionTable:
         ]
 
     def watcher_count(self) -> int:
-        return (
-            len(self._all_watchers)
-            + self._feed_watchers
-            + sum(live.watcher_count for live in self._sessions.values())
-        )
+        return self._feed_watchers + sum(live.watcher_count for live in self._sessions.values())
 
     def _check_watchers(self) -> None:
         count = self.watcher_count()
@@ -404,8 +375,6 @@ class SessionTable:
         closed = False
         for event in events:
             self.feed.append(event)
-            for subscription in self._all_watchers:
-                subscription.push(event)
             self.metrics.observe_event(event, live.session)
             for observe in self.observers:
                 observe(event, live.session)
