@@ -77,9 +77,14 @@ def reach(router: Router, me: Owner, scope: str) -> list[tuple[Elsewhere, str]]:
     if scope == "worker":
         return []
     members = router.others(scope)
+    siblings = [(m, "worker") for m in members if m.owner.node == me.node and m.owner != me]
     if scope == "node":
-        return [(m, "worker") for m in members if m.owner.node == me.node]
-    return [(m, "worker" if m.owner.node == me.node else "node") for m in members]
+        return siblings
+    nodes: dict[str, Elsewhere] = {}
+    for member in members:  # one call per other node: it answers for all its workers
+        if member.owner.node != me.node:
+            nodes.setdefault(member.owner.node, member)
+    return siblings + [(member, "node") for member in nodes.values()]
 
 
 class MemberFailed(Exception):

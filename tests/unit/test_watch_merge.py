@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from media.cluster.fanout import reach
+from media.cluster.routing import Elsewhere, Here, Route, Unknown
 from media.cluster.watch_merge import MergeState, answers_for, start_positions
 from media.core.event_log import Position, decode_token, encode_token
 from media.core.session_ids import Owner
@@ -112,3 +114,27 @@ def test_a_merge_for_another_node_starts_from_its_own_node_only() -> None:
     )
     assert start_positions(ME, "cluster", token).keys() == {"a/0", "a/1", "b/0"}
     assert start_positions(ME, "node", token).keys() == {"a/0", "a/1"}
+
+
+class ListedRouter:
+    """Lists what it is given at every scope (the fan-out must narrow it)."""
+
+    def __init__(self, *owners: Owner) -> None:
+        self.listed = [Elsewhere(owner, f"{owner.node}:{owner.worker}", "") for owner in owners]
+
+    def route(self, session_id: str) -> Route:
+        return Unknown()
+
+    def others(self, scope: str) -> list[Elsewhere]:
+        return self.listed
+
+    def place(self) -> Here | Elsewhere:
+        return Here()
+
+
+def test_a_call_reaches_each_sibling_directly_and_each_other_node_once() -> None:
+    router = ListedRouter(ME, SIBLING, Owner("b", 0), Owner("b", 1), Owner("c", 2))
+    reached = [(m.owner, scope) for m, scope in reach(router, ME, "cluster")]
+    assert reached == [(SIBLING, "worker"), (Owner("b", 0), "node"), (Owner("c", 2), "node")]
+    assert [(m.owner, s) for m, s in reach(router, ME, "node")] == [(SIBLING, "worker")]
+    assert reach(router, ME, "worker") == []
