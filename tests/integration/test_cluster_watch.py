@@ -624,3 +624,17 @@ async def test_hark_watch_of_every_session_resumes_across_a_cut() -> None:
     assert [line["sessionId"] for line in printed].count(early.id) == 2, "snapshot, then CLOSED"
     assert not any("snapshot" in line for line in printed[1:]), "resumed, not resynced"
     assert all(line["resumeToken"] for line in printed)
+
+
+async def test_a_resume_token_that_is_not_one_is_invalid_argument_naming_it() -> None:
+    async with cluster("a", "b") as apps, stubs(apps["a"]) as (at_a,):
+        incarnation = apps["a"].sessions.feed.log.incarnation
+        answers = []
+        for token in ("not a token", f"a/0={incarnation}:99"):
+            with pytest.raises(grpc.aio.AioRpcError) as bad:
+                await at_a.WatchSessions(pb.WatchSessionsRequest(resume_token=token)).read()
+            answers.append(bad.value)
+    for error in answers:
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "resume_token" in (error.details() or "")
+    assert "ahead" in (answers[1].details() or "")
