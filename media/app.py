@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from media.aio import cancel_and_wait
 from media.binding import CannotListen, check_can_bind, host_port, why_bind_failed
 from media.cli.main import main as cli_main
+from media.cluster.fanout import ClusterService
 from media.cluster.grpc_forward import ForwardingService, Upstreams
 from media.cluster.http_forward import HttpForwarder
 from media.cluster.routing import Router
@@ -38,7 +39,7 @@ from media.core.session import Session, Timeouts
 from media.core.session_ids import Owner
 from media.metrics import Metrics
 from media.rpc.interceptors import BearerAuth, MalformedRequests, RpcMetrics
-from media.rpc.service import SERVICE_NAME, MediaService
+from media.rpc.service import SERVICE_NAME
 from media.rtc import compat
 from media.rtc.compat import (
     keep_consent_through_stalls,
@@ -288,11 +289,13 @@ class HarkApp:
             interceptors.append(BearerAuth(self.config.token))
         interceptors.append(MalformedRequests())  # innermost: after auth, before decoding
         server = grpc.aio.server(interceptors=interceptors, options=self.role.grpc_options)
-        service = MediaService(
+        service = ClusterService(
             self.sessions,
             base_url=lambda: self.base_url,
             heartbeat_interval=self.config.heartbeat_interval,
             grpc_address=lambda: self.grpc_address,
+            router=self.router,
+            channels=self.upstreams,
         )
         forwarding = ForwardingService(service, self.router, self.tokens, self.upstreams)
         media_pb2_grpc.add_MediaServiceServicer_to_server(forwarding, server)

@@ -249,11 +249,13 @@ class HarkClient:
         """Every event of one session (or of all of them), heartbeats left out.
 
         One session: exactly once and in order across reconnects; ends after CLOSED.
-        All sessions: after a reconnect each live session is sent again as a snapshot, and an
-        event already seen (same session, same or older revision) is not repeated.
+        All sessions (of every node of the cluster): a reconnect resumes with the resume token of
+        the last message, so every event comes exactly once too; where the server can no longer
+        replay what was missed, snapshots marked ``resync`` stand for it.
         ``on_retry`` is called with the error each time a connection fails and is retried.
         """
         last_error = "the stream ended"
+        resume_token = ""
         seen: dict[str, int] = {}
         if session_id is not None and since_revision:
             seen[session_id] = since_revision
@@ -261,7 +263,9 @@ class HarkClient:
         while True:
             call: grpc.aio.UnaryStreamCall[Any, pb.SessionEvent]
             if session_id is None:
-                call = self._stub.WatchSessions(pb.WatchSessionsRequest(), metadata=self._metadata)
+                call = self._stub.WatchSessions(
+                    pb.WatchSessionsRequest(resume_token=resume_token), metadata=self._metadata
+                )
             else:
                 request = pb.WatchSessionRequest(
                     session_id=session_id, since_revision=seen.get(session_id, 0)
@@ -270,6 +274,7 @@ class HarkClient:
             try:
                 async for event in call:
                     delays = self.backoff.delays()
+                    resume_token = event.resume_token or resume_token
                     if event.HasField("heartbeat"):
                         continue
                     last = seen.get(event.session_id, 0)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import Any, Final
 
 import grpc
@@ -14,6 +14,7 @@ import grpc
 from media.aio import cancel_and_wait
 from media.audio.pcm import PcmConverter
 from media.audio.subscribers import CHUNK_MS_RANGE, DEFAULT_CHUNK_MS, STREAM_ENDED, AudioMode
+from media.core.event_log import decode_token, encode_token
 from media.core.events import CloseReason, InterruptReason
 from media.core.playback_queue import RATE, Playback, PlaybackMode, check_playback_id
 from media.core.segmenter import SegmenterConfig
@@ -238,14 +239,32 @@ class MediaService(media_pb2_grpc.MediaServiceServicer):
     async def WatchSessions(
         self, request: pb.WatchSessionsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.SessionEvent]:
-        include_closed = request.include_closed
-        with self._sessions.watch_all(include_closed, heartbeat_s=self._heartbeat) as watch:
-            async for item in watch:
+        async for message in self.watch_here(request):
+            yield message
+
+    async def watch_here(
+        self, request: pb.WatchSessionsRequest, *, announce: bool = False
+    ) -> AsyncGenerator[pb.SessionEvent, None]:
+        """WatchSessions over this process's sessions only, each message with its resume token
+        (``announce``: say where the stream stands at once, even with no session to show)."""
+        positions = decode_token(request.resume_token)
+        owner = str(self._sessions.owner)
+        with self._sessions.watch_everything(
+            positions.get(owner),
+            fresh=not positions,
+            include_closed=request.include_closed,
+            heartbeat_s=self._heartbeat,
+            announce=announce,
+        ) as watch:
+            async for fed in watch:
+                item = fed.item
                 if item is None:
-                    yield self._heartbeat_pb("", 0)
-                    continue
-                sid = item.snapshot.id if isinstance(item, SnapshotItem) else item.session_id
-                yield event_pb(item, self.whip_url(sid), grpc_address=self._grpc_address())
+                    message = self._heartbeat_pb("", 0)
+                else:
+                    sid = item.snapshot.id if isinstance(item, SnapshotItem) else item.session_id
+                    message = event_pb(item, self.whip_url(sid), grpc_address=self._grpc_address())
+                message.resume_token = encode_token({owner: fed.position})
+                yield message
 
     @unary
     async def StreamAudio(  # type: ignore[override]  # written with context.write (see below)

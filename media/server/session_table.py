@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Final
 
 from media.core.clock import Clock
+from media.core.event_log import Position
 from media.core.events import CloseReason, SessionEvent, SessionState, StateChanged
 from media.core.load_governor import LoadGovernor
 from media.core.segmenter import SegmenterConfig
@@ -31,6 +32,7 @@ from media.errors import (
 )
 from media.metrics import Metrics
 from media.server.auth import SessionTokens, new_secret
+from media.server.event_feed import EVENT_LOG_CAPACITY, EventFeed, FeedWatch
 from media.server.live_session import LiveSession
 from media.server.watch import SnapshotItem, Subscription, Watch, WatchItem
 
@@ -70,6 +72,7 @@ class SessionTable:
         governor: LoadGovernor | None = None,
         owner: Owner | None = None,
         tokens: SessionTokens | None = None,
+        event_log_capacity: int = EVENT_LOG_CAPACITY,
     ) -> None:
         self.owner = owner or Owner("local")
         self.tokens = tokens or SessionTokens(new_secret())
@@ -87,7 +90,8 @@ class SessionTable:
         self.observers: list[Callable[[SessionEvent, Session], None]] = []
         self._sessions: dict[str, LiveSession] = {}
         self._deadlines: dict[str, _Deadline] = {}
-        self._all_watchers: set[Subscription] = set()
+        self.feed = EventFeed(event_log_capacity)
+        self._feed_watchers = 0
         self._releasing: set[asyncio.Task[None]] = set()
         self._draining = False
         self._negotiating = 0
@@ -106,8 +110,7 @@ class SessionTable:
         self._shut = True
         for live in list(self._sessions.values()):
             live.close(CloseReason.SHUTDOWN, "server shutting down")
-        for subscription in self._all_watchers:
-            subscription.finish()
+        self.feed.finish()
         for deadline in self._deadlines.values():
             deadline.handle.cancel()
         self._deadlines.clear()
@@ -339,30 +342,42 @@ class SessionTable:
             initial, subscription, heartbeat_s=heartbeat_s, ends_at_close=True, release=release
         )
 
-    def watch_all(self, include_closed: bool, *, heartbeat_s: float) -> Watch:
-        """A snapshot of every session, then every session's events, until shutdown."""
+    def watch_everything(
+        self,
+        position: Position | None,
+        *,
+        fresh: bool,
+        include_closed: bool,
+        heartbeat_s: float,
+        announce: bool = False,
+    ) -> FeedWatch:
+        """Every session's events, resumable from ``position`` (see ``media.server.event_feed``),
+        until shutdown."""
         self._check_watchers()
-        initial = [
-            SnapshotItem(live.snapshot())
-            for live in self._sessions.values()
-            if include_closed or not live.closed
-        ]
-        subscription = Subscription()
-        if self._draining and not self._sessions:
-            subscription.finish()
-        self._all_watchers.add(subscription)
+        opening = self.feed.open(
+            position,
+            self._retained_snapshots,
+            fresh=fresh,
+            include_closed=include_closed,
+            announce=announce,
+        )
+        self._feed_watchers += 1
 
         def release() -> None:
             self.metrics.watch_streams.dec()
-            self._all_watchers.discard(subscription)
+            self._feed_watchers -= 1
 
         self.metrics.watch_streams.inc()
-        return Watch(
-            initial, subscription, heartbeat_s=heartbeat_s, ends_at_close=False, release=release
-        )
+        ended = self.feed.finished or (self._draining and not self._sessions)
+        return FeedWatch(self.feed, opening, heartbeat_s=heartbeat_s, ended=ended, release=release)
+
+    def _retained_snapshots(self, include_closed: bool) -> list[SessionSnapshot]:
+        return [
+            live.snapshot() for live in self._sessions.values() if include_closed or not live.closed
+        ]
 
     def watcher_count(self) -> int:
-        return len(self._all_watchers) + sum(live.watcher_count for live in self._sessions.values())
+        return self._feed_watchers + sum(live.watcher_count for live in self._sessions.values())
 
     def _check_watchers(self) -> None:
         count = self.watcher_count()
@@ -376,8 +391,7 @@ class SessionTable:
     def _published(self, live: LiveSession, events: list[SessionEvent]) -> None:
         closed = False
         for event in events:
-            for subscription in self._all_watchers:
-                subscription.push(event)
+            self.feed.append(event)
             self.metrics.observe_event(event, live.session)
             for observe in self.observers:
                 observe(event, live.session)

@@ -1,6 +1,6 @@
 """Watch streams: one subscriber's ordered queue of session events, and the ``Watch`` iterator
-that WatchSession, WatchSessions and the SSE endpoint all read (snapshot or replay first, then
-live events, ``None`` for a heartbeat after each idle interval)."""
+that WatchSession and the SSE endpoint read (snapshot or replay first, then live events, ``None``
+for a heartbeat after each idle interval). WatchSessions reads ``media.server.event_feed``."""
 
 from __future__ import annotations
 

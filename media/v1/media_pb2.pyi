@@ -612,16 +612,25 @@ class WatchSessionsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     INCLUDE_CLOSED_FIELD_NUMBER: _builtins.int
+    RESUME_TOKEN_FIELD_NUMBER: _builtins.int
     include_closed: _builtins.bool
     """Also send snapshots of closed sessions that are still retained."""
+    resume_token: _builtins.str
+    """The resume_token of the last message received on an earlier WatchSessions
+    stream: continue right after it, every session of every node, nothing
+    lost or repeated. Where that is no longer possible (too old, or the
+    process restarted) the stream starts with snapshots marked resync,
+    closed sessions included. Empty: start with snapshots.
+    """
     def __init__(
         self,
         *,
         include_closed: _builtins.bool = ...,
+        resume_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_closed", b"include_closed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_closed", b"include_closed", "resume_token", b"resume_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -634,6 +643,7 @@ class SessionEvent(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
+    RESUME_TOKEN_FIELD_NUMBER: _builtins.int
     SNAPSHOT_FIELD_NUMBER: _builtins.int
     STATE_CHANGED_FIELD_NUMBER: _builtins.int
     LISTENING_CHANGED_FIELD_NUMBER: _builtins.int
@@ -647,6 +657,10 @@ class SessionEvent(_message.Message):
     revision: _builtins.int
     """Increases by one per event within a session. A snapshot or heartbeat
     carries the session's current revision and is not itself an event.
+    """
+    resume_token: _builtins.str
+    """WatchSessions only: pass it back as WatchSessionsRequest.resume_token to
+    continue after this message (opaque).
     """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp: ...
@@ -674,6 +688,7 @@ class SessionEvent(_message.Message):
         session_id: _builtins.str = ...,
         revision: _builtins.int = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
+        resume_token: _builtins.str = ...,
         snapshot: Global___Snapshot | None = ...,
         state_changed: Global___StateChanged | None = ...,
         listening_changed: Global___ListeningChanged | None = ...,
@@ -686,7 +701,7 @@ class SessionEvent(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "listening_changed", b"listening_changed", "payload", b"payload", "playback_finished", b"playback_finished", "playback_interrupted", b"playback_interrupted", "playback_started", b"playback_started", "snapshot", b"snapshot", "speech_ended", b"speech_ended", "speech_started", b"speech_started", "state_changed", b"state_changed", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "listening_changed", b"listening_changed", "payload", b"payload", "playback_finished", b"playback_finished", "playback_interrupted", b"playback_interrupted", "playback_started", b"playback_started", "revision", b"revision", "session_id", b"session_id", "snapshot", b"snapshot", "speech_ended", b"speech_ended", "speech_started", b"speech_started", "state_changed", b"state_changed", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "listening_changed", b"listening_changed", "payload", b"payload", "playback_finished", b"playback_finished", "playback_interrupted", b"playback_interrupted", "playback_started", b"playback_started", "resume_token", b"resume_token", "revision", b"revision", "session_id", b"session_id", "snapshot", b"snapshot", "speech_ended", b"speech_ended", "speech_started", b"speech_started", "state_changed", b"state_changed", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["snapshot", "state_changed", "listening_changed", "heartbeat", "speech_started", "speech_ended", "playback_started", "playback_finished", "playback_interrupted"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015

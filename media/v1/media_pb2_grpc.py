@@ -109,7 +109,8 @@ class MediaServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListSessions(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Every session of every node of the cluster.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -146,8 +147,9 @@ class MediaServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchSessions(self, request, context):
-        """The same for every session: a snapshot of each live session, then every
-        event of every session, including sessions created later.
+        """The same for every session of every node of the cluster: a snapshot of
+        each live session, then every event of every session, including sessions
+        created later. Each message carries a resume_token to continue from.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

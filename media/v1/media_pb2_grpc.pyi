@@ -40,6 +40,7 @@ class MediaServiceStub:
     """
     GetSession: _grpc.UnaryUnaryMultiCallable[_media_pb2.GetSessionRequest, _media_pb2.Session]
     ListSessions: _grpc.UnaryUnaryMultiCallable[_media_pb2.ListSessionsRequest, _media_pb2.ListSessionsResponse]
+    """Every session of every node of the cluster."""
     EndSession: _grpc.UnaryUnaryMultiCallable[_media_pb2.EndSessionRequest, _media_pb2.Session]
     """Closes the session with API_END. Idempotent on a closed session."""
     StartListening: _grpc.UnaryUnaryMultiCallable[_media_pb2.StartListeningRequest, _media_pb2.Session]
@@ -54,8 +55,9 @@ class MediaServiceStub:
     with OK right after the CLOSED event.
     """
     WatchSessions: _grpc.UnaryStreamMultiCallable[_media_pb2.WatchSessionsRequest, _media_pb2.SessionEvent]
-    """The same for every session: a snapshot of each live session, then every
-    event of every session, including sessions created later.
+    """The same for every session of every node of the cluster: a snapshot of
+    each live session, then every event of every session, including sessions
+    created later. Each message carries a resume_token to continue from.
     """
     StreamAudio: _grpc.UnaryStreamMultiCallable[_media_pb2.StreamAudioRequest, _media_pb2.AudioChunk]
     """The data plane: 16-bit little-endian mono PCM of what the user says while
@@ -87,6 +89,7 @@ class MediaServiceAsyncStub(MediaServiceStub):
     """
     GetSession: _aio.UnaryUnaryMultiCallable[_media_pb2.GetSessionRequest, _media_pb2.Session]  # type: ignore[assignment]
     ListSessions: _aio.UnaryUnaryMultiCallable[_media_pb2.ListSessionsRequest, _media_pb2.ListSessionsResponse]  # type: ignore[assignment]
+    """Every session of every node of the cluster."""
     EndSession: _aio.UnaryUnaryMultiCallable[_media_pb2.EndSessionRequest, _media_pb2.Session]  # type: ignore[assignment]
     """Closes the session with API_END. Idempotent on a closed session."""
     StartListening: _aio.UnaryUnaryMultiCallable[_media_pb2.StartListeningRequest, _media_pb2.Session]  # type: ignore[assignment]
@@ -101,8 +104,9 @@ class MediaServiceAsyncStub(MediaServiceStub):
     with OK right after the CLOSED event.
     """
     WatchSessions: _aio.UnaryStreamMultiCallable[_media_pb2.WatchSessionsRequest, _media_pb2.SessionEvent]  # type: ignore[assignment]
-    """The same for every session: a snapshot of each live session, then every
-    event of every session, including sessions created later.
+    """The same for every session of every node of the cluster: a snapshot of
+    each live session, then every event of every session, including sessions
+    created later. Each message carries a resume_token to continue from.
     """
     StreamAudio: _aio.UnaryStreamMultiCallable[_media_pb2.StreamAudioRequest, _media_pb2.AudioChunk]  # type: ignore[assignment]
     """The data plane: 16-bit little-endian mono PCM of what the user says while
@@ -148,7 +152,8 @@ class MediaServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _media_pb2.ListSessionsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_media_pb2.ListSessionsResponse, _abc.Awaitable[_media_pb2.ListSessionsResponse]]: ...
+    ) -> _typing.Union[_media_pb2.ListSessionsResponse, _abc.Awaitable[_media_pb2.ListSessionsResponse]]:
+        """Every session of every node of the cluster."""
 
     @_abc_1.abstractmethod
     def EndSession(
@@ -193,8 +198,9 @@ class MediaServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _media_pb2.WatchSessionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_media_pb2.SessionEvent], _abc.AsyncIterator[_media_pb2.SessionEvent]]:
-        """The same for every session: a snapshot of each live session, then every
-        event of every session, including sessions created later.
+        """The same for every session of every node of the cluster: a snapshot of
+        each live session, then every event of every session, including sessions
+        created later. Each message carries a resume_token to continue from.
         """
 
     @_abc_1.abstractmethod

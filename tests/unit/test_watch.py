@@ -76,9 +76,11 @@ async def test_watching_every_session_sees_new_ones_and_ends_at_shutdown() -> No
     seen: list[WatchItem | None] = []
 
     async def follow() -> None:
-        with sessions.watch_all(False, heartbeat_s=60) as watch:
-            async for item in watch:
-                seen.append(item)
+        with sessions.watch_everything(
+            None, fresh=True, include_closed=False, heartbeat_s=60
+        ) as watch:
+            async for fed in watch:
+                seen.append(fed.item)
 
     following = asyncio.ensure_future(follow())
     await asyncio.sleep(0)  # the follower takes its snapshot before the next session exists
