@@ -24,6 +24,8 @@ from grpc_reflection.v1alpha import reflection
 from media.aio import cancel_and_wait
 from media.binding import CannotListen, check_can_bind, host_port, why_bind_failed
 from media.cli.main import main as cli_main
+from media.cluster.node import ClusterNode
+from media.cluster.routing import Router, SingleProcessRouter
 from media.config import Config
 from media.core.clock import Clock
 from media.core.events import SessionEvent, SessionState, StateChanged
@@ -109,6 +111,10 @@ class HarkApp:
         self._protocol_errors = ClientProtocolErrors()
         self._started = False
         self._whip_posts: set[AbstractResource | None] = set()
+        self.cluster = ClusterNode.join(config, self.sessions, self, self._health_dirty.set)
+        self.router: Router = (
+            self.cluster.router if self.cluster else SingleProcessRouter(self.sessions.owner)
+        )
 
     @property
     def base_url(self) -> str:
@@ -127,6 +133,7 @@ class HarkApp:
             not self.sessions.draining
             and self.sessions.live_count() < self.config.max_sessions
             and not self.sessions.governor.overloaded
+            and not (self.cluster is not None and self.cluster.detached)
         )
 
     # HTTP
@@ -136,8 +143,9 @@ class HarkApp:
         if self.config.rate_limit > 0:
             limiter = RateLimiter(self.config.rate_limit, self.config.rate_burst)
         middlewares = make_middlewares(self.config.effective_cors_origins, self.metrics, limiter)
+        placing = [self.cluster.whip_middleware(self.router)] if self.cluster else []
         app = web.Application(
-            middlewares=[*middlewares, self._time_whip_post],
+            middlewares=[*middlewares, self._time_whip_post, *placing],
             client_max_size=1024 * 1024,
         )
         app[BODY_TIMEOUT] = self.config.http_body_timeout
@@ -150,6 +158,7 @@ class HarkApp:
             jitter_frames=self.config.jitter_frames,
             max_offer_bytes=self.config.max_offer_bytes,
             max_m_lines=self.config.max_m_lines,
+            absolute_location=self.cluster is not None,
         )
         whip.add_routes(app)
         self._whip_posts = {
@@ -189,6 +198,9 @@ class HarkApp:
     async def _readyz(self, request: web.Request) -> web.Response:
         if self.sessions.draining:
             return web.Response(status=503, text="draining\n", headers={"Retry-After": "5"})
+        if self.cluster is not None and self.cluster.detached:
+            text = f"no Redis for over {self.config.node_ttl:g} s: out of the cluster\n"
+            return web.Response(status=503, text=text, headers={"Retry-After": "5"})
         live = self.sessions.live_count()
         if live >= self.config.max_sessions:
             text = (
@@ -286,6 +298,8 @@ class HarkApp:
             base_url=lambda: self.base_url,
             heartbeat_interval=self.config.heartbeat_interval,
         )
+        if self.cluster is not None:
+            service = self.cluster.placing_servicer(service, self.router)
         media_pb2_grpc.add_MediaServiceServicer_to_server(service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
@@ -390,6 +404,8 @@ class HarkApp:
             asyncio.create_task(self._report_health(), name="hark-health"),
         ]
         self._health_dirty.set()
+        if self.cluster is not None:
+            self.cluster.start()
         self._started = True
         if self.config.insecure_no_auth and self.config.token is None:
             logger.warning(
@@ -411,6 +427,8 @@ class HarkApp:
         timeout = self.config.drain_timeout if timeout is None else timeout
         self.sessions.drain()
         self._health_dirty.set()
+        if self.cluster is not None:
+            self.cluster.wake()  # DRAINING in Redis at once: no node places sessions here
         live = self.sessions.live_count()
         logger.info("draining: %d live sessions, waiting up to %g s", live, timeout)
         with contextlib.suppress(TimeoutError):
@@ -424,6 +442,8 @@ class HarkApp:
         await self.sessions.shutdown()
         await cancel_and_wait(*self._tasks)
         self._tasks = []
+        if self.cluster is not None:
+            await self.cluster.close()
         if self._grpc is not None:
             await self._grpc.stop(grace=2.0)
             self._grpc = None

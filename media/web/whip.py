@@ -44,7 +44,9 @@ class WhipHandlers:
         jitter_frames: int = 1,
         max_offer_bytes: int = 65536,
         max_m_lines: int = 4,
+        absolute_location: bool = False,
     ) -> None:
+        self._absolute_location = absolute_location
         self._jitter_frames = jitter_frames
         self._max_offer_bytes = max_offer_bytes
         self._max_m_lines = max_m_lines
@@ -196,6 +198,8 @@ class WhipHandlers:
     def _created(self, live: LiveSession, answer: str) -> web.Response:
         session_logger(logger, live.id).info("publisher accepted")
         location = f"/whip/{live.id}"
+        if self._absolute_location:  # in a cluster: the owner's URL, whichever node proxied it
+            location = self._base_url() + location
         return answer_response(answer, location, live.etag, self._ice_servers)
 
 
