@@ -172,6 +172,7 @@ class HarkApp:
             connect_timeout=self.config.ready_timeout,
             max_offer_bytes=self.config.max_offer_bytes,
             max_m_lines=self.config.max_m_lines,
+            location_base=whip.location_base,
         ).add_routes(app)
         SessionEventsHandlers(
             self.sessions,

@@ -162,6 +162,7 @@ class NodeDirectory:
         self._unreachable_since: float | None = None
         self._was_detached = False
         self._wake = asyncio.Event()
+        self._awaiting: dict[str, asyncio.Future[None]] = {}
         self._task: asyncio.Task[None] | None = None
 
     # what the router and placement read
@@ -190,6 +191,26 @@ class NodeDirectory:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="hark-node-directory")
 
+    async def listed(self, session_id: str) -> None:
+        """Return once ``session_id`` is in this node's set in Redis (at once when it is, or
+        when Redis is out of reach): a session acknowledged to a client is one the survivors
+        know of, should this node die the next moment."""
+        if self._unreachable_since is not None or session_id in (self._published or ()):
+            return
+        waiter = self._awaiting.get(session_id)
+        if waiter is None:
+            waiter = self._awaiting[session_id] = asyncio.get_running_loop().create_future()
+        self.wake()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(waiter), self.ttl)
+
+    def _release_listed(self, everyone: bool = False) -> None:
+        written = self._published or set()
+        for session_id in [sid for sid in self._awaiting if everyone or sid in written]:
+            waiter = self._awaiting.pop(session_id)
+            if not waiter.done():
+                waiter.set_result(None)
+
     def wake(self) -> None:
         """Write now rather than at the next beat (a session was created, draining began)."""
         self._wake.set()
@@ -200,6 +221,7 @@ class NodeDirectory:
         if self._task is not None:
             await cancel_and_wait(self._task)
             self._task = None
+        self._release_listed(everyone=True)
         if self._joined and self._unreachable_since is None:
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 async with asyncio.timeout(1.0):
@@ -213,6 +235,10 @@ class NodeDirectory:
                 await self.beat()
             except (RedisError, OSError) as exc:
                 self._unreachable(exc)
+                self._release_listed(everyone=True)
+            except Exception:  # a bug: logged, and the beats go on (a stopped beat is a death)
+                logger.exception("node %s: writing to or reading Redis failed", self.node_id)
+                self._release_listed(everyone=True)
             else:
                 self._reachable()
             self._notice_detachment()
@@ -227,6 +253,7 @@ class NodeDirectory:
             await self._take_over_predecessor()
         members = await self._write_own()
         self._joined = True
+        self._release_listed()
         await self._read_others(set(members) - {self.node_id})
         self._forget_expired()
 

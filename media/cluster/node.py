@@ -119,6 +119,7 @@ class ClusterNode:
             server_token=self._config.token,
             redirect=self._config.whip_redirect,
             detached=lambda: self.detached,
+            listed=self.directory.listed,
             ttl=self._config.node_ttl,
             max_offer_bytes=self._config.max_offer_bytes,
         )
@@ -132,6 +133,7 @@ class ClusterNode:
             tokens=self._sessions.tokens,
             channels=self._channels,
             detached=lambda: self.detached,
+            listed=self.directory.listed,
             ttl=self._config.node_ttl,
         )
 

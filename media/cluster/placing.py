@@ -9,7 +9,7 @@ it arrives, so two nodes with stale views of each other never pass a request bac
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import aiohttp
@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from multidict import CIMultiDict
 
-from media.cluster.routing import Elsewhere, Router
+from media.cluster.routing import Elsewhere, Route, Router
 from media.errors import CapacityExceeded, Unauthorized
 from media.rpc.error_status import unary
 from media.server.auth import SessionTokens, tokens_match
@@ -75,9 +75,11 @@ class WhipPlacement:
         server_token: str | None,
         redirect: bool,
         detached: Callable[[], bool],
+        listed: Callable[[str], Awaitable[None]],
         ttl: float,
         max_offer_bytes: int,
     ) -> None:
+        self._listed = listed
         self._router = router
         self._tokens = tokens
         self._server_token = server_token
@@ -96,24 +98,26 @@ class WhipPlacement:
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         resource = request.match_info.route.resource
         path = resource.canonical if resource is not None else ""
-        if request.method != "POST" or FORWARDED_HEADER in request.headers:
+        if request.method != "POST" or path not in ("/whip", "/whip/{id}"):
             return await handler(request)
-        if path == "/whip":
-            self._authorize(request)
-            refuse_when_detached(self._detached, self._ttl)
-            target = self._router.place()
-            suffix = "/whip"
-        elif path == "/whip/{id}":
-            target = self._router.route(request.match_info["id"])  # type: ignore[assignment]
-            suffix = f"/whip/{request.match_info['id']}"
-        else:
-            return await handler(request)
-        if not isinstance(target, Elsewhere):
-            return await handler(request)
-        url = target.http_base + suffix
-        if self._redirect:
-            raise web.HTTPTemporaryRedirect(url)
-        return await self._proxy(request, url, target)
+        if FORWARDED_HEADER not in request.headers:
+            target = self._target(request, path)
+            if isinstance(target, Elsewhere):
+                url = target.http_base + request.path
+                if self._redirect:
+                    raise web.HTTPTemporaryRedirect(url)
+                return await self._proxy(request, url, target)
+        response = await handler(request)
+        if path == "/whip" and response.status == 201:  # a new session, created here
+            await self._listed(response.headers["Location"].rsplit("/", 1)[-1])
+        return response
+
+    def _target(self, request: web.Request, path: str) -> Route:
+        if path == "/whip/{id}":
+            return self._router.route(request.match_info["id"])
+        self._authorize(request)
+        refuse_when_detached(self._detached, self._ttl)
+        return self._router.place()
 
     def _authorize(self, request: web.Request) -> None:
         if self._server_token is None:
@@ -199,8 +203,10 @@ class PlacingService:
         tokens: SessionTokens,
         channels: GrpcChannels,
         detached: Callable[[], bool],
+        listed: Callable[[str], Awaitable[None]],
         ttl: float,
     ) -> None:
+        self._listed = listed
         self._inner = inner
         self._router = router
         self._tokens = tokens
@@ -243,4 +249,5 @@ class PlacingService:
         self, request: pb.CreateSessionRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.Session:
         answer: pb.Session = await self._inner.CreateSession(request, context)
+        await self._listed(answer.id)
         return answer

@@ -65,6 +65,11 @@ class WhipHandlers:
         app.router.add_route("GET", "/whip/{id}", self.get_resource)
         app.router.add_route("OPTIONS", "/whip/{id}", self.options)
 
+    def location_base(self) -> str:
+        """What a ``Location`` starts with: in a cluster the public URL, so that it names the
+        owner whichever node proxied the request; otherwise nothing (a relative URL)."""
+        return self._base_url() if self._absolute_location else ""
+
     # authorisation
 
     def authorize_server(self, request: web.Request) -> None:
@@ -197,9 +202,7 @@ class WhipHandlers:
 
     def _created(self, live: LiveSession, answer: str) -> web.Response:
         session_logger(logger, live.id).info("publisher accepted")
-        location = f"/whip/{live.id}"
-        if self._absolute_location:  # in a cluster: the owner's URL, whichever node proxied it
-            location = self._base_url() + location
+        location = f"{self.location_base()}/whip/{live.id}"
         return answer_response(answer, location, live.etag, self._ice_servers)
 
 
