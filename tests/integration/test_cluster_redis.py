@@ -263,6 +263,24 @@ async def test_a_killed_nodes_sessions_are_known_as_lost_at_the_survivors(
             await publisher.vanish()
 
 
+async def test_a_node_restarted_under_its_id_answers_for_its_predecessors_sessions_as_lost(
+    tmp_path: pathlib.Path,
+) -> None:
+    async with running_redis(tmp_path) as server, server.client() as redis:
+        async with HarkNode(server, "gamma") as gamma:
+            created = await create_session(gamma.grpc_address)
+            gamma.kill()  # and back at once, as a restarted pod: its record has not expired
+        async with running_server(
+            redis_url=server.url, node_id="gamma", cluster_secret=SECRET
+        ) as reborn:
+            await eventually(
+                lambda: isinstance(reborn.router.route(created.id), Lost),
+                "the old process's session lost at the new one",
+            )
+            assert await redis.smembers("hark:node:gamma:sessions") == set()
+            assert isinstance(reborn.router.route(reborn.sessions.new_id()), Here)
+
+
 async def test_nodes_keep_their_sessions_without_redis_and_rejoin_when_it_is_back(
     tmp_path: pathlib.Path,
 ) -> None:
