@@ -3,7 +3,9 @@ and session ids in Redis), its router, and where its new sessions go."""
 
 from __future__ import annotations
 
+import logging
 import time
+import urllib.parse
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -13,11 +15,18 @@ from media.cluster.directory import DRAINING, SERVING, CpuMeter, NodeDirectory, 
 from media.cluster.node_router import NodeRouter
 from media.cluster.placing import GrpcChannels, PlacingService, WhipPlacement
 from media.cluster.routing import Router
-from media.config import Config
+from media.config import Config, is_loopback
 from media.core.events import SessionEvent
 from media.core.placement import NodeLoad
 from media.core.session import Session
 from media.server.session_table import SessionTable
+
+logger = logging.getLogger(__name__)
+
+
+def _is_loopback_address(address: str) -> bool:
+    host = urllib.parse.urlsplit(address if "://" in address else f"//{address}").hostname
+    return host is not None and is_loopback(host)
 
 
 class Addresses(Protocol):
@@ -138,8 +147,25 @@ class ClusterNode:
         )
 
     def start(self) -> None:
+        self._warn_of_local_addresses()
         self._sessions.observers.append(self._on_event)
         self.directory.start()
+
+    def _warn_of_local_addresses(self) -> None:
+        """Other nodes dial what this node advertises: a loopback address only works when
+        every node runs on this host."""
+        record = self.record()
+        for flag, value, advertised in (
+            ("--public-url", self._config.public_url, record.public_url),
+            ("--grpc-public-address", self._config.grpc_public_address, record.grpc_address),
+        ):
+            if value is None and _is_loopback_address(advertised):
+                logger.warning(
+                    "node %s advertises %s to the cluster; set %s where other hosts reach it",
+                    record.id,
+                    advertised,
+                    flag,
+                )
 
     def wake(self) -> None:
         """Write this node's record now (it started draining)."""
