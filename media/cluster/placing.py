@@ -241,7 +241,8 @@ class PlacingService:
                 request, metadata=outgoing, timeout=remaining or PROXY_TIMEOUT_S
             )
         except grpc.aio.AioRpcError as exc:
-            await context.abort(exc.code(), exc.details() or "", exc.trailing_metadata())
+            trailers = tuple(exc.trailing_metadata() or ())  # grpc.aio wants a tuple here
+            await context.abort(exc.code(), exc.details() or "", trailers)
             raise AssertionError("abort returned") from exc
         return answer
 

@@ -195,6 +195,17 @@ async def test_a_draining_node_says_so_at_once_and_new_sessions_go_elsewhere(
             created = await create_session(alpha.grpc_address)
             assert created.id.startswith("beta.")
             assert created.whip_url == f"{beta.base_url}/whip/{created.id}"
+            async with grpc.aio.insecure_channel(alpha.grpc_address) as channel:
+                try:  # beta's refusal comes back as beta said it, details included
+                    await media_pb2_grpc.MediaServiceStub(channel).CreateSession(
+                        pb.CreateSessionRequest(ttl_seconds=-1), timeout=10
+                    )
+                    raise AssertionError("a negative ttl_seconds was taken")
+                except grpc.aio.AioRpcError as error:
+                    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+                    assert "ttl_seconds" in (error.details() or "")
+                    trailers = dict(error.trailing_metadata() or ())
+                    assert "grpc-status-details-bin" in trailers
         finally:
             await publisher.vanish()
 
