@@ -139,6 +139,11 @@ async def test_a_whip_post_at_a_full_node_is_proxied_to_one_with_room(
                 await player.close()
                 async with http.delete(second.location) as response:
                     assert response.status == 200
+                garbage = "v=0\r\nnot an offer\r\n"  # beta's answer, through alpha
+                async with http.post(f"{alpha.base_url}/whip", data=garbage, headers=SDP) as r:
+                    assert r.status == 400
+                    assert r.content_type == "text/plain"
+                    assert "line 2 is not" in await r.text()
 
             precreated = await create_session(beta.grpc_address)  # POST /whip/{id} at alpha
             third = await publish(alpha.base_url, f"/whip/{precreated.id}", token=precreated.token)
