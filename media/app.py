@@ -8,7 +8,6 @@ import contextlib
 import logging
 import pathlib
 import signal
-import ssl
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -22,11 +21,19 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from media.aio import cancel_and_wait
-from media.binding import CannotListen, check_can_bind, host_port, why_bind_failed
+from media.binding import (
+    CannotListen,
+    check_can_bind,
+    grpc_server_credentials,
+    host_port,
+    http_tls_context,
+    why_bind_failed,
+)
 from media.cli.main import main as cli_main
 from media.cluster.fanout import ClusterService
 from media.cluster.grpc_forward import ForwardingService, Upstreams
 from media.cluster.http_forward import HttpForwarder
+from media.cluster.node import ClusterNode
 from media.cluster.routing import Router
 from media.cluster.supervisor import supervise
 from media.cluster.workers import WorkerSpec, process_role
@@ -94,11 +101,6 @@ class HarkApp:
             owner=Owner(config.effective_node_id, worker.index if worker is not None else 0),
             tokens=self.tokens,
         )
-        self.role = process_role(worker, self.sessions, lambda: self.base_url)
-        # Where session-scoped requests go; replaceable until start() (a cluster's router).
-        self.router: Router = router or self.role.router
-        self.upstreams = Upstreams()
-        self.http_forwarder = HttpForwarder(self.router, self.tokens)  # rebuilt with the app
         self.metrics.watch_sessions(lambda: (live.session for live in self.sessions.all()))
         self.metrics.watch_playback_queues(
             lambda: (live.voice.queue for live in self.sessions.all() if not live.closed)
@@ -125,6 +127,13 @@ class HarkApp:
         self._protocol_errors = ClientProtocolErrors()
         self._started = False
         self._whip_posts: set[AbstractResource | None] = set()
+        self.cluster = ClusterNode.join(config, self.sessions, self, self._health_dirty.set)
+        nodes = self.cluster.router if self.cluster is not None else None
+        self.role = process_role(worker, self.sessions, lambda: self.base_url, nodes)
+        # Where session-scoped requests go; replaceable until start().
+        self.router: Router = router or self.role.router
+        self.upstreams = Upstreams()
+        self.http_forwarder = HttpForwarder(self.router, self.tokens)  # rebuilt with the app
 
     @property
     def base_url(self) -> str:
@@ -148,6 +157,7 @@ class HarkApp:
             not self.sessions.draining
             and self.sessions.live_count() < self.config.max_sessions
             and not self.sessions.governor.overloaded
+            and not (self.cluster is not None and self.cluster.detached)
         )
 
     # HTTP
@@ -158,7 +168,8 @@ class HarkApp:
             limiter = RateLimiter(self.config.rate_limit, self.config.rate_burst)
         middlewares = make_middlewares(self.config.effective_cors_origins, self.metrics, limiter)
         forwarder = self.http_forwarder = HttpForwarder(self.router, self.tokens)
-        inner = [forwarder.forward, self._time_whip_post]
+        placing = [self.cluster.whip_middleware(self.router)] if self.cluster else []
+        inner = [self._time_whip_post, *placing, forwarder.forward]
         app = web.Application(
             middlewares=[forwarder.trust_forwarded, *middlewares, *inner],
             client_max_size=1024 * 1024,
@@ -173,6 +184,7 @@ class HarkApp:
             jitter_frames=self.config.jitter_frames,
             max_offer_bytes=self.config.max_offer_bytes,
             max_m_lines=self.config.max_m_lines,
+            absolute_location=self.cluster is not None,
         )
         whip.add_routes(app)
         self._whip_posts = {
@@ -186,6 +198,7 @@ class HarkApp:
             connect_timeout=self.config.ready_timeout,
             max_offer_bytes=self.config.max_offer_bytes,
             max_m_lines=self.config.max_m_lines,
+            location_base=whip.location_base,
         ).add_routes(app)
         SessionEventsHandlers(
             self.sessions,
@@ -197,7 +210,9 @@ class HarkApp:
         app.router.add_get("/", self._demo_page)
         app.router.add_static("/static", STATIC, append_version=True)
         add_sdk_routes(app)
-        ProbeHandlers(self.sessions, self.config.max_sessions).add_routes(app)
+        cluster = self.cluster
+        detached = (lambda: cluster.detached) if cluster is not None else None
+        ProbeHandlers(self.sessions, self.config, detached).add_routes(app)
         if self.config.metrics_port is None:
             app.router.add_get("/metrics", self._metrics)
         return app
@@ -215,22 +230,8 @@ class HarkApp:
             self.metrics.whip_post_duration.observe(time.perf_counter() - started)
         return response
 
-    async def _read_received_traffic(self) -> None:
-        """Traffic, RTP loss and jitter from aiortc's receiver stats, read when scraped."""
-        reading_ids = []
-        for live in list(self.sessions.all()):
-            if live.publisher is not None:
-                reading = await live.publisher.read_stats()
-                self.metrics.observe_receiver(
-                    live.id, reading.packets, reading.octets, reading.lost_since_last
-                )
-                if reading.jitter_s is not None:
-                    self.metrics.rtp_jitter.observe(reading.jitter_s)
-                reading_ids.append(live.id)
-        self.metrics.received.keep_only(reading_ids)
-
     async def _metrics(self, request: web.Request) -> web.Response:
-        await self._read_received_traffic()
+        await self.sessions.read_receiver_stats()
         response = web.Response(
             body=await self.role.metrics(self.metrics.exposition(), request.headers)
         )
@@ -256,7 +257,7 @@ class HarkApp:
         await runner.setup()
         self._runners.append(runner)
         assert runner.server is not None
-        tls = self._http_tls()
+        tls = http_tls_context(self.config)
         host = self.config.http_host
         try:
             listener = await asyncio.get_running_loop().create_server(
@@ -274,13 +275,6 @@ class HarkApp:
         self._listeners += await self.role.listen_privately(runner.server, what)
         return int(listener.sockets[0].getsockname()[1])
 
-    def _http_tls(self) -> ssl.SSLContext | None:
-        if self.config.http_tls_cert is None or self.config.http_tls_key is None:
-            return None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(self.config.http_tls_cert, self.config.http_tls_key)
-        return context
-
     # gRPC
 
     async def _start_grpc(self) -> None:
@@ -297,7 +291,11 @@ class HarkApp:
             router=self.router,
             channels=self.upstreams,
         )
-        forwarding = ForwardingService(service, self.router, self.tokens, self.upstreams)
+        forwarding: media_pb2_grpc.MediaServiceServicer = ForwardingService(
+            service, self.router, self.tokens, self.upstreams
+        )
+        if self.cluster is not None:
+            forwarding = self.cluster.placing_servicer(forwarding, self.router)
         media_pb2_grpc.add_MediaServiceServicer_to_server(forwarding, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
@@ -306,7 +304,7 @@ class HarkApp:
         )
         host, port = self.config.grpc_host, self.config.grpc_port
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        credentials = self._grpc_tls()
+        credentials = grpc_server_credentials(self.config)
         check_can_bind("gRPC", host, port, reuse_port=self.role.shares_ports)
         try:
             if credentials is None:
@@ -319,19 +317,6 @@ class HarkApp:
         self.role.add_private_grpc_port(server)
         await server.start()
         self._grpc = server
-
-    def _grpc_tls(self) -> grpc.ServerCredentials | None:
-        config = self.config
-        if config.grpc_tls_cert is None or config.grpc_tls_key is None:
-            return None
-        key = pathlib.Path(config.grpc_tls_key).read_bytes()
-        cert = pathlib.Path(config.grpc_tls_cert).read_bytes()
-        client_ca = (
-            pathlib.Path(config.grpc_client_ca).read_bytes() if config.grpc_client_ca else None
-        )
-        return grpc.ssl_server_credentials(
-            [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
-        )
 
     # health
 
@@ -404,6 +389,8 @@ class HarkApp:
             asyncio.create_task(self._report_health(), name="hark-health"),
         ]
         self._health_dirty.set()
+        if self.cluster is not None:
+            self.cluster.start()
         self._started = True
         if self.config.insecure_no_auth and self.config.token is None:
             logger.warning(
@@ -427,6 +414,8 @@ class HarkApp:
         timeout = self.config.drain_timeout if timeout is None else timeout
         self.sessions.drain()
         self._health_dirty.set()
+        if self.cluster is not None:
+            self.cluster.wake()  # DRAINING in Redis at once: no node places sessions here
         live = self.sessions.live_count()
         logger.info("draining: %d live sessions, waiting up to %g s", live, timeout)
         with contextlib.suppress(TimeoutError):
@@ -440,6 +429,8 @@ class HarkApp:
         await self.sessions.shutdown()
         await cancel_and_wait(*self._tasks)
         self._tasks = []
+        if self.cluster is not None:
+            await self.cluster.close()
         if self._grpc is not None:
             await self._grpc.stop(grace=2.0)
             self._grpc = None

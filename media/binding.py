@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import errno
 import os
+import pathlib
 import socket
+import ssl
+
+import grpc
+
+from media.config import Config
 
 
 class CannotListen(OSError):
@@ -46,3 +52,24 @@ def check_can_bind(what: str, host: str, port: int, *, reuse_port: bool = False)
                 failure = failure or exc
     if failure is not None:
         raise CannotListen(what, host_port(host, port), why_bind_failed(failure)) from failure
+
+
+def http_tls_context(config: Config) -> ssl.SSLContext | None:
+    """HTTPS with ``--http-tls-cert`` and ``--http-tls-key``; ``None`` for plain HTTP."""
+    if config.http_tls_cert is None or config.http_tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(config.http_tls_cert, config.http_tls_key)
+    return context
+
+
+def grpc_server_credentials(config: Config) -> grpc.ServerCredentials | None:
+    """gRPC over TLS (mTLS with ``--grpc-client-ca``); ``None`` for plain gRPC."""
+    if config.grpc_tls_cert is None or config.grpc_tls_key is None:
+        return None
+    key = pathlib.Path(config.grpc_tls_key).read_bytes()
+    cert = pathlib.Path(config.grpc_tls_cert).read_bytes()
+    client_ca = pathlib.Path(config.grpc_client_ca).read_bytes() if config.grpc_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )

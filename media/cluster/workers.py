@@ -139,8 +139,8 @@ class SingleProcess:
     grpc_options = (("grpc.so_reuseport", 0),)
     title = ""  # what the startup log calls this process, after "hark "
 
-    def __init__(self, sessions: SessionTable) -> None:
-        self.router: Router = SingleProcessRouter(sessions.owner)
+    def __init__(self, sessions: SessionTable, nodes: Router | None = None) -> None:
+        self.router: Router = nodes or SingleProcessRouter(sessions.owner)
 
     async def metrics(self, own: bytes, headers: Mapping[str, str]) -> bytes:
         return own
@@ -171,11 +171,17 @@ class Worker(SingleProcess):
     shares_ports = True
     grpc_options = (("grpc.so_reuseport", 1),)
 
-    def __init__(self, spec: WorkerSpec, sessions: SessionTable, base_url: Callable[[], str]):
+    def __init__(
+        self,
+        spec: WorkerSpec,
+        sessions: SessionTable,
+        base_url: Callable[[], str],
+        nodes: Router | None = None,
+    ):
         self.spec = spec
         self.title = f"worker {spec.index} of {spec.count} "
         self.sessions = sessions
-        self.router = WorkerRouter(spec, sessions.owner, base_url)
+        self.router = WorkerRouter(spec, sessions.owner, base_url, nodes=nodes)
         self._journal: SessionJournal | None = None
         self._parent: asyncio.ReadTransport | None = None
         self._metrics_from = "HTTP"  # the app /metrics is on
@@ -230,9 +236,15 @@ class _ParentGone(asyncio.Protocol):
 
 
 def process_role(
-    spec: WorkerSpec | None, sessions: SessionTable, base_url: Callable[[], str]
+    spec: WorkerSpec | None,
+    sessions: SessionTable,
+    base_url: Callable[[], str],
+    nodes: Router | None = None,
 ) -> SingleProcess:
-    return SingleProcess(sessions) if spec is None else Worker(spec, sessions, base_url)
+    """This process's role; ``nodes`` routes to the other nodes of a cluster (``--redis-url``)."""
+    if spec is None:
+        return SingleProcess(sessions, nodes)
+    return Worker(spec, sessions, base_url, nodes)
 
 
 def take_over_journal(spec: WorkerSpec, sessions: SessionTable) -> SessionJournal:

@@ -255,6 +255,20 @@ class SessionTable:
     def all(self) -> Iterable[LiveSession]:
         return self._sessions.values()
 
+    async def read_receiver_stats(self) -> None:
+        """Traffic, RTP loss and jitter from aiortc's receiver stats, read when scraped."""
+        reading_ids = []
+        for live in list(self.all()):
+            if live.publisher is not None:
+                reading = await live.publisher.read_stats()
+                self.metrics.observe_receiver(
+                    live.id, reading.packets, reading.octets, reading.lost_since_last
+                )
+                if reading.jitter_s is not None:
+                    self.metrics.rtp_jitter.observe(reading.jitter_s)
+                reading_ids.append(live.id)
+        self.metrics.received.keep_only(reading_ids)
+
     def close(self, session_id: str, reason: CloseReason, detail: str = "") -> SessionSnapshot:
         """Close the session (idempotent); its media is released in the background."""
         live = self.get(session_id)

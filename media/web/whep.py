@@ -45,7 +45,9 @@ class WhepHandlers:
         connect_timeout: float,
         max_offer_bytes: int = 65536,
         max_m_lines: int = 4,
+        location_base: Callable[[], str] = lambda: "",
     ) -> None:
+        self._location_base = location_base
         self._sessions = sessions
         self._authorize = authorize
         self._ice_servers = tuple(ice_servers)
@@ -89,7 +91,7 @@ class WhepHandlers:
         except BaseException:
             await player.close()
             raise
-        location = f"/whep/{live.id}/{player.id}"
+        location = f"{self._location_base()}/whep/{live.id}/{player.id}"
         return answer_response(answer, location, player.etag, self._ice_servers)
 
     async def trickle(self, request: web.Request) -> web.Response:

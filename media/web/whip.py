@@ -44,7 +44,9 @@ class WhipHandlers:
         jitter_frames: int = 1,
         max_offer_bytes: int = 65536,
         max_m_lines: int = 4,
+        absolute_location: bool = False,
     ) -> None:
+        self._absolute_location = absolute_location
         self._jitter_frames = jitter_frames
         self._max_offer_bytes = max_offer_bytes
         self._max_m_lines = max_m_lines
@@ -62,6 +64,11 @@ class WhipHandlers:
         app.router.add_route("DELETE", "/whip/{id}", self.delete)
         app.router.add_route("GET", "/whip/{id}", self.get_resource)
         app.router.add_route("OPTIONS", "/whip/{id}", self.options)
+
+    def location_base(self) -> str:
+        """What a ``Location`` starts with: in a cluster the public URL, so that it names the
+        owner whichever node proxied the request; otherwise nothing (a relative URL)."""
+        return self._base_url() if self._absolute_location else ""
 
     # authorisation
 
@@ -195,7 +202,7 @@ class WhipHandlers:
 
     def _created(self, live: LiveSession, answer: str) -> web.Response:
         session_logger(logger, live.id).info("publisher accepted")
-        location = f"/whip/{live.id}"
+        location = f"{self.location_base()}/whip/{live.id}"
         return answer_response(answer, location, live.etag, self._ice_servers)
 
 
