@@ -22,6 +22,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from media.aio import cancel_and_wait
+from media.audio.opus_decoder import libopus
 from media.binding import CannotListen, check_can_bind, host_port, why_bind_failed
 from media.cli.main import main as cli_main
 from media.config import Config
@@ -38,7 +39,6 @@ from media.rtc.compat import (
     keep_consent_through_stalls,
     restrict_host_candidates,
 )
-from media.rtc.decode_errors import DecodeErrorCounter
 from media.rtc.ice_plan import IcePlan
 from media.server.session_table import OVERLOAD_RETRY_AFTER_S, SessionTable
 from media.v1 import media_pb2_grpc
@@ -56,6 +56,14 @@ logger = logging.getLogger(__name__)
 STATIC = pathlib.Path(__file__).parent / "static"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def check_receive_path(lost: Sequence[compat.Hook]) -> None:
+    """Refuse to start when publishers could not be heard: Hark decodes their audio with libopus
+    (``OpusUnavailable``) from the packets ``compat.take_rtp_packets`` takes."""
+    libopus()
+    if any(hook.name == "packet sink" for hook in lost):
+        raise RuntimeError("this aiortc keeps its RTP packets out of reach (see above)")
 
 
 class HarkApp:
@@ -78,6 +86,7 @@ class HarkApp:
             max_players=config.max_players_per_session,
             max_playback_queue_ms=int(config.max_playback_queue_s * 1000),
             governor=LoadGovernor(config.max_loop_lag_ms / 1000),
+            reorder_frames=config.jitter_frames,
         )
         self.metrics.watch_sessions(lambda: (live.session for live in self.sessions.all()))
         self.metrics.watch_playback_queues(
@@ -97,7 +106,6 @@ class HarkApp:
         self._health = health_aio.HealthServicer()
         self._health_dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._decode_errors = DecodeErrorCounter(self.metrics.decode_errors.inc)
         self._undo_host_restriction: Callable[[], None] | None = None
         drops = self.metrics.udp_mux_dropped
         self.ice_plan = IcePlan(config, lambda cause: drops.labels(cause).inc())
@@ -143,7 +151,6 @@ class HarkApp:
             server_token=self.config.token,
             ice_servers=self.config.ice_servers,
             base_url=lambda: self.base_url,
-            jitter_frames=self.config.jitter_frames,
             max_offer_bytes=self.config.max_offer_bytes,
             max_m_lines=self.config.max_m_lines,
         )
@@ -360,6 +367,7 @@ class HarkApp:
 
     async def _start(self) -> None:
         lost = await compat.check()
+        check_receive_path(lost)
         if self.config.ice_addresses:
             self._undo_host_restriction = restrict_host_candidates(self.config.ice_addresses)
         if not keep_consent_through_stalls():
@@ -368,7 +376,6 @@ class HarkApp:
                 "close live sessions (aioice logs 'Consent to send expired')"
             )
         await self.ice_plan.start({hook.name for hook in lost})
-        logging.getLogger("aiortc.rtcrtpreceiver").addFilter(self._decode_errors)
         logging.getLogger("aiohttp.server").addFilter(self._protocol_errors)
         self.sessions.observers.append(self._on_event)
         self.http_port = await self._serve_http(self.build_http_app(), self.config.http_port)
@@ -431,7 +438,6 @@ class HarkApp:
         for listener in self._listeners:
             await listener.wait_closed()
         self._listeners = []
-        logging.getLogger("aiortc.rtcrtpreceiver").removeFilter(self._decode_errors)
         logging.getLogger("aiohttp.server").removeFilter(self._protocol_errors)
         if self._undo_host_restriction is not None:
             self._undo_host_restriction()

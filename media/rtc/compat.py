@@ -21,9 +21,9 @@ from typing import Any, Final
 
 import aioice.ice
 import aioice.stun
-import aiortc.rtcrtpreceiver
 from aioice import Candidate
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
+from aiortc.rtp import RtpPacket
 
 from media.aio import cancel_and_wait
 from media.rtc.host_candidates import HARK_GATHERING, announce, host_candidate
@@ -38,8 +38,8 @@ JITTER_BUFFER: Final = "_RTCRtpReceiver__jitter_buffer"
 def set_jitter_frames(receiver: RTCRtpReceiver, frames: int) -> bool:
     """Hold ``frames`` audio frames in aiortc's jitter buffer before decoding (aiortc: 4).
 
-    aiortc has no API for it; every held frame is 20 ms of latency before the VAD sees the audio.
-    Returns False when this aiortc version keeps the buffer elsewhere (then its default stays).
+    aiortc has no API for it; the tests' and benchmarks' WHEP listeners use it. Returns False
+    when this aiortc version keeps the buffer elsewhere (then its default stays).
     """
     buffer = getattr(receiver, JITTER_BUFFER, None)
     if buffer is None or not isinstance(getattr(buffer, "_prefetch", None), int):
@@ -48,13 +48,39 @@ def set_jitter_frames(receiver: RTCRtpReceiver, frames: int) -> bool:
     return True
 
 
+_NO_FRAME: Final = (False, None)  # aiortc's (pli_flag, encoded_frame): no PLI, nothing to decode
+
+
+class _PacketSink:
+    """Stands where aiortc keeps a receiver's jitter buffer: hands each packet on, keeps none."""
+
+    def __init__(self, on_packet: Callable[[RtpPacket], None]) -> None:
+        self._on_packet = on_packet
+
+    def add(self, packet: RtpPacket) -> tuple[bool, None]:
+        self._on_packet(packet)
+        return _NO_FRAME
+
+
+def take_rtp_packets(receiver: RTCRtpReceiver, on_packet: Callable[[RtpPacket], None]) -> bool:
+    """Hand each RTP packet ``receiver`` accepts to ``on_packet`` (in arrival order) instead of
+    to aiortc's jitter buffer, whose frames go to a decoder thread per track (a thread hop per
+    frame, PyAV decoding to 48 kHz stereo). Hark decodes the packets itself: the thread idles,
+    ``getStats()`` and RTCP receiver reports go on. False when the buffer is elsewhere."""
+    buffer = getattr(receiver, JITTER_BUFFER, None)
+    if buffer is None or not callable(getattr(buffer, "add", None)):
+        return False
+    setattr(receiver, JITTER_BUFFER, _PacketSink(on_packet))
+    return True
+
+
 def tap_opus_packets(
     receiver: RTCRtpReceiver, payload_type: int, on_packet: Callable[[bytes, int], None]
 ) -> bool:
     """Call ``on_packet(payload, rtp_timestamp)`` for every Opus packet ``receiver`` gets.
 
-    aiortc hands only decoded frames to the application; forwarding the Opus payload itself (no
-    decode or encode per player) needs the packets, which pass through this private method.
+    aiortc hands only decoded frames to the application; the tests and benchmarks see the packets
+    a WHEP player receives through this private method (Hark's publishers: ``take_rtp_packets``).
     Returns False when this aiortc version has no such method (then nothing is forwarded).
     """
     original = getattr(receiver, "_handle_rtp_packet", None)
@@ -257,15 +283,14 @@ class Hook:
     applies: Callable[[RTCPeerConnection], bool]
 
 
-def _has_jitter_buffer(pc: RTCPeerConnection) -> bool:
+def _feeds_packets_to_a_jitter_buffer(pc: RTCPeerConnection) -> bool:
     receiver = pc.getTransceivers()[0].receiver
     buffer = getattr(receiver, JITTER_BUFFER, None)
-    return isinstance(getattr(buffer, "_prefetch", None), int)
-
-
-def _has_packet_handler(pc: RTCPeerConnection) -> bool:
-    handler = getattr(pc.getTransceivers()[0].receiver, "_handle_rtp_packet", None)
-    return handler is not None and asyncio.iscoroutinefunction(handler)
+    handler = getattr(RTCRtpReceiver, "_handle_rtp_packet", None)
+    if buffer is None or not callable(getattr(buffer, "add", None)) or handler is None:
+        return False
+    source = inspect.getsource(handler)
+    return "= self.__jitter_buffer.add(packet)" in source and "pli_flag, encoded_frame" in source
 
 
 def _has_ice_connection(pc: RTCPeerConnection) -> bool:
@@ -327,10 +352,6 @@ def _shares_a_socket(pc: RTCPeerConnection) -> bool:
     )
 
 
-def _logs_decode_failures(pc: RTCPeerConnection) -> bool:
-    return "failed to decode" in inspect.getsource(aiortc.rtcrtpreceiver)
-
-
 def _sends_packets_as_they_are(pc: RTCPeerConnection) -> bool:
     send = getattr(RTCRtpSender, "_next_encoded_frame", None)
     return send is not None and "self.__encoder.pack(data)" in inspect.getsource(send)
@@ -338,15 +359,10 @@ def _sends_packets_as_they_are(pc: RTCPeerConnection) -> bool:
 
 HOOKS: Final = (
     Hook(
-        "jitter buffer",
-        "aiortc's jitter buffer is not where Hark expects: --jitter-frames has no effect",
-        _has_jitter_buffer,
-    ),
-    Hook(
-        "packet tap",
-        "aiortc's RTP packet handler is not where Hark expects: source=publisher WHEP players "
-        "hear nothing",
-        _has_packet_handler,
+        "packet sink",
+        "aiortc's jitter buffer is not where Hark expects: Hark cannot take the publishers' "
+        "RTP packets (it refuses to start)",
+        _feeds_packets_to_a_jitter_buffer,
     ),
     Hook(
         "ICE connections",
@@ -381,11 +397,6 @@ HOOKS: Final = (
         "aioice's host sockets are not where Hark expects: --udp-port cannot share one socket "
         "(Hark refuses to start with it)",
         _shares_a_socket,
-    ),
-    Hook(
-        "decode error log",
-        "aiortc no longer logs decode failures: hark_audio_decode_errors stays at 0",
-        _logs_decode_failures,
     ),
     Hook(
         "packets sent as they are",

@@ -67,7 +67,9 @@ class SessionTable:
         max_players: int = 8,
         max_playback_queue_ms: int = 60_000,
         governor: LoadGovernor | None = None,
+        reorder_frames: int = 1,
     ) -> None:
+        self.reorder_frames = reorder_frames
         self.governor = governor or LoadGovernor(0.0)
         self.max_watchers = max_watchers
         self.max_players = max_players
@@ -203,6 +205,7 @@ class SessionTable:
             token=new_session_token() if with_token else None,
             max_players=self.max_players,
             max_playback_queue_ms=self.max_playback_queue_ms,
+            reorder_frames=self.reorder_frames,
         )
         self._sessions[sid] = live
         self.governor.admitted(self.clock.now())
