@@ -14,6 +14,9 @@ same load is then put on ``bare_receiver.py``, and Hark's CPU per session is rep
 
 Capacity per core = the largest N where frames stay >= 99 % of expected and loop lag p99 < 50 ms.
 
+With LOAD_PROFILE=<file> set, Hark runs under cProfile and writes its profile there when it stops
+(the profiler slows Python calls down: read shares from it, not the CPU figures).
+
 With ``--udp-port``, each step also runs Hark with every session through that one UDP port (the
 demultiplexer), and reports its CPU per session against the per-connection sockets' of the same run.
 """
@@ -303,9 +306,11 @@ async def measure(kind: str, sessions: int, seconds: float, udp_port: int | None
     step = Step(kind, sessions, seconds)
     python = sys.executable
     if kind in ("hark", "mux"):
+        profile = os.environ.get("LOAD_PROFILE")
         server, found = await spawn(
             0,
             python,
+            *(("-m", "cProfile", "-o", profile) if profile else ()),
             "-m",
             "media",
             "serve",
