@@ -1,4 +1,5 @@
-"""Every use of a private aiortc or aioice name, or of behaviour they do not document, in one place.
+"""Every use of a private aiortc or aioice name, or of behaviour they do not document, in one place
+(with ``compat_rtp.py``, the publishers' receive path).
 
 aiortc and aioice have no API for what these hooks do. Each one is checked against the installed
 versions at start-up (``check()``: a WARNING names what is lost when a hook cannot apply) and by a
@@ -23,16 +24,19 @@ import aioice.ice
 import aioice.stun
 from aioice import Candidate
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
-from aiortc.rtp import RtpPacket
 
 from media.aio import cancel_and_wait
+from media.rtc.compat_rtp import (
+    JITTER_BUFFER,
+    _feeds_packets_to_a_jitter_buffer,
+    _hands_srtp_through_a_queue,
+)
 from media.rtc.host_candidates import HARK_GATHERING, announce, host_candidate
 from media.rtc.udp_mux import Address, SharedSocketView, UdpMux
 
 logger = logging.getLogger(__name__)
 
 ORPHAN_WATCH_POLLS: Final = 5
-JITTER_BUFFER: Final = "_RTCRtpReceiver__jitter_buffer"
 
 
 def set_jitter_frames(receiver: RTCRtpReceiver, frames: int) -> bool:
@@ -45,32 +49,6 @@ def set_jitter_frames(receiver: RTCRtpReceiver, frames: int) -> bool:
     if buffer is None or not isinstance(getattr(buffer, "_prefetch", None), int):
         return False
     buffer._prefetch = frames
-    return True
-
-
-_NO_FRAME: Final = (False, None)  # aiortc's (pli_flag, encoded_frame): no PLI, nothing to decode
-
-
-class _PacketSink:
-    """Stands where aiortc keeps a receiver's jitter buffer: hands each packet on, keeps none."""
-
-    def __init__(self, on_packet: Callable[[RtpPacket], None]) -> None:
-        self._on_packet = on_packet
-
-    def add(self, packet: RtpPacket) -> tuple[bool, None]:
-        self._on_packet(packet)
-        return _NO_FRAME
-
-
-def take_rtp_packets(receiver: RTCRtpReceiver, on_packet: Callable[[RtpPacket], None]) -> bool:
-    """Hand each RTP packet ``receiver`` accepts to ``on_packet`` (in arrival order) instead of
-    to aiortc's jitter buffer, whose frames go to a decoder thread per track (a thread hop per
-    frame, PyAV decoding to 48 kHz stereo). Hark decodes the packets itself: the thread idles,
-    ``getStats()`` and RTCP receiver reports go on. False when the buffer is elsewhere."""
-    buffer = getattr(receiver, JITTER_BUFFER, None)
-    if buffer is None or not callable(getattr(buffer, "add", None)):
-        return False
-    setattr(receiver, JITTER_BUFFER, _PacketSink(on_packet))
     return True
 
 
@@ -283,16 +261,6 @@ class Hook:
     applies: Callable[[RTCPeerConnection], bool]
 
 
-def _feeds_packets_to_a_jitter_buffer(pc: RTCPeerConnection) -> bool:
-    receiver = pc.getTransceivers()[0].receiver
-    buffer = getattr(receiver, JITTER_BUFFER, None)
-    handler = getattr(RTCRtpReceiver, "_handle_rtp_packet", None)
-    if buffer is None or not callable(getattr(buffer, "add", None)) or handler is None:
-        return False
-    source = inspect.getsource(handler)
-    return "= self.__jitter_buffer.add(packet)" in source and "pli_flag, encoded_frame" in source
-
-
 def _has_ice_connection(pc: RTCPeerConnection) -> bool:
     return len(ice_connections(pc)) == 1
 
@@ -363,6 +331,12 @@ HOOKS: Final = (
         "aiortc's jitter buffer is not where Hark expects: Hark cannot take the publishers' "
         "RTP packets (it refuses to start)",
         _feeds_packets_to_a_jitter_buffer,
+    ),
+    Hook(
+        "direct SRTP",
+        "aiortc or aioice receive SRTP another way: every audio packet goes through aioice's "
+        "queue and a task switch (more CPU per session)",
+        _hands_srtp_through_a_queue,
     ),
     Hook(
         "ICE connections",

@@ -15,7 +15,8 @@ from media.aio import CloseOnce
 from media.config import IceServer
 from media.core.trickle import TrickleCandidate
 from media.logs import session_logger
-from media.rtc.compat import consent_expired, take_rtp_packets
+from media.rtc.compat import consent_expired
+from media.rtc.compat_rtp import receive_rtp_directly, take_rtp_packets
 from media.rtc.negotiation import (
     RemoteCandidates,
     answer_audio_offer,
@@ -137,6 +138,8 @@ class PublisherPeer:
         if self._closed:
             return
         if state == "connected":
+            if not receive_rtp_directly(self._pc):
+                self._log.debug("SRTP packets go through aioice's queue")
             self._events.transport_connected()
         elif state in ("failed", "closed") and consent_expired(self._pc):
             self._events.transport_failed(CONSENT_EXPIRED)

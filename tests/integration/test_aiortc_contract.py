@@ -22,9 +22,9 @@ from media.rtc.compat import (
     Hook,
     keep_consent_through_stalls,
     set_jitter_frames,
-    take_rtp_packets,
     tap_opus_packets,
 )
+from media.rtc.compat_rtp import receive_rtp_directly, take_rtp_packets
 from media.rtc.host_candidates import hark_gathering
 from media.rtc.udp_mux import UdpMux
 from tests.support import SPEECH, HarkProcess, eventually, publish, running_server
@@ -56,7 +56,8 @@ async def test_received_rtp_packets_can_still_be_tapped_by_test_listeners() -> N
 
 async def test_received_rtp_packets_can_be_taken_before_aiortc_decodes_them() -> None:
     """Hark decodes the publishers' audio itself: aiortc must hand it every packet, decode
-    none of them on its own thread, and still count them in its receiver stats."""
+    none of them on its own thread, and still count them in its receiver stats, also once the
+    SRTP packets skip aioice's queue."""
     sender, receiver_pc = RTCPeerConnection(), RTCPeerConnection()
     player = MediaPlayer(str(SPEECH), decode=False)
     taken: list[RtpPacket] = []
@@ -70,9 +71,16 @@ async def test_received_rtp_packets_can_be_taken_before_aiortc_decodes_them() ->
         )
         await receiver_pc.setLocalDescription(await receiver_pc.createAnswer())
         await sender.setRemoteDescription(receiver_pc.localDescription)
-        await eventually(lambda: len(taken) >= 50, "50 RTP packets taken", timeout=30)
-        stats = [s for s in (await receiver.getStats()).values() if s.type == "inbound-rtp"]
-        assert stats and stats[0].packetsReceived >= 50, "receiver stats still count packets"
+        await eventually(lambda: receiver_pc.connectionState == "connected", "connected")
+        assert receive_rtp_directly(receiver_pc), (
+            "aiortc or aioice receive SRTP another way: a queue and a task switch per packet"
+        )
+        await eventually(lambda: len(taken) >= 100, "100 RTP packets taken", timeout=30)
+        report = (await receiver.getStats()).values()
+        stats = [s for s in report if s.type == "inbound-rtp"]
+        assert stats and stats[0].packetsReceived >= 100, "receiver stats still count packets"
+        transport = [s for s in report if s.type == "transport"]
+        assert transport and transport[0].packetsReceived >= 100, "and so do transport stats"
         assert receiver.track._queue.empty(), "aiortc's decoder thread decoded nothing"
         assert len({p.sequence_number for p in taken}) == len(taken)
     finally:
