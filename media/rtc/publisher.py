@@ -72,6 +72,7 @@ class PublisherPeer:
         self._pc = RTCPeerConnection(rtc_configuration(ice_servers))
         self._remote = RemoteCandidates(self._pc, session_id)
         self._failed = False
+        self._direct = False
         self._lost_read = 0
         self.remote_ice: tuple[str, str | None] = ("", None)
         self._closed = False
@@ -138,8 +139,9 @@ class PublisherPeer:
         if self._closed:
             return
         if state == "connected":
-            if not receive_rtp_directly(self._pc):
+            if not self._direct and not receive_rtp_directly(self._pc):
                 self._log.debug("SRTP packets go through aioice's queue")
+            self._direct = True
             self._events.transport_connected()
         elif state in ("failed", "closed") and consent_expired(self._pc):
             self._events.transport_failed(CONSENT_EXPIRED)
