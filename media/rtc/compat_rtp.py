@@ -95,6 +95,9 @@ def _handle_srtp(dtls: Any, srtp: pylibsrtp.Session, data: bytes) -> bool:
         handling.send(None)
     except StopIteration:
         return True
+    except Exception:  # raised into aioice's datagram callback, it would close the socket
+        logger.exception("handling an RTP packet failed")
+        return True
     handling.close()
     logger.warning("aiortc's RTP handling waits now: audio goes through aioice's queue again")
     return False

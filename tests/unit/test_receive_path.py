@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import av
 import pytest
 
+from media.audio import opus_decoder
 from media.audio.opus_decoder import OpusDecoder
 from media.audio.opus_input import OpusInput
 from media.audio.speech_pipeline import SpeechPipeline
@@ -232,3 +233,16 @@ def test_a_sender_clock_stepping_back_1_s_keeps_speech_offsets_continuous() -> N
     (first, second) = ends
     assert 900 <= first.start_ms <= 1100
     assert 4400 <= second.start_ms <= 4600, f"second utterance dated {second.start_ms} ms"
+
+
+def test_without_a_loadable_libopus_the_error_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(opus_decoder, "_candidate_paths", lambda: ["/nowhere/libopus.so.0"])
+    opus_decoder.libopus.cache_clear()
+    try:
+        with pytest.raises(opus_decoder.OpusUnavailable, match="/nowhere/libopus.so.0.*libopus0"):
+            opus_decoder.libopus()
+    finally:
+        opus_decoder.libopus.cache_clear()
+    assert issubclass(opus_decoder.OpusUnavailable, OSError), "hark serve: a message, status 2"
