@@ -82,7 +82,8 @@ def receive_rtp_directly(pc: RTCPeerConnection) -> bool:
 
 
 def _handle_srtp(dtls: Any, srtp: pylibsrtp.Session, data: bytes) -> bool:
-    """What aiortc's DTLS transport does with an SRTP packet; False if aiortc had to wait."""
+    """What aiortc's DTLS transport does with an SRTP packet; False (said once, at WARNING) if
+    that had to wait or failed: the connection then goes back to aioice's queue."""
     dtls._RTCDtlsTransport__rx_bytes += len(data)
     dtls._RTCDtlsTransport__rx_packets += 1
     arrival_time_ms = aiortc.clock.current_ms()
@@ -96,8 +97,8 @@ def _handle_srtp(dtls: Any, srtp: pylibsrtp.Session, data: bytes) -> bool:
     except StopIteration:
         return True
     except Exception:  # raised into aioice's datagram callback, it would close the socket
-        logger.exception("handling an RTP packet failed")
-        return True
+        logger.exception("handling an RTP packet failed: audio goes through aioice's queue again")
+        return False
     handling.close()
     logger.warning("aiortc's RTP handling waits now: audio goes through aioice's queue again")
     return False
