@@ -15,6 +15,10 @@ same load is then put on ``bare_receiver.py``, and Hark's CPU per session is rep
 
 Capacity per core = the largest N where frames stay >= 99 % of expected and loop lag p99 < 50 ms.
 
+With LOAD_PROFILE=<file> set, Hark runs under cProfile and writes its profile there when it stops
+(the profiler slows Python calls down: read shares from it, not the CPU figures). With
+LOAD_NO_STREAM=1 the backend listens without a StreamAudio subscriber (the receive path alone).
+
 With ``--udp-port``, each step also runs Hark with every session through that one UDP port (the
 demultiplexer), and reports its CPU per session against the per-connection sockets' of the same run.
 
@@ -336,6 +340,8 @@ class Backend:
         from media.v1 import media_pb2 as pb
 
         await self._stub.StartListening(pb.StartListeningRequest(session_id=session_id))
+        if os.environ.get("LOAD_NO_STREAM"):
+            return
         request = pb.StreamAudioRequest(session_id=session_id, chunk_ms=self.chunk_ms)
         async for _ in self._stub.StreamAudio(request):
             pass
@@ -378,9 +384,11 @@ async def measure(
     step = Step(kind, sessions, seconds, workers=workers or 1, shared_cpus=cpus.shared)
     python = sys.executable
     if kind in ("hark", "mux"):
+        profile = os.environ.get("LOAD_PROFILE")
         server, found = await spawn(
             cpus.server,
             python,
+            *(("-m", "cProfile", "-o", profile) if profile else ()),
             "-m",
             "media",
             "serve",

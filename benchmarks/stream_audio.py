@@ -63,14 +63,23 @@ async def read_streams(target: str, session_id: str, count: int, chunk_ms: int) 
 # the server side
 
 
-def decoded_fixture() -> list[av.AudioFrame]:
+def decoded_fixture() -> list[tuple[bytes, int]]:
+    """Each packet's PCM at the VAD rate and its first sample, as ``OpusInput`` hands them over."""
+    from media.audio.opus_decoder import OpusDecoder
+
+    decoder, decoded, start = OpusDecoder(16000), [], 0
     with av.open(str(SPEECH)) as container:
-        return list(container.decode(audio=0))
+        for packet in container.demux(audio=0):
+            pcm = decoder.decode(bytes(packet)) if packet.size else None
+            if pcm is not None:
+                decoded.append((pcm, start))
+                start += len(pcm) // 2
+    return decoded
 
 
-def feed(live: LiveSession, frame: av.AudioFrame) -> None:
-    """One decoded frame into the session's pipeline, as the publisher's decoder hands it over."""
-    live.pipeline.push(frame)
+def feed(live: LiveSession, frame: tuple[bytes, int]) -> None:
+    """One packet's PCM into the session's pipeline, as the publisher's ``OpusInput`` hands it."""
+    live.pipeline.push(*frame)
 
 
 async def one_pass(

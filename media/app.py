@@ -21,6 +21,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from media.aio import cancel_and_wait
+from media.audio.opus_decoder import libopus
 from media.binding import (
     CannotListen,
     check_can_bind,
@@ -52,7 +53,6 @@ from media.rtc.compat import (
     keep_consent_through_stalls,
     restrict_host_candidates,
 )
-from media.rtc.decode_errors import DecodeErrorCounter
 from media.rtc.ice_plan import IcePlan
 from media.server.auth import SessionTokens, secret_for
 from media.server.session_table import SessionTable
@@ -72,6 +72,14 @@ logger = logging.getLogger(__name__)
 STATIC = pathlib.Path(__file__).parent / "static"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def check_receive_path(lost: Sequence[compat.Hook]) -> None:
+    """Refuse to start when publishers could not be heard: Hark decodes their audio with libopus
+    (``OpusUnavailable``) from the packets ``compat.take_rtp_packets`` takes."""
+    libopus()
+    if any(hook.name == "packet sink" for hook in lost):
+        raise RuntimeError("this aiortc keeps its RTP packets out of reach (see above)")
 
 
 class HarkApp:
@@ -100,6 +108,7 @@ class HarkApp:
             governor=LoadGovernor(config.max_loop_lag_ms / 1000),
             owner=Owner(config.effective_node_id, worker.index if worker is not None else 0),
             tokens=self.tokens,
+            reorder_frames=config.jitter_frames,
         )
         self.metrics.watch_sessions(lambda: (live.session for live in self.sessions.all()))
         self.metrics.watch_playback_queues(
@@ -119,7 +128,6 @@ class HarkApp:
         self._health = health_aio.HealthServicer()
         self._health_dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._decode_errors = DecodeErrorCounter(self.metrics.decode_errors.inc)
         self._undo_host_restriction: Callable[[], None] | None = None
         drops = self.metrics.udp_mux_dropped
         self.ice_plan = IcePlan(config, lambda cause: drops.labels(cause).inc())
@@ -181,7 +189,6 @@ class HarkApp:
             server_token=self.config.token,
             ice_servers=self.config.ice_servers,
             base_url=lambda: self.base_url,
-            jitter_frames=self.config.jitter_frames,
             max_offer_bytes=self.config.max_offer_bytes,
             max_m_lines=self.config.max_m_lines,
             absolute_location=self.cluster is not None,
@@ -362,6 +369,7 @@ class HarkApp:
 
     async def _start(self) -> None:
         lost = await compat.check()
+        check_receive_path(lost)
         if self.config.ice_addresses:
             self._undo_host_restriction = restrict_host_candidates(self.config.ice_addresses)
         if not keep_consent_through_stalls():
@@ -370,7 +378,6 @@ class HarkApp:
                 "close live sessions (aioice logs 'Consent to send expired')"
             )
         await self.ice_plan.start({hook.name for hook in lost})
-        logging.getLogger("aiortc.rtcrtpreceiver").addFilter(self._decode_errors)
         logging.getLogger("aiohttp.server").addFilter(self._protocol_errors)
         self.sessions.observers.append(self._on_event)
         self.role.take_over()
@@ -444,7 +451,6 @@ class HarkApp:
         for listener in self._listeners:
             await listener.wait_closed()
         self._listeners = []
-        logging.getLogger("aiortc.rtcrtpreceiver").removeFilter(self._decode_errors)
         logging.getLogger("aiohttp.server").removeFilter(self._protocol_errors)
         if self._undo_host_restriction is not None:
             self._undo_host_restriction()

@@ -176,6 +176,28 @@ class LocalCounter(Collector):
         return []
 
 
+class DecodeCounts(Collector):
+    """Audio frames decoded and packets refused, counted per packet as plain ints (cheaper than a
+    Prometheus counter) and published at scrape time."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.errors = 0
+
+    def collect(self) -> Iterable[Metric]:
+        yield CounterMetricFamily(
+            "hark_audio_frames_decoded", "Audio frames decoded from publishers.", value=self.frames
+        )
+        yield CounterMetricFamily(
+            "hark_audio_decode_errors",
+            "Audio packets that could not be decoded.",
+            value=self.errors,
+        )
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -240,12 +262,8 @@ class Metrics:
         self.audio_subscribers = Gauge(
             "hark_audio_subscribers", "Open StreamAudio streams.", registry=r
         )
-        self.frames_decoded = Counter(
-            "hark_audio_frames_decoded", "Audio frames decoded from publishers.", registry=r
-        )
-        self.decode_errors = Counter(
-            "hark_audio_decode_errors", "Audio packets that could not be decoded.", registry=r
-        )
+        self.decoded = DecodeCounts()
+        r.register(self.decoded)
         self.rtp_packets_lost = Counter(
             "hark_rtp_packets_lost", "RTP packets lost on the way in (receiver stats).", registry=r
         )

@@ -17,6 +17,7 @@ import aiohttp
 import grpc
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaPlayer
+from aiortc.rtp import is_rtcp
 
 from media.app import HarkApp
 from media.config import Config
@@ -143,6 +144,39 @@ async def publish(
         base_url=base_url,
         token=token,
     )
+
+
+def swap_sent_packets(pc: RTCPeerConnection, every: int) -> bool:
+    """Reorder ``pc``'s outgoing RTP as a network would: every ``every``th packet leaves right
+    after the one that follows it (RTCP untouched). False when aiortc's sending path moved.
+
+    aiortc sends each protected packet through ``RTCDtlsTransport._send_rtp`` (private; the
+    contract tests check it is still there); sequence numbers are assigned before, so the
+    receiver sees them out of order.
+    """
+    transport = pc.getSenders()[0].transport
+    original = getattr(transport, "_send_rtp", None)
+    if original is None or not asyncio.iscoroutinefunction(original):
+        return False
+    sent = 0
+    held: bytes | None = None
+
+    async def send_swapped(data: bytes) -> None:
+        nonlocal sent, held
+        if is_rtcp(data):
+            await original(data)
+            return
+        sent += 1
+        if held is None and sent % every == 0:
+            held = data
+            return
+        await original(data)
+        if held is not None:
+            late, held = held, None
+            await original(late)
+
+    transport._send_rtp = send_swapped
+    return True
 
 
 async def eventually(

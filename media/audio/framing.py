@@ -31,10 +31,14 @@ class Framer:
         elif self._next_sample is None:
             self._next_sample = 0
         assert self._next_sample is not None
-        self._buffer += pcm
-        frames: list[tuple[int, bytes]] = []
         size = self.frame_bytes
         samples = size // 2
+        if not self._buffer and len(pcm) == size:  # one packet, one frame: no copy
+            offset_ms = self._next_sample * 1000 // self.rate
+            self._next_sample += samples
+            return [(offset_ms, pcm)]
+        self._buffer += pcm
+        frames: list[tuple[int, bytes]] = []
         while len(self._buffer) >= size:
             frames.append((self._next_sample * 1000 // self.rate, bytes(self._buffer[:size])))
             del self._buffer[:size]

@@ -1,6 +1,6 @@
 """One session's speech pipeline: VAD frames → webrtcvad → segmenter → events and audio subscribers.
 
-Nothing here awaits. Frames arrive from the peer's audio consumer; events leave through a
+Nothing here awaits. PCM arrives from the publisher's ``OpusInput``; events leave through a
 callback into the session; audio leaves through each StreamAudio subscriber's bounded queue
 (``media.audio.subscribers``), subscribers grouped by sample rate.
 """
@@ -12,10 +12,8 @@ from collections import deque
 from collections.abc import Callable
 
 import webrtcvad
-from av import AudioFrame
 
 from media.audio.framing import Framer
-from media.audio.pcm import Downmixer
 from media.audio.subscribers import (
     DEFAULT_CHUNK_MS,
     STREAM_ENDED,
@@ -26,7 +24,6 @@ from media.audio.subscribers import (
     SegmentStart,
 )
 from media.core.events import EndReason, SpeechEnded, SpeechStarted
-from media.core.rtp_clock import RTP_WRAP, TimestampUnwrapper
 from media.core.segmenter import Segmenter, SegmenterConfig
 from media.core.speech_settings import SpeechSettings
 from media.metrics import Metrics
@@ -49,9 +46,8 @@ class SpeechPipeline:
         self._metrics = metrics
         self._on_event = on_event
         self._rate = settings.sample_rate
-        self._downmixer: Downmixer | None = Downmixer(self._rate)
+        self._closed = False
         self._framer = Framer(self._rate, settings.frame_ms)
-        self._media_clock = TimestampUnwrapper()
         self._vad = webrtcvad.Vad(settings.aggressiveness)
         self._pre_listen: deque[tuple[int, bytes]] = deque(
             maxlen=max(1, settings.pre_listen_ms // settings.frame_ms)
@@ -66,17 +62,11 @@ class SpeechPipeline:
 
     # input
 
-    def push(self, frame: AudioFrame) -> None:
-        if self._downmixer is None:
+    def push(self, pcm: bytes, start_sample: int | None = None) -> None:
+        """16-bit mono PCM at the pipeline's rate; ``start_sample`` dates it on the media clock."""
+        if self._closed:
             return
-        pcm = self._downmixer.convert(frame)
-        start = None
-        if frame.pts is not None and frame.time_base is not None:
-            # aiortc takes any step back in RTP time for a wrap (+2**32); unwrap the 32-bit value
-            # again, so a sender restarting its clock is a discontinuity, not a 24.85 h jump.
-            ticks = self._media_clock.unwrap(frame.pts % RTP_WRAP)
-            start = int(ticks * frame.time_base * self._rate)
-        for offset_ms, vad_frame in self._framer.push(pcm, start):
+        for offset_ms, vad_frame in self._framer.push(pcm, start_sample):
             self._last_offset_ms = offset_ms
             if self._segmenter is None:
                 self._pre_listen.append((offset_ms, vad_frame))
@@ -119,12 +109,12 @@ class SpeechPipeline:
             group.flush()
 
     def close(self) -> None:
-        """End analysis and every subscriber, and free the resampler (and its FFmpeg threads)."""
+        """End analysis and every subscriber; nothing pushed afterwards is analysed."""
         self.stop(EndReason.CLOSED)
         for group in self._groups.values():
             group.push(STREAM_ENDED)
         self._groups.clear()
-        self._downmixer = None
+        self._closed = True
 
     # subscribers
 

@@ -52,7 +52,11 @@ SERVE_OPTIONS: list[tuple[str, Parse, str]] = [
     ("vad-max-segment-ms", int, "longer speech is split"),
     ("pre-listen-ms", int, "audio kept while not listening, analysed when listening starts"),
     ("audio-queue-ms", int, "StreamAudio queue per subscriber; the oldest audio is dropped"),
-    ("jitter-frames", int, "audio frames aiortc's jitter buffer holds (20 ms each)"),
+    (
+        "jitter-frames",
+        int,
+        "packets held waiting for a missing one (20 ms each)",
+    ),
     ("metrics-port", int, "serve /metrics on this port instead of the HTTP port"),
     (
         "udp-port",

@@ -1,4 +1,5 @@
-"""Every use of a private aiortc or aioice name, or of behaviour they do not document, in one place.
+"""Every use of a private aiortc or aioice name, or of behaviour they do not document, in one place
+(with ``compat_rtp.py``, the publishers' receive path).
 
 aiortc and aioice have no API for what these hooks do. Each one is checked against the installed
 versions at start-up (``check()``: a WARNING names what is lost when a hook cannot apply) and by a
@@ -21,25 +22,28 @@ from typing import Any, Final
 
 import aioice.ice
 import aioice.stun
-import aiortc.rtcrtpreceiver
 from aioice import Candidate
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 
 from media.aio import cancel_and_wait
+from media.rtc.compat_rtp import (
+    JITTER_BUFFER,
+    _feeds_packets_to_a_jitter_buffer,
+    _hands_srtp_through_a_queue,
+)
 from media.rtc.host_candidates import HARK_GATHERING, announce, host_candidate
 from media.rtc.udp_mux import Address, SharedSocketView, UdpMux
 
 logger = logging.getLogger(__name__)
 
 ORPHAN_WATCH_POLLS: Final = 5
-JITTER_BUFFER: Final = "_RTCRtpReceiver__jitter_buffer"
 
 
 def set_jitter_frames(receiver: RTCRtpReceiver, frames: int) -> bool:
     """Hold ``frames`` audio frames in aiortc's jitter buffer before decoding (aiortc: 4).
 
-    aiortc has no API for it; every held frame is 20 ms of latency before the VAD sees the audio.
-    Returns False when this aiortc version keeps the buffer elsewhere (then its default stays).
+    aiortc has no API for it; the tests' and benchmarks' WHEP listeners use it. Returns False
+    when this aiortc version keeps the buffer elsewhere (then its default stays).
     """
     buffer = getattr(receiver, JITTER_BUFFER, None)
     if buffer is None or not isinstance(getattr(buffer, "_prefetch", None), int):
@@ -53,8 +57,8 @@ def tap_opus_packets(
 ) -> bool:
     """Call ``on_packet(payload, rtp_timestamp)`` for every Opus packet ``receiver`` gets.
 
-    aiortc hands only decoded frames to the application; forwarding the Opus payload itself (no
-    decode or encode per player) needs the packets, which pass through this private method.
+    aiortc hands only decoded frames to the application; the tests and benchmarks see the packets
+    a WHEP player receives through this private method (Hark's publishers: ``take_rtp_packets``).
     Returns False when this aiortc version has no such method (then nothing is forwarded).
     """
     original = getattr(receiver, "_handle_rtp_packet", None)
@@ -257,17 +261,6 @@ class Hook:
     applies: Callable[[RTCPeerConnection], bool]
 
 
-def _has_jitter_buffer(pc: RTCPeerConnection) -> bool:
-    receiver = pc.getTransceivers()[0].receiver
-    buffer = getattr(receiver, JITTER_BUFFER, None)
-    return isinstance(getattr(buffer, "_prefetch", None), int)
-
-
-def _has_packet_handler(pc: RTCPeerConnection) -> bool:
-    handler = getattr(pc.getTransceivers()[0].receiver, "_handle_rtp_packet", None)
-    return handler is not None and asyncio.iscoroutinefunction(handler)
-
-
 def _has_ice_connection(pc: RTCPeerConnection) -> bool:
     return len(ice_connections(pc)) == 1
 
@@ -327,10 +320,6 @@ def _shares_a_socket(pc: RTCPeerConnection) -> bool:
     )
 
 
-def _logs_decode_failures(pc: RTCPeerConnection) -> bool:
-    return "failed to decode" in inspect.getsource(aiortc.rtcrtpreceiver)
-
-
 def _sends_packets_as_they_are(pc: RTCPeerConnection) -> bool:
     send = getattr(RTCRtpSender, "_next_encoded_frame", None)
     return send is not None and "self.__encoder.pack(data)" in inspect.getsource(send)
@@ -338,15 +327,16 @@ def _sends_packets_as_they_are(pc: RTCPeerConnection) -> bool:
 
 HOOKS: Final = (
     Hook(
-        "jitter buffer",
-        "aiortc's jitter buffer is not where Hark expects: --jitter-frames has no effect",
-        _has_jitter_buffer,
+        "packet sink",
+        "aiortc's jitter buffer is not where Hark expects: Hark cannot take the publishers' "
+        "RTP packets (it refuses to start)",
+        _feeds_packets_to_a_jitter_buffer,
     ),
     Hook(
-        "packet tap",
-        "aiortc's RTP packet handler is not where Hark expects: source=publisher WHEP players "
-        "hear nothing",
-        _has_packet_handler,
+        "direct SRTP",
+        "aiortc or aioice receive SRTP another way: every audio packet goes through aioice's "
+        "queue and a task switch (more CPU per session)",
+        _hands_srtp_through_a_queue,
     ),
     Hook(
         "ICE connections",
@@ -381,11 +371,6 @@ HOOKS: Final = (
         "aioice's host sockets are not where Hark expects: --udp-port cannot share one socket "
         "(Hark refuses to start with it)",
         _shares_a_socket,
-    ),
-    Hook(
-        "decode error log",
-        "aiortc no longer logs decode failures: hark_audio_decode_errors stays at 0",
-        _logs_decode_failures,
     ),
     Hook(
         "packets sent as they are",

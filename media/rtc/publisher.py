@@ -1,22 +1,22 @@
-"""aiortc glue: one RTCPeerConnection per publisher, the task reading its audio, and an idempotent
-close. The peer reports to a ``PublisherEvents`` bound to its session."""
+"""aiortc glue: one RTCPeerConnection per publisher, its RTP packets handed on as they arrive, and
+an idempotent close. The peer reports to a ``PublisherEvents`` bound to its session."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-from aiortc import RTCPeerConnection, RTCRtpReceiver
-from av import AudioFrame
+from aiortc import RTCPeerConnection
+from aiortc.rtp import RtpPacket
 
-from media.aio import CloseOnce, cancel_and_wait
+from media.aio import CloseOnce
 from media.config import IceServer
 from media.core.trickle import TrickleCandidate
 from media.logs import session_logger
-from media.rtc.compat import consent_expired, set_jitter_frames, tap_opus_packets
+from media.rtc.compat import consent_expired
+from media.rtc.compat_rtp import receive_rtp_directly, take_rtp_packets
 from media.rtc.negotiation import (
     RemoteCandidates,
     answer_audio_offer,
@@ -24,7 +24,6 @@ from media.rtc.negotiation import (
     rtc_configuration,
     transport_failure,
 )
-from media.rtc.track_reader import AudioConsumer
 
 logger = logging.getLogger(__name__)
 
@@ -41,11 +40,9 @@ class PublisherEvents(Protocol):
 
     def internal_error(self, detail: str) -> None: ...
 
-    def audio_decoded(self, frame: AudioFrame) -> None:
-        """A frame of the publisher's audio was decoded (this is also how media arrival shows)."""
-
-    def opus_received(self, payload: bytes, timestamp: int) -> None:
-        """An Opus packet arrived (only once ``forward_opus()`` was called)."""
+    def opus_received(self, packet: RtpPacket) -> None:
+        """An Opus RTP packet arrived (in arrival order, on the event loop): the publisher's
+        audio, undecoded (aiortc's decoder is bypassed)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,58 +56,42 @@ class ReceiverReading:
 
 
 class PublisherPeer:
-    """Receives one publisher's audio. Owns its peer connection and tasks; ``close()`` ends both."""
+    """Receives one publisher's audio. Owns its peer connection; ``close()`` ends it."""
 
     def __init__(
         self,
         session_id: str,
         events: PublisherEvents,
         ice_servers: Sequence[IceServer] = (),
-        jitter_frames: int = 1,
         opus_payload_type: int | None = None,
     ) -> None:
         self.session_id = session_id
         self._opus_payload_type = opus_payload_type
-        self._jitter_frames = jitter_frames
         self._events = events
         self._log = session_logger(logger, session_id)
         self._pc = RTCPeerConnection(rtc_configuration(ice_servers))
         self._remote = RemoteCandidates(self._pc, session_id)
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._receiver: RTCRtpReceiver | None = None
-        self._forwarding = False
-        self._tapped = False
+        self._failed = False
+        self._direct = False
         self._lost_read = 0
         self.remote_ice: tuple[str, str | None] = ("", None)
         self._closed = False
         self._close_once = CloseOnce()
         self._pc.on("connectionstatechange", self._on_connection_state)
-        self._pc.on("track", self._on_track)
 
     async def negotiate(self, offer_sdp: str) -> str:
         """Apply the offer and return the answer: audio ``recvonly`` with Opus, other media off."""
 
-        def keep_receiver(transceiver: Any) -> None:
-            self._receiver = transceiver.receiver
+        def take_packets(transceiver: Any) -> None:
+            if not take_rtp_packets(transceiver.receiver, self._packet_received):
+                self._log.error("this aiortc hides RTP packets: no audio can be heard")
 
-        answer = await answer_audio_offer(
-            self._pc, offer_sdp, "recvonly", self.session_id, self._remote, keep_receiver
+        return await answer_audio_offer(
+            self._pc, offer_sdp, "recvonly", self.session_id, self._remote, take_packets
         )
-        if self._forwarding:
-            self._tap()
-        return answer
 
     async def add_candidates(self, candidates: Sequence[TrickleCandidate], end: bool) -> None:
         await self._remote.add(candidates, end)
-
-    def forward_opus(self) -> None:
-        """From now on, hand every Opus packet received to ``opus_received`` (idempotent).
-
-        Only called once something uses the packets: reading them costs a call per packet.
-        """
-        self._forwarding = True
-        if self._receiver is not None:
-            self._tap()
 
     async def read_stats(self) -> ReceiverReading:
         """RTP packets, transport bytes, loss and jitter from aiortc's public receiver stats, read
@@ -131,38 +112,26 @@ class PublisherPeer:
         return ReceiverReading(packets, sum(transports.values()), lost_since_last, jitter_s)
 
     async def close(self) -> None:
-        """Stop the tasks and the peer connection. Safe to call more than once, concurrently."""
+        """Stop the peer connection. Safe to call more than once, concurrently."""
         await self._close_once.run(self._close)
 
     async def _close(self) -> None:
         self._closed = True
-        await cancel_and_wait(*self._tasks)
         await self._remote.close()
         await close_peer_connection(self._pc)
         self._log.debug("peer connection closed")
 
-    def _tap(self) -> None:
-        if self._tapped or self._opus_payload_type is None or self._receiver is None:
+    def _packet_received(self, packet: RtpPacket) -> None:
+        if self._closed or self._failed:
             return
-        self._tapped = True
-        if not tap_opus_packets(
-            self._receiver, self._opus_payload_type, self._events.opus_received
-        ):
-            self._log.warning(
-                "this aiortc hides RTP packets; source=publisher players hear nothing"
-            )
-
-    def _start(self, coro: Any, name: str) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            exc = task.exception()
-            self._log.error("%s failed", task.get_name(), exc_info=exc)
-            self._events.internal_error(f"internal error in {task.get_name()}")
+        if self._opus_payload_type is not None and packet.payload_type != self._opus_payload_type:
+            return
+        try:
+            self._events.opus_received(packet)
+        except Exception:  # raised into aiortc's receive path, it would end the transport
+            self._failed = True
+            self._log.exception("handling an audio packet failed")
+            self._events.internal_error("internal error handling the publisher's audio")
 
     def _on_connection_state(self) -> None:
         state = self._pc.connectionState
@@ -170,21 +139,11 @@ class PublisherPeer:
         if self._closed:
             return
         if state == "connected":
+            if not self._direct and not receive_rtp_directly(self._pc):
+                self._log.debug("SRTP packets go through aioice's queue")
+            self._direct = True
             self._events.transport_connected()
         elif state in ("failed", "closed") and consent_expired(self._pc):
             self._events.transport_failed(CONSENT_EXPIRED)
         elif state == "failed":
             self._events.transport_failed(transport_failure(self._pc))
-
-    def _on_track(self, track: Any) -> None:
-        if (
-            track.kind != "audio"
-            or self._closed
-            or any(t.get_name().startswith("hark-audio") for t in self._tasks)
-        ):
-            return
-        consumer = AudioConsumer(self.session_id, track, self._events.audio_decoded)
-        self._start(consumer.run(), f"hark-audio-{self.session_id}")
-        receiver = next(t.receiver for t in self._pc.getTransceivers() if t.receiver.track is track)
-        if not set_jitter_frames(receiver, self._jitter_frames):
-            self._log.debug("aiortc's jitter buffer left as it is")

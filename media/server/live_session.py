@@ -13,9 +13,8 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Protocol
 
-from av import AudioFrame
-
 from media.aio import CloseOnce, cancel_and_wait
+from media.audio.opus_input import OpusInput, RtpPacket
 from media.audio.speech_pipeline import SpeechEvent, SpeechPipeline
 from media.core.clock import Clock
 from media.core.events import (
@@ -43,8 +42,6 @@ logger = logging.getLogger(__name__)
 
 class PublisherConnection(Protocol):
     """What a live session needs of its publisher's peer connection."""
-
-    def forward_opus(self) -> None: ...
 
     async def read_stats(self) -> ReceiverReading: ...
 
@@ -77,6 +74,7 @@ class LiveSession:
         token: str | None = None,
         max_players: int = 8,
         max_playback_queue_ms: int = 60_000,
+        reorder_frames: int = 1,
     ) -> None:
         self.session = session
         self.id = session.id
@@ -92,6 +90,9 @@ class LiveSession:
         self._on_events = on_events
         self._max_players = max_players
         self.pipeline = SpeechPipeline(speech, self._speech_event, metrics)
+        self._input = OpusInput(
+            speech.sample_rate, reorder_frames, self.pipeline.push, metrics.decoded
+        )
         self.voice = AgentVoice(session.id, self._playback_events, metrics, max_playback_queue_ms)
         self.relay = PublisherRelay(metrics)
         self._releasing: set[asyncio.Task[None]] = set()
@@ -122,8 +123,6 @@ class LiveSession:
         events = self.session.publisher_attached(self._clock.now())
         self.publisher = publisher
         self.etag = etag
-        if self.relay.has_players:
-            publisher.forward_opus()
         self._publish(events)
 
     def transport_connected(self) -> None:
@@ -135,17 +134,17 @@ class LiveSession:
     def internal_error(self, detail: str) -> None:
         self.close(CloseReason.ERROR, detail)
 
-    def audio_decoded(self, frame: AudioFrame) -> None:
+    def opus_received(self, packet: RtpPacket) -> None:
+        """A packet of the publisher's audio: relayed as it is, decoded (in order) for the VAD.
+        Media arrival and READY come from what it decodes to."""
         if self.session.closed:
             return
-        self._metrics.frames_decoded.inc()
-        events = self.session.audio_decoded(self._clock.now())
-        if events:
-            self._publish(events)
-        self.pipeline.push(frame)
-
-    def opus_received(self, payload: bytes, timestamp: int) -> None:
-        self.relay.forward(payload, timestamp)
+        if self.relay.has_players:
+            self.relay.forward(packet.payload, packet.timestamp)
+        if self._input.push(packet):
+            events = self.session.audio_decoded(self._clock.now())
+            if events:
+                self._publish(events)
 
     # listening
 
@@ -195,8 +194,6 @@ class LiveSession:
             self.voice.add_player(player.track)
         else:
             self.relay.add_player(player.track)
-            if self.publisher is not None:
-                self.publisher.forward_opus()
         self._metrics.players.labels(player.source.value).inc()
         self.log.info("WHEP player %s (%s) joined", player.id, player.source.value)
 
@@ -229,6 +226,7 @@ class LiveSession:
         if self.session.closed:
             return
         self.pipeline.close()
+        self._input.close()
         self.voice.shut()
         events = self.session.close(reason, detail, self._clock.now())
         self.log.info("closed %s %s", reason.name, detail)

@@ -73,7 +73,9 @@ class SessionTable:
         owner: Owner | None = None,
         tokens: SessionTokens | None = None,
         event_log_capacity: int = EVENT_LOG_CAPACITY,
+        reorder_frames: int = 1,
     ) -> None:
+        self.reorder_frames = reorder_frames
         self.owner = owner or Owner("local")
         self.tokens = tokens or SessionTokens(new_secret())
         self.governor = governor or LoadGovernor(0.0)
@@ -211,6 +213,7 @@ class SessionTable:
             token=self.tokens.mint(sid) if with_token else None,
             max_players=self.max_players,
             max_playback_queue_ms=self.max_playback_queue_ms,
+            reorder_frames=self.reorder_frames,
         )
         self._sessions[sid] = live
         self.governor.admitted(self.clock.now())

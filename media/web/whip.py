@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from aiohttp import web
-from av import AudioFrame
+from aiortc.rtp import RtpPacket
 
 from media.config import IceServer
 from media.core.events import CloseReason, SessionState
@@ -41,13 +41,11 @@ class WhipHandlers:
         server_token: str | None,
         ice_servers: Sequence[IceServer],
         base_url: Callable[[], str],
-        jitter_frames: int = 1,
         max_offer_bytes: int = 65536,
         max_m_lines: int = 4,
         absolute_location: bool = False,
     ) -> None:
         self._absolute_location = absolute_location
-        self._jitter_frames = jitter_frames
         self._max_offer_bytes = max_offer_bytes
         self._max_m_lines = max_m_lines
         self._sessions = sessions
@@ -182,7 +180,6 @@ class WhipHandlers:
             session_id,
             events,
             self._ice_servers,
-            self._jitter_frames,
             opus_payload_type=summary.opus_payload_type,
         )
         peer.remote_ice = (summary.ice_ufrag or "", summary.ice_pwd)
@@ -226,10 +223,6 @@ class _SessionToBe:
         if self.live is not None:
             self.live.internal_error(detail)
 
-    def audio_decoded(self, frame: AudioFrame) -> None:
+    def opus_received(self, packet: RtpPacket) -> None:
         if self.live is not None:
-            self.live.audio_decoded(frame)
-
-    def opus_received(self, payload: bytes, timestamp: int) -> None:
-        if self.live is not None:
-            self.live.opus_received(payload, timestamp)
+            self.live.opus_received(packet)

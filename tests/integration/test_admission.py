@@ -52,7 +52,7 @@ async def eventually(check: Callable[[], object], what: str, timeout: float = 30
 
 
 def frames_decoded(app: HarkApp) -> float:
-    return app.metrics.frames_decoded._value.get()
+    return app.metrics.decoded.frames
 
 
 async def readyz(http: aiohttp.ClientSession, app: HarkApp) -> aiohttp.ClientResponse:

@@ -13,6 +13,8 @@ import aiohttp
 import aioice.ice
 import pytest
 from aiortc import RTCPeerConnection, RTCRtpSender
+from aiortc.contrib.media import MediaPlayer
+from aiortc.rtp import RtpPacket
 from prometheus_client.parser import text_string_to_metric_families
 
 from media.rtc import compat
@@ -22,9 +24,10 @@ from media.rtc.compat import (
     set_jitter_frames,
     tap_opus_packets,
 )
+from media.rtc.compat_rtp import receive_rtp_directly, take_rtp_packets
 from media.rtc.host_candidates import hark_gathering
 from media.rtc.udp_mux import UdpMux
-from tests.support import HarkProcess, publish, running_server
+from tests.support import SPEECH, HarkProcess, eventually, publish, running_server
 
 STALL_S = 6
 
@@ -34,21 +37,56 @@ async def test_the_audio_jitter_buffer_can_still_be_shortened() -> None:
     try:
         receiver = pc.addTransceiver("audio", direction="recvonly").receiver
         assert set_jitter_frames(receiver, 1), (
-            "aiortc moved its jitter buffer: onset latency +60 ms"
+            "aiortc moved its jitter buffer: the tests' WHEP listeners hear 60 ms later"
         )
     finally:
         await pc.close()
 
 
-async def test_received_rtp_packets_can_still_be_tapped_for_forwarding() -> None:
+async def test_received_rtp_packets_can_still_be_tapped_by_test_listeners() -> None:
     pc = RTCPeerConnection()
     try:
         receiver = pc.addTransceiver("audio", direction="recvonly").receiver
         assert tap_opus_packets(receiver, 111, lambda payload, timestamp: None), (
-            "aiortc renamed RTCRtpReceiver._handle_rtp_packet: source=publisher players go silent"
+            "aiortc renamed RTCRtpReceiver._handle_rtp_packet: tests cannot see a player's packets"
         )
     finally:
         await pc.close()
+
+
+async def test_received_rtp_packets_can_be_taken_before_aiortc_decodes_them() -> None:
+    """Hark decodes the publishers' audio itself: aiortc must hand it every packet, decode
+    none of them on its own thread, and still count them in its receiver stats, also once the
+    SRTP packets skip aioice's queue."""
+    sender, receiver_pc = RTCPeerConnection(), RTCPeerConnection()
+    player = MediaPlayer(str(SPEECH), decode=False)
+    taken: list[RtpPacket] = []
+    try:
+        sender.addTransceiver(player.audio, direction="sendonly")
+        await sender.setLocalDescription(await sender.createOffer())
+        await receiver_pc.setRemoteDescription(sender.localDescription)
+        receiver = receiver_pc.getTransceivers()[0].receiver
+        assert take_rtp_packets(receiver, taken.append), (
+            "aiortc moved its jitter buffer: Hark cannot hear publishers (it refuses to start)"
+        )
+        await receiver_pc.setLocalDescription(await receiver_pc.createAnswer())
+        await sender.setRemoteDescription(receiver_pc.localDescription)
+        await eventually(lambda: receiver_pc.connectionState == "connected", "connected")
+        assert receive_rtp_directly(receiver_pc), (
+            "aiortc or aioice receive SRTP another way: a queue and a task switch per packet"
+        )
+        await eventually(lambda: len(taken) >= 100, "100 RTP packets taken", timeout=30)
+        report = (await receiver.getStats()).values()
+        stats = [s for s in report if s.type == "inbound-rtp"]
+        assert stats and stats[0].packetsReceived >= 100, "receiver stats still count packets"
+        transport = [s for s in report if s.type == "transport"]
+        assert transport and transport[0].packetsReceived >= 100, "and so do transport stats"
+        assert receiver.track._queue.empty(), "aiortc's decoder thread decoded nothing"
+        assert len({p.sequence_number for p in taken}) == len(taken)
+    finally:
+        player.audio.stop()
+        await sender.close()
+        await receiver_pc.close()
 
 
 def test_a_sender_still_sends_packets_as_they_are() -> None:

@@ -23,6 +23,7 @@ from tests.support import (
     grpc_stub,
     publish,
     running_server,
+    swap_sent_packets,
     truth,
 )
 
@@ -38,6 +39,18 @@ class Heard:
     started: list[pb.SpeechStarted] = field(default_factory=list)
     ended: list[pb.SpeechEnded] = field(default_factory=list)
     chunks: list[pb.AudioChunk] = field(default_factory=list)
+
+
+async def audio_until(stream: Any, end_ms: int) -> list[pb.AudioData]:
+    """The audio of a StreamAudio stream until it reaches ``end_ms`` of the session's media."""
+    audio: list[pb.AudioData] = []
+    async with asyncio.timeout(30):
+        async for chunk in stream:
+            if chunk.HasField("audio"):
+                audio.append(chunk.audio)
+                if chunk.audio.offset_ms + chunk.audio.duration_ms >= end_ms:
+                    return audio
+    raise AssertionError(f"StreamAudio ended before {end_ms} ms of media")
 
 
 async def watch_speech(stub: Any, session_id: str, heard: Heard) -> None:
@@ -56,9 +69,10 @@ async def read_audio(stream: Any, heard: Heard) -> None:
 
 @contextlib.asynccontextmanager
 async def observed(
-    stub: Any, app: Any, fixture: pathlib.Path = SPEECH
+    stub: Any, app: Any, fixture: pathlib.Path = SPEECH, swap_every: int = 0
 ) -> AsyncIterator[tuple[str, Heard]]:
-    """A pre-created session publishing ``fixture``, watched and streamed as a backend would.
+    """A pre-created session publishing ``fixture``, watched and streamed as a backend would
+    (``swap_every``: that many packets apart, two arrive swapped).
 
     On exit the session is ended, and both streams must then complete on their own.
     """
@@ -70,6 +84,8 @@ async def observed(
     publisher = await publish(
         app.base_url, f"/whip/{created.id}", token=created.token, fixture=fixture
     )
+    if swap_every:
+        assert swap_sent_packets(publisher.pc, swap_every), "aiortc sends RTP another way"
     try:
         yield created.id, heard
         await stub.EndSession(pb.EndSessionRequest(session_id=created.id))
@@ -166,6 +182,25 @@ async def test_speech_segments_and_audio_match_the_ground_truth() -> None:
             assert len(audio.pcm) == audio.sample_rate * audio.duration_ms // 1000 * 2
             assert 10 <= audio.duration_ms <= 100
             assert audio.dropped_ms == 0
+
+
+async def test_packets_swapped_on_the_way_lose_no_audio_and_keep_speech_on_time() -> None:
+    async with running_server() as app, grpc_stub(app) as stub:
+        async with observed(stub, app, swap_every=4) as (session_id, heard):
+            everything = stub.StreamAudio(pb.StreamAudioRequest(session_id=session_id, mode=pb.ALL))
+            await stub.StartListening(
+                pb.StartListeningRequest(session_id=session_id, wait_for_ready=True), timeout=10
+            )
+            audio = await audio_until(everything, fixture_ms(SPEECH) - 60)
+            everything.cancel()
+
+    assert_matches_truth(heard, start_tolerance=150, end_tolerance=250)
+    holes = [
+        (before.offset_ms + before.duration_ms, after.offset_ms)
+        for before, after in zip(audio, audio[1:], strict=False)
+        if after.offset_ms != before.offset_ms + before.duration_ms
+    ]
+    assert holes == [], "every swapped packet's 20 ms reached the backend"
 
 
 async def test_listening_started_after_the_onset_still_delivers_the_first_syllable() -> None:

@@ -1,7 +1,8 @@
-"""StreamAudio chunks and resamplers on the speech pipeline, fed the fixture's decoded frames.
+"""StreamAudio chunks and resamplers on the speech pipeline, fed the fixture's decoded audio.
 
-No event loop, no mock: the pipeline gets every frame PyAV decodes from tests/fixtures/speech.ogg,
-as the publisher's decoder hands them over, and each subscriber is read as its call reads it.
+No event loop, no mock: the pipeline gets the PCM libopus decodes from each packet of
+tests/fixtures/speech.ogg, as a publisher's ``OpusInput`` hands it over, and each subscriber is read
+as its call reads it.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from collections.abc import Callable, Iterator
 
 import av
 import pytest
-from av import AudioFrame
 
+from media.audio.opus_decoder import OpusDecoder
 from media.audio.speech_pipeline import SpeechPipeline
 from media.audio.subscribers import (
     Audio,
@@ -31,9 +32,16 @@ UTTERANCES = len(truth()["utterances"])
 
 
 @functools.cache
-def decoded_fixture() -> tuple[AudioFrame, ...]:
+def decoded_fixture() -> tuple[tuple[bytes, int], ...]:
+    """Each packet's 16 kHz PCM and its first sample on the media clock."""
+    decoder, decoded, start = OpusDecoder(16000), [], 0
     with av.open(str(SPEECH)) as container:
-        return tuple(container.decode(audio=0))
+        for packet in container.demux(audio=0):
+            pcm = decoder.decode(bytes(packet)) if packet.size else None
+            if pcm is not None:
+                decoded.append((pcm, start))
+                start += len(pcm) // 2
+    return tuple(decoded)
 
 
 def listening_pipeline() -> SpeechPipeline:
@@ -52,8 +60,8 @@ def drain(subscriber: AudioSubscriber) -> list[StreamItem]:
 def publish_fixture(
     pipeline: SpeechPipeline, after_each: Callable[[int], None] = lambda index: None
 ) -> None:
-    for index, frame in enumerate(decoded_fixture()):
-        pipeline.push(frame)
+    for index, (pcm, start) in enumerate(decoded_fixture()):
+        pipeline.push(pcm, start)
         after_each(index)
     pipeline.close()
     after_each(len(decoded_fixture()))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-import av
 import pytest
+from aiortc.rtp import RtpPacket
 
 from media.core.clock import Clock
 from media.core.events import CloseReason, ListeningChanged, SessionState, StateChanged
@@ -26,11 +26,9 @@ class UnusedPublisher:
         pass
 
 
-def silence() -> av.AudioFrame:
-    frame = av.AudioFrame(format="s16", layout="mono", samples=960)
-    frame.sample_rate = 48000
-    frame.planes[0].update(bytes(1920))
-    return frame
+def silence() -> RtpPacket:
+    """An RTP packet of 20 ms of Opus silence."""
+    return RtpPacket(payload_type=111, sequence_number=0, timestamp=0, payload=b"\xf8\xff\xfe")
 
 
 def closed_state(item: WatchItem | None) -> bool:
@@ -126,7 +124,7 @@ async def test_start_listening_with_wait_listens_once_ready() -> None:
     while live.watcher_count == 0:
         await asyncio.sleep(0)
     live.attach_publisher(UnusedPublisher(), '"etag"')
-    live.audio_decoded(silence())
+    live.opus_received(silence())
     snapshot = await asyncio.wait_for(waiting, 10)
     assert snapshot.listening and snapshot.state is SessionState.READY
     assert isinstance(live.session.events_after(0)[-1].payload, ListeningChanged)  # type: ignore[index]
