@@ -43,12 +43,13 @@ sys.path.insert(0, str(ROOT))
 import aiohttp  # noqa: E402
 import grpc  # noqa: E402
 
-from benchmarks.load import REPEATS, percentile, process_cpu, repeated_fixture  # noqa: E402
+from benchmarks.load import percentile, process_cpu, repeated_fixture  # noqa: E402
 from media.v1 import media_pb2 as pb  # noqa: E402
 from media.v1 import media_pb2_grpc  # noqa: E402
 from tests.cluster_support import HarkNode, RedisServer  # noqa: E402
 from tests.support import Publisher, publish  # noqa: E402
 
+FIXTURE_REPEATS = 30  # 7 minutes of speech: the publisher outlasts every phase
 COUNTED = ("state_changed", "listening_changed", "speech_started", "speech_ended")
 
 
@@ -127,6 +128,8 @@ async def measured(name: str, seconds: float, c: Cluster, delivered: Callable[[]
     phase.alpha_cpu = node_cpu(c.alpha) - alpha0
     phase.beta_cpu = node_cpu(c.beta) - beta0
     phase.delivered = delivered() - delivered0
+    if name != "none" and not phase.delivered:
+        raise SystemExit(f"{name}: nothing delivered in {seconds} s (did the session close?)")
     return phase
 
 
@@ -255,7 +258,7 @@ async def run(args: argparse.Namespace) -> None:
             os.nice(19)  # from here on, this process is the load: the nodes come first
             print(f"load average before: {os.getloadavg()}", file=sys.stderr, flush=True)
             await c.stub(c.alpha).CreateSession(pb.CreateSessionRequest(), timeout=10)
-            source = repeated_fixture(REPEATS)
+            source = repeated_fixture(FIXTURE_REPEATS)
             publisher = await publish(c.beta.base_url, fixture=source)
             try:
                 await c.stub(c.beta).StartListening(
