@@ -1,6 +1,6 @@
 """Cluster benchmark: what serving a session through a node that does not own it costs.
 
-    .venv/bin/python benchmarks/cluster.py [--seconds 8] [--passes 2] [--subscribers 10]
+    .venv/bin/python benchmarks/cluster.py [--seconds 10] [--passes 3] [--subscribers 20]
         [--watchers 20] [--toggles 25] [--trials 20]
 
 A real ``redis-server`` on a free loopback port and two ``hark serve --redis-url`` nodes, alpha and
@@ -374,9 +374,9 @@ def report_whip(trials: list[WhipTrial]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=8.0, help="each measured phase")
-    parser.add_argument("--passes", type=int, default=2)
-    parser.add_argument("--subscribers", type=int, default=10, help="StreamAudio calls")
+    parser.add_argument("--seconds", type=float, default=10.0, help="each measured phase")
+    parser.add_argument("--passes", type=int, default=3)
+    parser.add_argument("--subscribers", type=int, default=20, help="StreamAudio calls")
     parser.add_argument("--watchers", type=int, default=20, help="WatchSession calls")
     parser.add_argument("--toggles", type=float, default=25.0, help="listening changes per s")
     parser.add_argument("--trials", type=int, default=20, help="WHIP POSTs each way")
