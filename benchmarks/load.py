@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/load.py --overload 100 [--ramp 0.2] [--max-loop-lag-ms 25]
     .venv/bin/python benchmarks/load.py --udp-port 40000 [--sweep 25,50]
     .venv/bin/python benchmarks/load.py --workers 1,2 [--sweep 30,40,50,60,70,80]
+    .venv/bin/python benchmarks/load.py --workers 1,2 --niced-at 25 [--passes 3]
 
 The server under test is pinned to CPU 0 (taskset). The publishers run in a separate process
 pinned to CPU 1, sending the speech fixture's Opus packets without re-encoding, in a loop. This
@@ -22,6 +23,11 @@ With ``--workers 1,2``, the sweep runs ``hark serve --workers N`` for each N ins
 receiver): the server gets the first N CPUs, the load the others (or every CPU when none is left,
 which the report says), and the capacity per worker count follows the same rule, with CPU and RSS
 summed over the supervisor and its workers.
+
+With ``--workers 1,2 --niced-at N``, each worker count W runs once per pass with W x N sessions,
+server and load on every CPU and the load at nice 19, and the capacity of W workers against one is
+derived from the CPU of the busiest worker and of every process (``report_niced``): on a 2-CPU
+machine the sweep of two workers measures the load generator competing for the same CPUs.
 """
 
 from __future__ import annotations
