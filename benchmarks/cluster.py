@@ -35,7 +35,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeVar
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -50,6 +50,7 @@ from tests.cluster_support import HarkNode, RedisServer  # noqa: E402
 from tests.support import Publisher, publish  # noqa: E402
 
 FIXTURE_REPEATS = 30  # 7 minutes of speech: the publisher outlasts every phase
+T = TypeVar("T")
 COUNTED = ("state_changed", "listening_changed", "speech_started", "speech_ended")
 
 
@@ -80,10 +81,13 @@ class Cluster:
     beta: HarkNode
     channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
 
-    def stub(self, node: HarkNode) -> media_pb2_grpc.MediaServiceStub:
+    def stub(self, node: HarkNode) -> media_pb2_grpc.MediaServiceAsyncStub:
         if node.grpc_address not in self.channels:
             self.channels[node.grpc_address] = grpc.aio.insecure_channel(node.grpc_address)
-        return media_pb2_grpc.MediaServiceStub(self.channels[node.grpc_address])
+        stub: media_pb2_grpc.MediaServiceAsyncStub = media_pb2_grpc.MediaServiceStub(
+            self.channels[node.grpc_address]
+        )
+        return stub
 
     def target(self, phase: str) -> HarkNode:
         """Where a phase's calls go: the owner (beta), or alpha, which forwards them."""
@@ -133,7 +137,8 @@ async def measured(name: str, seconds: float, c: Cluster, delivered: Callable[[]
     return phase
 
 
-async def owned(tasks: list[asyncio.Task[None]], body: Awaitable[Phase]) -> Phase:
+async def owned(tasks: list[asyncio.Task[None]], body: Awaitable[T]) -> T:
+    """``body``'s result; then ``tasks`` cancelled and awaited, and the first that failed raised."""
     try:
         return await body
     finally:
@@ -270,19 +275,15 @@ async def run(args: argparse.Namespace) -> None:
                     toggle_listening(c, publisher.session_id, args.toggles)
                 )
                 watch = await owned(
-                    [toggling], _no_phase(interleaved(args, watch_phase, c, publisher.session_id))
+                    [toggling], interleaved(args, watch_phase, c, publisher.session_id)
                 )
             finally:
                 await close(publisher)
             trials = await whip_trials(c, args.trials)
             print(f"load average after: {os.getloadavg()}", file=sys.stderr, flush=True)
     report_costs("StreamAudio", "s of audio", audio, args.subscribers)
-    report_costs("WatchSession", "event", watch[0], args.watchers)
+    report_costs("WatchSession", "event", watch, args.watchers)
     report_whip(trials)
-
-
-async def _no_phase(body: Awaitable[list[Phase]]) -> Any:
-    return [await body]
 
 
 async def interleaved(
