@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/load.py --overload 100 [--ramp 0.2] [--max-loop-lag-ms 25]
     .venv/bin/python benchmarks/load.py --udp-port 40000 [--sweep 25,50]
     .venv/bin/python benchmarks/load.py --workers 1,2 [--sweep 30,40,50,60,70,80]
+    .venv/bin/python benchmarks/load.py --workers 1,2 --niced-at 25 [--passes 3]
 
 The server under test is pinned to CPU 0 (taskset). The publishers run in a separate process
 pinned to CPU 1, sending the speech fixture's Opus packets without re-encoding, in a loop. This
@@ -26,6 +27,11 @@ With ``--workers 1,2``, the sweep runs ``hark serve --workers N`` for each N ins
 receiver): the server gets the first N CPUs, the load the others (or every CPU when none is left,
 which the report says), and the capacity per worker count follows the same rule, with CPU and RSS
 summed over the supervisor and its workers.
+
+With ``--workers 1,2 --niced-at N``, each worker count W runs once per pass with W x N sessions,
+server and load on every CPU and the load at nice 19, and the capacity of W workers against one is
+derived from the CPU of the busiest worker and of every process (``report_niced``): on a 2-CPU
+machine the sweep of two workers measures the load generator competing for the same CPUs.
 """
 
 from __future__ import annotations
@@ -68,10 +74,6 @@ def process_tree(pid: int) -> list[int]:
         tree.append(current)
         pending += children.get(current, [])
     return tree
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    return sum(_gone_as_zero(cpu_seconds, p) for p in process_tree(pid))
 
 
 def tree_rss_bytes(pid: int) -> int:
@@ -215,6 +217,10 @@ class Step:
     ready_s: list[float] = field(default_factory=list)
     workers: int = 1
     shared_cpus: bool = False
+    worker_cpu: list[float] = field(default_factory=list)  # each worker's, busiest first
+    cpu_by_worker: dict[int, float] = field(default_factory=dict)  # by worker index
+    supervisor_cpu: float = 0.0
+    spread: dict[int, int] = field(default_factory=dict)  # sessions per worker index
 
     @property
     def frames_ratio(self) -> float:
@@ -231,9 +237,10 @@ class Step:
 
 
 async def spawn(
-    cpus: int | str, *args: str, pattern: str, stream: str
+    cpus: int | str, *args: str, pattern: str, stream: str, nice: int = 0
 ) -> tuple[Any, re.Match[str]]:
     process = await asyncio.create_subprocess_exec(
+        *(("nice", "-n", str(nice)) if nice else ()),
         "taskset",
         "-c",
         str(cpus),
@@ -360,6 +367,7 @@ class CpuLayout:
     server: str = "0"
     load: str = "1"
     shared: bool = False
+    load_nice: int = 0  # the publishers' niceness (and this process's, set by the caller)
 
 
 def cpu_layout(workers: int) -> CpuLayout:
@@ -369,6 +377,18 @@ def cpu_layout(workers: int) -> CpuLayout:
     server, rest = cpus[:workers], cpus[workers:]
     listed = ",".join(map(str, server))
     return CpuLayout(listed, ",".join(map(str, rest or cpus)), shared=not rest)
+
+
+def niced_layout() -> CpuLayout:
+    """Server and load on every CPU, the load at nice 19: the server gets the CPU whenever it
+    wants it, and its CPU per session is measured with the same layout for any worker count."""
+    every = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+    return CpuLayout(every, every, shared=True, load_nice=19)
+
+
+def process_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of ``pid`` and of each of its descendants, by process id."""
+    return {p: _gone_as_zero(cpu_seconds, p) for p in process_tree(pid)}
 
 
 async def measure(
@@ -425,16 +445,26 @@ async def measure(
             *(("--fresh-connections",) if workers is not None else ()),
             pattern="published",
             stream="stdout",
+            nice=cpus.load_nice,
         )
         async with aiohttp.ClientSession() as http:
             await wait_until_flowing(http, base, kind, sessions, backend)
             await asyncio.sleep(2.0)
             before = await counters(http, base, kind)
-            cpu0, pub0 = tree_cpu_seconds(server.pid), cpu_seconds(publishers.pid)
+            cpu0, pub0 = process_cpu(server.pid), cpu_seconds(publishers.pid)
             await asyncio.sleep(seconds)
             after = await counters(http, base, kind)
-            step.server_cpu = tree_cpu_seconds(server.pid) - cpu0
+            cpu1 = process_cpu(server.pid)
             step.publisher_cpu = cpu_seconds(publishers.pid) - pub0
+        used = {pid: cpu1[pid] - cpu0.get(pid, 0.0) for pid in cpu1}
+        step.server_cpu = sum(used.values())
+        step.supervisor_cpu = used.get(server.pid, 0.0) if workers and workers > 1 else 0.0
+        step.worker_cpu = sorted((v for p, v in used.items() if p != server.pid), reverse=True)
+        step.cpu_by_worker = {
+            worker_index(p): v for p, v in used.items() if p != server.pid and worker_index(p) >= 0
+        }
+        if not workers or workers == 1:
+            step.worker_cpu = [step.server_cpu]
         step.frames_per_s = (after["frames"] - before["frames"]) / seconds
         step.rss_per_session = (tree_rss_bytes(server.pid) - idle_rss) / sessions
         if kind != "bare":
@@ -445,6 +475,7 @@ async def measure(
                 for s in backend.ready
                 if s in backend.connecting
             ]
+            step.spread = sessions_per_worker(backend.ready)
     finally:
         if publishers is not None:
             assert publishers.stdin is not None
@@ -456,6 +487,30 @@ async def measure(
             await backend.close()
         await stop(server)
     return step
+
+
+def worker_index(pid: int) -> int:
+    """The index a supervisor gave worker ``pid`` (in its environment), or -1."""
+    try:
+        environ = pathlib.Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return -1
+    for entry in environ:
+        if entry.startswith(b"HARK_WORKER_INDEX="):
+            return int(entry.split(b"=", 1)[1])
+    return -1
+
+
+def sessions_per_worker(session_ids: Any) -> dict[int, int]:
+    """How many sessions each worker holds, from the worker index their ids name."""
+    from media.core.session_ids import owner_of
+
+    spread: dict[int, int] = {}
+    for session_id in session_ids:
+        owner = owner_of(session_id)
+        if owner is not None:
+            spread[owner.worker] = spread.get(owner.worker, 0) + 1
+    return dict(sorted(spread.items()))
 
 
 async def wait_for_workers(pid: int, workers: int, base: str) -> None:
@@ -765,6 +820,72 @@ async def sweep_workers(counts: list[int], sizes: list[int], seconds: float) -> 
     report_workers(steps)
 
 
+async def niced_workers(counts: list[int], per_worker: int, seconds: float, passes: int) -> None:
+    """Each worker count W with ``per_worker`` x W sessions, server and load sharing every CPU
+    with the load at nice 19, passes alternated; then the capacity of each against one worker's,
+    derived from the CPU its processes use (see ``report_niced``)."""
+    os.nice(19)  # this process is the backend: it is part of the load
+    cpus = niced_layout()
+    steps = []
+    for _ in range(passes):
+        for workers in counts:
+            sessions = per_worker * workers
+            step = await measure("hark", sessions, seconds, workers=workers, cpus=cpus)
+            steps.append(step)
+            print(
+                f"workers={workers} N={sessions}: {step.cpu_per_session * 100:.2f} % CPU/session, "
+                f"CPU by worker {by_worker(step)}, sessions by worker {step.spread}, "
+                f"{step.frames_ratio * 100:.1f} % of frames",
+                file=sys.stderr,
+                flush=True,
+            )
+    report_niced(steps)
+
+
+def by_worker(step: Step) -> str:
+    """Each worker's CPU in % of a core, by index."""
+    cpu = step.cpu_by_worker or dict(enumerate(step.worker_cpu))
+    return "/".join(f"{cpu[k] / step.seconds * 100:.1f}" for k in sorted(cpu))
+
+
+def report_niced(steps: list[Step]) -> None:
+    """Capacity from CPU, at the same sessions per worker: one worker with n sessions uses A of
+    a core; W workers with W n sessions use T in all (supervisor included), B in the busiest
+    worker. A worker on a core of its own keeps up to some CPU A*, so C1 = n A* / A and, with
+    every worker's CPU proportional to its sessions, the busiest worker reaches A* at
+    W n A* / B sessions, and all processes fill W cores at W n W A* / T. So
+    C_W / C1 = min(W A / B, W^2 A / T): W exactly when W workers with n sessions each cost what
+    one worker with n costs."""
+    print(
+        "| workers | N | node CPU | CPU by worker | supervisor | node CPU/session | "
+        "sessions by worker | frames/s (of 50N) | loop lag p99 | READY p50/p95 |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for step in steps:
+        ready = "/".join(f"{percentile(step.ready_s, q) * 1000:.0f}" for q in (0.5, 0.95))
+        print(
+            f"| {step.workers} | {step.sessions} | {step.server_cpu / step.seconds * 100:.1f} % | "
+            f"{by_worker(step)} % | "
+            f"{step.supervisor_cpu / step.seconds * 100:.1f} % | "
+            f"{step.cpu_per_session * 100:.2f} % | "
+            f"{'/'.join(str(n) for n in step.spread.values())} | "
+            f"{step.frames_per_s:.0f} ({step.frames_ratio * 100:.1f} %) | "
+            f"{step.lag_p99 * 1000:.1f} ms | {ready} ms |"
+        )
+    one = [s for s in steps if s.workers == 1]
+    if not one:
+        return
+    a = statistics.median(s.server_cpu / s.seconds for s in one)
+    print("\n| workers | W A / B (busiest worker) | W² A / T (every process) | capacity x one |")
+    print("|---|---|---|---|")
+    for count in sorted({s.workers for s in steps}):
+        mine = [s for s in steps if s.workers == count]
+        b = statistics.median(s.worker_cpu[0] / s.seconds for s in mine)
+        t = statistics.median(s.server_cpu / s.seconds for s in mine)
+        busiest, every = count * a / b, count * count * a / t
+        print(f"| {count} | {busiest:.2f} | {every:.2f} | **{min(busiest, every):.2f}x** |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     commands = parser.add_subparsers(dest="command")
@@ -793,12 +914,24 @@ def main() -> None:
         "hark serve --workers N for each N, and the capacity of each",
     )
     parser.add_argument(
+        "--niced-at",
+        type=int,
+        metavar="N",
+        help="with --workers: instead of the sweep, N sessions per worker (W N in all) for each "
+        "worker count W, server and load on every CPU, the load at nice 19; capacity derived "
+        "from the CPU of the busiest worker and of every process",
+    )
+    parser.add_argument("--passes", type=int, default=2, help="--niced-at: passes, alternated")
+    parser.add_argument(
         "--chunk-ms", type=int, default=0, help="StreamAudio chunk_ms of the backend's subscribers"
     )
     args = parser.parse_args()
     Backend.chunk_ms = args.chunk_ms
     if args.command == "publishers":
         asyncio.run(run_publishers(args.url, args.n, args.ramp, args.fresh_connections))
+    elif args.workers and args.niced_at:
+        counts = [int(n) for n in args.workers.split(",")]
+        asyncio.run(niced_workers(counts, args.niced_at, args.seconds, args.passes))
     elif args.workers:
         sizes = [int(n) for n in args.sweep.split(",")]
         counts = [int(n) for n in args.workers.split(",")]
