@@ -179,6 +179,11 @@ class NodeDirectory:
         expires = self._lost.get(session_id)
         return expires is not None and expires > time.monotonic()
 
+    def lost_ids(self) -> list[str]:
+        """The ids of the sessions held by nodes that left the cluster (within retention)."""
+        now = time.monotonic()
+        return [session_id for session_id, expires in self._lost.items() if expires > now]
+
     @property
     def detached(self) -> bool:
         """Redis has been out of reach for ``ttl`` seconds: the cluster no longer knows this node

@@ -25,7 +25,7 @@ import grpc
 
 from media.aio import cancel_and_wait
 from media.cluster.forwarded import SCOPE
-from media.cluster.grpc_forward import Upstreams
+from media.cluster.grpc_forward import Upstreams, lost_session_pb
 from media.cluster.routing import Elsewhere, Lost, Router
 from media.cluster.watch_merge import MergeState, answers_for, start_positions
 from media.core.event_log import Positions, decode_token, encode_token
@@ -229,6 +229,7 @@ class WatchMerge:
             set()
         )  # given up while still listed: not redialled until it returns
         self._tasks: list[asyncio.Task[None]] = []
+        self._heard: set[Owner] = set()  # members whose stream said something
         self._clock = service._sessions.clock
 
     async def run(self) -> AsyncGenerator[pb.SessionEvent, None]:
@@ -239,6 +240,8 @@ class WatchMerge:
         for member, scope in reach(self._service._router, self._me, self._scope):
             self._start_pump(member, scope, self._start)
         self._tasks.append(asyncio.create_task(self._poll_membership(), name="hark-watch-poll"))
+        for message in self._departed_before(lambda owner: True):
+            yield message
         heartbeat_s = self._service._heartbeat
         loop = asyncio.get_running_loop()
         quiet_since = loop.time()
@@ -307,6 +310,7 @@ class WatchMerge:
             try:
                 async for message in call:
                     failures = 0
+                    self._heard.add(member.owner)
                     for key, position in _positions(message).items():
                         if answers_for(self._me, member.owner, key):
                             mine[key] = position
@@ -349,7 +353,32 @@ class WatchMerge:
         if pump is not None:
             await cancel_and_wait(pump)
         logger.info("watch of every session: %s is gone; its sessions are NODE_LOST", owner)
-        return self._state.lost(owner, self._clock.now())
+        out = self._state.lost(owner, self._clock.now())
+        if owner not in self._heard:  # it died before its stream told this one anything
+            out += self._departed_before(lambda lost: answers_for(self._me, owner, str(lost)))
+        return out
+
+    def _departed_before(self, among: Callable[[Owner], bool]) -> list[pb.SessionEvent]:
+        """CLOSED(NODE_LOST) snapshots of the retained sessions of other nodes that left the
+        cluster before this stream heard of it (``among`` their owners): those of an owner the
+        request's token names (it missed their end: marked resync), and with include_closed any.
+        Every node knows them from the directory, so only the merge a client called sends them."""
+        if self._scope != "cluster":
+            return []
+        named, now = self._start.keys(), self._clock.now()
+        resync: list[pb.Session] = []
+        closed: list[pb.Session] = []
+        for session_id, owner in sorted(self._service._router.lost().items()):
+            if owner.node == self._me.node or not among(owner):
+                continue
+            if str(owner) in named:
+                resync.append(lost_session_pb(session_id, Lost(owner)))
+            elif self._request.include_closed:
+                closed.append(lost_session_pb(session_id, Lost(owner)))
+        return [
+            *self._state.departed(resync, True, now),
+            *self._state.departed(closed, False, now),
+        ]
 
     async def _poll_membership(self) -> None:
         """Members that join get a stream of their own; members that leave one last ``_Broken``."""

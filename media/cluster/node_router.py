@@ -47,6 +47,10 @@ class NodeRouter:
             for record in self.directory.nodes().values()
         ]
 
+    def lost(self) -> dict[str, Owner]:
+        ids = self.directory.lost_ids()
+        return {sid: owner for sid in ids if (owner := owner_of(sid)) is not None}
+
     def place(self) -> Here | Elsewhere:
         """The least-loaded node with room, this one while it has room; ``Here`` when no node
         has room (local admission then refuses, naming this node's limit)."""

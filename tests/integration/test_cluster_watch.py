@@ -79,6 +79,9 @@ class MeshRouter:
     def place(self) -> Here | Elsewhere:
         return Here()
 
+    def lost(self) -> dict[str, Owner]:
+        return {}
+
 
 @contextlib.asynccontextmanager
 async def cluster(

@@ -131,6 +131,9 @@ class ListedRouter:
     def place(self) -> Here | Elsewhere:
         return Here()
 
+    def lost(self) -> dict[str, Owner]:
+        return {}
+
 
 def test_a_call_reaches_each_sibling_directly_and_each_other_node_once() -> None:
     router = ListedRouter(ME, SIBLING, Owner("b", 0), Owner("b", 1), Owner("c", 2))
