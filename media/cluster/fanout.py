@@ -342,14 +342,17 @@ class WatchMerge:
             return []
         listed = {m.owner for m, _ in reach(self._service._router, self._me, self._scope)}
         router = self._service._router
-        lost = member.owner not in listed or any(
-            isinstance(router.route(sid), Lost) for sid in self._state.open_ids(member.owner)
-        )
-        return await self._give_up(member.owner) if lost else []
+        if member.owner not in listed:
+            return await self._give_up(member.owner)
+        if any(isinstance(router.route(sid), Lost) for sid in self._state.open_ids(member.owner)):
+            self._gone.add(member.owner)
+            return await self._give_up(member.owner)
+        return []
 
     async def _give_up(self, owner: Owner) -> list[pb.SessionEvent]:
+        """A member no longer listed is dialled again once it is (``_poll_membership``); one
+        given up while still listed (in ``_gone``) only after it has left the list."""
         pump = self._pumps.pop(owner, None)
-        self._gone.add(owner)
         if pump is not None:
             await cancel_and_wait(pump)
         logger.info("watch of every session: %s is gone; its sessions are NODE_LOST", owner)

@@ -20,7 +20,7 @@ from media.v1 import media_pb2_grpc
 from tests.cluster_support import HarkNode, RedisServer, running_redis
 from tests.integration.test_browser_api import read_sse
 from tests.integration.test_cluster_redis import cluster_formed
-from tests.support import Publisher, publish
+from tests.support import Publisher, eventually, publish
 
 TTL = 2.0
 NAMES = ("alpha", "beta", "gamma")
@@ -51,11 +51,14 @@ class Cluster:
 
 
 @contextlib.asynccontextmanager
-async def three_nodes(folder: pathlib.Path) -> AsyncIterator[Cluster]:
+async def three_nodes(folder: pathlib.Path, **extra: tuple[str, ...]) -> AsyncIterator[Cluster]:
+    """alpha, beta and gamma, each with its ``extra`` arguments, once they all know each other."""
     async with running_redis(folder) as redis, contextlib.AsyncExitStack() as stack:
         nodes = {
             name: await stack.enter_async_context(
-                HarkNode(redis, name, "--workers", "1", "--node-ttl", str(TTL))
+                HarkNode(
+                    redis, name, "--workers", "1", "--node-ttl", str(TTL), *extra.get(name, ())
+                )
             )
             for name in NAMES
         }
@@ -303,3 +306,117 @@ async def test_a_killed_nodes_sessions_close_with_node_lost_for_every_watcher_an
                 stream.cancel()
         finally:
             await publisher.vanish()
+
+
+async def closes_until(watch: Any, session_id: str) -> list[pb.SessionEvent]:
+    """The CLOSED events ``watch`` sends before the first event of ``session_id``."""
+    closed: list[pb.SessionEvent] = []
+
+    def until(event: pb.SessionEvent) -> bool:
+        if event.session_id and is_state(event.session_id, pb.CLOSED)(event):
+            closed.append(event)
+        return event.session_id == session_id
+
+    await first_event(watch, until)
+    return closed
+
+
+async def every_node_detached(cluster: Cluster) -> None:
+    """Every node has been without Redis for its TTL: each refuses new sessions (/readyz 503),
+    and no record written before is still alive in Redis."""
+    async with aiohttp.ClientSession() as http:
+
+        async def unready() -> bool:
+            for node in cluster.nodes.values():
+                async with http.get(f"{node.base_url}/readyz") as response:
+                    if response.status != 503:
+                        return False
+            return True
+
+        await eventually(unready, "every node out of the cluster", timeout=TTL + 10)
+
+
+async def test_the_cluster_recovers_when_redis_stops_and_comes_back_empty(
+    tmp_path: pathlib.Path,
+) -> None:
+    async with three_nodes(tmp_path, alpha=("--max-sessions", "2")) as cluster:
+        stubs = cluster.stubs
+        before = await create_at(stubs["beta"])
+        publisher = await publish_to(before)
+        watch = stubs["alpha"].WatchSessions(pb.WatchSessionsRequest())
+        try:
+            await first_event(watch, is_state(before.id, pb.READY))
+            await cluster.redis.stop()
+            await every_node_detached(cluster)
+            for name in NAMES:  # the sessions go on, served and forwarded as before
+                got = await stubs[name].GetSession(
+                    pb.GetSessionRequest(session_id=before.id), timeout=10
+                )
+                assert got.state == pb.READY, name
+            await cluster.redis.start()  # empty, as a Redis without persistence restarts
+            await cluster.formed()
+            await cluster.formed()  # and each has read the others again since
+
+            async with cluster.redis.client() as redis:
+                assert before.id in await redis.smembers("hark:node:beta:sessions")
+            for name in NAMES:  # forwarding by the ids' nodes again, from every node
+                got = await stubs[name].GetSession(
+                    pb.GetSessionRequest(session_id=before.id), timeout=10
+                )
+                assert (got.state, got.node) == (pb.READY, "beta"), name
+            placed = [await create_at(stubs["alpha"]) for _ in range(4)]  # alpha takes 2
+            nodes = [session.node for session in placed]
+            assert nodes.count("alpha") == 2 and set(nodes) - {"alpha"} <= {"beta", "gamma"}
+            closed = await closes_until(watch, placed[0].id)
+            assert closed == [], closed  # no session was lost
+            elsewhere = next(s for s in placed if s.node != "alpha")
+            assert elsewhere.whip_url.startswith(cluster[elsewhere.node].base_url)
+            second = await publish_to(elsewhere)
+            try:
+                ready = await stubs["alpha"].StartListening(
+                    pb.StartListeningRequest(session_id=elsewhere.id, wait_for_ready=True),
+                    timeout=30,
+                )
+                assert (ready.state, ready.node) == (pb.READY, elsewhere.node)
+            finally:
+                await second.vanish()
+        finally:
+            watch.cancel()
+            await publisher.vanish()
+
+
+async def test_a_persisted_redis_back_after_the_ttl_loses_no_live_session(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A Redis that keeps its data (RDB) and restarts after more than the TTL comes back with
+    every node listed and no record alive; the nodes then come back one by one. None of them was
+    lost: the first one back must not leave the others' sessions NODE_LOST."""
+    async with three_nodes(tmp_path) as cluster:
+        stubs = cluster.stubs
+        sessions = [await create_at(stubs[name]) for name in NAMES]
+        watch = stubs["alpha"].WatchSessions(pb.WatchSessionsRequest())
+        ids = {session.id for session in sessions}
+        seen: set[str] = set()
+
+        def all_seen(event: pb.SessionEvent) -> bool:
+            seen.add(event.session_id)
+            return seen >= ids
+
+        await first_event(watch, all_seen)
+        async with cluster.redis.client() as redis:
+            await redis.save()  # dump.rdb in its folder: loaded when it starts again
+        await cluster.redis.stop()
+        await every_node_detached(cluster)
+        await cluster.redis.start()
+        await cluster.formed()
+        await cluster.formed()  # and each has read the others again since
+        for name in NAMES:
+            for session in sessions:
+                got = await stubs[name].GetSession(
+                    pb.GetSessionRequest(session_id=session.id), timeout=10
+                )
+                assert got.state == pb.NEW, (name, session.id, got.close_detail)
+        created = await create_at(stubs["gamma"])  # a session event after the outage
+        closed = await closes_until(watch, created.id)
+        assert closed == [], closed  # no session was lost
+        watch.cancel()

@@ -641,3 +641,18 @@ async def test_a_resume_token_that_is_not_one_is_invalid_argument_naming_it() ->
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "resume_token" in (error.details() or "")
     assert "ahead" in (answers[1].details() or "")
+
+
+async def test_a_member_given_up_when_it_left_the_list_is_watched_again_once_it_is_back() -> None:
+    async with cluster("a", "b") as apps, stubs(apps["a"], apps["b"]) as (at_a, at_b):
+        members = apps["a"].router.members  # type: ignore[attr-defined]
+        first = await at_b.CreateSession(pb.CreateSessionRequest())
+        watch = at_a.WatchSessions(pb.WatchSessionsRequest())
+        seen = Seen()
+        await read_until(watch, seen, lambda s: first.id in s.events)
+        b = members.pop("b")  # b leaves the list (its record expired) ...
+        await read_until(watch, seen, lambda s: state_of(s.latest(first.id)) == S.CLOSED)
+        members["b"] = b  # ... and comes back before the next look at the list
+        second = await at_b.CreateSession(pb.CreateSessionRequest())
+        await read_until(watch, seen, lambda s: second.id in s.events)
+        watch.cancel()
