@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 SCOPE_KEY: Final = SCOPE
 Metadata: TypeAlias = tuple[tuple[str, str | bytes], ...]
 SCOPES: Final = ("cluster", "node", "worker")
-MEMBERSHIP_POLL_S: Final = 1.0
+MEMBERSHIP_POLL_S: Final = 0.5
 MEMBER_ANSWER_S: Final = 10.0
 """How long ListSessions waits for a member (a vanished host may never refuse the connection)."""
 RECONNECT_DELAYS: Final = (0.05, 0.1, 0.2, 0.5, 1.0)

@@ -41,7 +41,7 @@ CHANNEL_OPTIONS: Final = [
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
 WATCH_RETRY_FIRST_S: Final = 0.05
-WATCH_RETRY_MAX_S: Final = 1.0
+WATCH_RETRY_MAX_S: Final = 0.5
 
 
 def lost_detail(lost: Lost) -> str:
