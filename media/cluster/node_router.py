@@ -35,8 +35,8 @@ class NodeRouter:
         if owner.node == self.owner.node:
             return Here() if owner == self.owner else Unknown()
         record = self.directory.node(owner.node)
-        if record is None:
-            return Unknown()
+        if record is None or owner.worker >= record.workers:
+            return Unknown()  # no such node, or no such worker of it: nothing to forward to
         return Elsewhere(owner, record.grpc_address, record.public_url)
 
     def others(self, scope: str) -> list[Elsewhere]:

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import pathlib
 import time
+import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,10 +18,10 @@ import grpc
 
 from media.v1 import media_pb2 as pb
 from media.v1 import media_pb2_grpc
-from tests.cluster_support import HarkNode, RedisServer, running_redis
+from tests.cluster_support import SECRET, HarkNode, RedisServer, running_redis
 from tests.integration.test_browser_api import read_sse
 from tests.integration.test_cluster_redis import cluster_formed
-from tests.support import Publisher, eventually, publish
+from tests.support import Publisher, eventually, publish, running_server
 
 TTL = 2.0
 NAMES = ("alpha", "beta", "gamma")
@@ -202,33 +203,51 @@ async def test_the_cluster_watch_and_list_cover_every_node_and_the_browser_mirro
 async def test_an_unknown_or_malformed_node_is_not_found_at_every_node_and_never_dialled(
     tmp_path: pathlib.Path,
 ) -> None:
+    """At the three processes and at an in-process fourth node (whose outgoing channels and
+    HTTP clients can be counted): NOT_FOUND / 404, and nothing dialled."""
     bad = ["nowhere.0.abcdefghijklmnopqrstuvwx", "alpha.7.abcdefghijklmnopqrstuvwx", "127.0.0.1:1"]
-    bad += ["not-an-id", "alpha..x", "ALPHA.0.abcdefghijklmnopqrstuvwx"]
-    async with three_nodes(tmp_path) as cluster, aiohttp.ClientSession() as http:
-        for name in NAMES:
-            stub, node = cluster.stubs[name], cluster[name]
+    bad += ["not-an-id", "alpha..x", "ALPHA.0.abcdefghijklmnopqrstuvwx", "alpha.0.x/../y"]
+    async with (
+        three_nodes(tmp_path) as cluster,
+        running_server(
+            redis_url=cluster.redis.url, node_id="delta", cluster_secret=SECRET, node_ttl=TTL
+        ) as delta,
+        grpc.aio.insecure_channel(delta.grpc_target) as channel,
+        aiohttp.ClientSession() as http,
+    ):
+        await cluster.formed(*NAMES, "delta")
+        at = {name: (cluster.stubs[name], cluster[name].base_url) for name in NAMES}
+        at["delta"] = (Stub(channel), delta.base_url)
+        for name, (stub, base_url) in at.items():
             for session_id in bad:
-                for call in (
-                    stub.GetSession(pb.GetSessionRequest(session_id=session_id), timeout=10),
-                    stub.StartListening(
-                        pb.StartListeningRequest(session_id=session_id), timeout=10
-                    ),
-                ):
-                    try:
-                        await call
-                        raise AssertionError(f"{session_id} answered at {name}")
-                    except grpc.aio.AioRpcError as error:
-                        assert error.code() == grpc.StatusCode.NOT_FOUND, (name, session_id)
-                watch = stub.WatchSession(pb.WatchSessionRequest(session_id=session_id))
-                try:
-                    await first_event(watch, lambda e: True, timeout=10)
-                    raise AssertionError(f"{session_id} watched at {name}")
-                except grpc.aio.AioRpcError as error:
-                    assert error.code() == grpc.StatusCode.NOT_FOUND, (name, session_id)
-                for method, path in (("GET", "/events"), ("DELETE", ""), ("PATCH", "")):
-                    url = f"{node.base_url}/whip/{session_id}{path}"
-                    async with http.request(method, url) as response:
-                        assert response.status == 404, (name, method, url)
+                await not_found_anywhere(http, stub, base_url, session_id, name)
+        assert delta.upstreams.targets == []
+        assert delta.http_forwarder.clients == 0
+
+
+async def not_found_anywhere(
+    http: aiohttp.ClientSession, stub: Stub, base_url: str, session_id: str, name: str
+) -> None:
+    calls = (
+        stub.GetSession(pb.GetSessionRequest(session_id=session_id), timeout=10),
+        stub.StartListening(pb.StartListeningRequest(session_id=session_id), timeout=10),
+    )
+    for call in calls:
+        try:
+            await call
+            raise AssertionError(f"{session_id} answered at {name}")
+        except grpc.aio.AioRpcError as error:
+            assert error.code() == grpc.StatusCode.NOT_FOUND, (name, session_id)
+    watch = stub.WatchSession(pb.WatchSessionRequest(session_id=session_id))
+    try:
+        await first_event(watch, lambda e: True, timeout=10)
+        raise AssertionError(f"{session_id} watched at {name}")
+    except grpc.aio.AioRpcError as error:
+        assert error.code() == grpc.StatusCode.NOT_FOUND, (name, session_id)
+    for method, path in (("GET", "/events"), ("DELETE", ""), ("PATCH", "")):
+        url = f"{base_url}/whip/{urllib.parse.quote(session_id, safe='')}{path}"
+        async with http.request(method, url) as response:
+            assert response.status == 404, (name, method, url)
 
 
 def lost_closed(session_id: str) -> Any:
