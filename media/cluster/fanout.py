@@ -127,9 +127,10 @@ class ClusterService(MediaService):
         self, request: pb.ListSessionsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListSessionsResponse:
         try:
-            members = reach(self._router, self._me, scope_of(context))
+            scope = scope_of(context)
         except HarkError as exc:
             await abort_with(context, exc)
+        members = reach(self._router, self._me, scope)
         here = await super().ListSessions(request, context)
         remaining = context.time_remaining()
         timeout = MEMBER_ANSWER_S if remaining is None else min(remaining, MEMBER_ANSWER_S)
@@ -145,8 +146,18 @@ class ClusterService(MediaService):
         if failed is not None:
             await context.abort(failed.code, failed.details, failed.trailing)
         sessions = [*here.sessions, *(s for task in asked for s in task.result().sessions)]
+        if request.include_closed and scope == "cluster":
+            sessions += self._lost_elsewhere()
         sessions.sort(key=lambda s: (s.created_time.ToNanoseconds(), s.id))
         return pb.ListSessionsResponse(sessions=sessions)
+
+    def _lost_elsewhere(self) -> list[pb.Session]:
+        """The retained sessions of the other nodes that left the cluster, as CLOSED(NODE_LOST)."""
+        return [
+            lost_session_pb(session_id, Lost(owner))
+            for session_id, owner in self._router.lost().items()
+            if owner.node != self._me.node
+        ]
 
     async def _list_at(
         self,

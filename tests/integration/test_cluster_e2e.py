@@ -314,7 +314,16 @@ async def test_a_killed_nodes_sessions_close_with_node_lost_for_every_watcher_an
                     )
                     assert (got.state, got.close_reason) == (pb.CLOSED, pb.NODE_LOST), name
 
+            for name in ("alpha", "beta"):  # listed with include_closed, as closed sessions are
+                listed = await cluster.stubs[name].ListSessions(
+                    pb.ListSessionsRequest(include_closed=True), timeout=10
+                )
+                found = {s.id: (s.state, s.close_reason) for s in listed.sessions}
+                for session_id in ids:
+                    assert found.get(session_id) == (pb.CLOSED, pb.NODE_LOST), name
             # Watchers that (re)connect after the death still learn of it.
+            late = beta.WatchSession(pb.WatchSessionRequest(session_id=precreated.id))
+            await all_lost_in(late, {precreated.id})
             fresh = alpha.WatchSessions(pb.WatchSessionsRequest(include_closed=True))
             await all_lost_in(fresh, ids)
             fresh.cancel()
