@@ -449,3 +449,37 @@ async def test_a_persisted_redis_back_after_the_ttl_loses_no_live_session(
         closed = await closes_until(watch, created.id)
         assert closed == [], closed  # no session was lost
         watch.cancel()
+
+
+async def test_a_lost_session_is_answered_for_the_retention_period_then_forgotten(
+    tmp_path: pathlib.Path,
+) -> None:
+    retention = ("--closed-retention", "3", "--node-ttl", str(TTL))
+    async with (
+        running_redis(tmp_path) as redis,
+        HarkNode(redis, "alpha", *retention) as alpha,
+        HarkNode(redis, "beta", *retention) as beta,
+        grpc.aio.insecure_channel(alpha.grpc_address) as channel,
+        grpc.aio.insecure_channel(beta.grpc_address) as to_beta,
+        redis.client() as client,
+    ):
+        await cluster_formed(client, "alpha", "beta")
+        at_alpha = Stub(channel)
+        created = await create_at(Stub(to_beta))
+        beta.kill()
+
+        async def answered(state: int | None) -> bool:
+            try:
+                got = await at_alpha.GetSession(pb.GetSessionRequest(session_id=created.id))
+            except grpc.aio.AioRpcError as error:
+                return state is None and error.code() == grpc.StatusCode.NOT_FOUND
+            return state is not None and (got.state, got.close_reason) == (state, pb.NODE_LOST)
+
+        await eventually(lambda: answered(pb.CLOSED), "NODE_LOST at alpha", timeout=TTL + 10)
+        await eventually(lambda: answered(None), "forgotten after the retention", timeout=20)
+        assert not await client.exists("hark:node:beta:sessions")
+
+        async def beta_forgotten() -> bool:
+            return not await client.sismember("hark:nodes", "beta")
+
+        await eventually(beta_forgotten, "beta out of hark:nodes once nothing is left of it")
