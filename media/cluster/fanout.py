@@ -90,7 +90,7 @@ class MemberFailed(Exception):
         super().__init__(f"{member.owner}: {error.details()}")
         self.code = error.code()
         self.details = f"member {member.owner}: {error.details()}"
-        self.trailing = error.trailing_metadata()
+        self.trailing = tuple(error.trailing_metadata() or ())  # abort takes a tuple
 
 
 class ClusterService(MediaService):
