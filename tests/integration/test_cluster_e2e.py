@@ -299,6 +299,11 @@ async def test_a_killed_nodes_sessions_close_with_node_lost_for_every_watcher_an
 
             killed = time.monotonic()
             cluster["gamma"].kill()
+            try:  # gamma not yet known to be lost: it cannot answer, and the call says so
+                await alpha.ListSessions(pb.ListSessionsRequest(), timeout=10)
+            except grpc.aio.AioRpcError as error:
+                assert error.code() == grpc.StatusCode.UNAVAILABLE, error
+                assert "member gamma/0" in (error.details() or "")
             watchers = {
                 "WatchSession(NEW) at alpha": all_lost_in(watch_new, {precreated.id}),
                 "WatchSession(READY) at beta": all_lost_in(watch_ready, {published.id}),
