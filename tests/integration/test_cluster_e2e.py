@@ -488,3 +488,30 @@ async def test_a_lost_session_is_answered_for_the_retention_period_then_forgotte
             return not await client.sismember("hark:nodes", "beta")
 
         await eventually(beta_forgotten, "beta out of hark:nodes once nothing is left of it")
+
+
+async def test_a_node_restarted_at_once_answers_for_its_predecessors_sessions_at_every_node(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A pod restarted under its id before its record expired: no node saw it leave, so the
+    others still forward its old ids to it; it answers them as lost, wherever they came from."""
+    async with running_redis(tmp_path) as redis, redis.client() as client:
+        async with (
+            HarkNode(redis, "alpha", "--node-ttl", str(TTL)) as alpha,
+            grpc.aio.insecure_channel(alpha.grpc_address) as channel,
+        ):
+            at_alpha = Stub(channel)
+            async with HarkNode(redis, "gamma", "--node-ttl", str(TTL)) as gamma:
+                await cluster_formed(client, "alpha", "gamma")
+                async with grpc.aio.insecure_channel(gamma.grpc_address) as to_gamma:
+                    old = await create_at(Stub(to_gamma))
+                watch = at_alpha.WatchSession(pb.WatchSessionRequest(session_id=old.id))
+                await first_event(watch, is_state(old.id, pb.NEW))
+                gamma.kill()
+            async with HarkNode(redis, "gamma", "--node-ttl", str(TTL)) as reborn:
+                await cluster_formed(client, "alpha", "gamma")
+                async with grpc.aio.insecure_channel(reborn.grpc_address) as to_reborn:
+                    for stub in (at_alpha, Stub(to_reborn)):
+                        got = await stub.GetSession(pb.GetSessionRequest(session_id=old.id))
+                        assert (got.state, got.close_reason) == (pb.CLOSED, pb.NODE_LOST)
+                await all_lost_in(watch, {old.id})
