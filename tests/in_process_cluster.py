@@ -58,6 +58,9 @@ class MembersRouter:
     def place(self) -> Here | Elsewhere:
         return Here()
 
+    def lost(self) -> dict[str, Owner]:
+        return {}
+
 
 @contextlib.asynccontextmanager
 async def in_process_cluster(

@@ -160,6 +160,7 @@ class NodeDirectory:
         self._published: set[str] | None = None
         self._joined = False
         self._unreachable_since: float | None = None
+        self._back_at: float | None = None
         self._was_detached = False
         self._wake = asyncio.Event()
         self._awaiting: dict[str, asyncio.Future[None]] = {}
@@ -178,6 +179,11 @@ class NodeDirectory:
         """Whether ``session_id`` was held by a node that left the cluster (within retention)."""
         expires = self._lost.get(session_id)
         return expires is not None and expires > time.monotonic()
+
+    def lost_ids(self) -> list[str]:
+        """The ids of the sessions held by nodes that left the cluster (within retention)."""
+        now = time.monotonic()
+        return [session_id for session_id, expires in self._lost.items() if expires > now]
 
     @property
     def detached(self) -> bool:
@@ -308,8 +314,10 @@ class NodeDirectory:
             if record is not None and record.id == name:
                 alive[name] = record
                 self._gone.pop(name, None)
-            elif not fields and name not in self._gone:
+            elif not fields and name not in self._gone and not self._settling():
                 await self._node_gone(name)
+        if self._settling():  # the nodes not back yet may be coming back too: routed to, for now
+            alive = {**self._nodes, **alive}
         self._nodes = alive
 
     async def _node_gone(self, node: str) -> None:
@@ -340,6 +348,14 @@ class NodeDirectory:
         else:
             logger.info("node %s left the cluster: %d sessions lost", node, len(held))
 
+    def _settling(self) -> bool:
+        """Back from a Redis outage less than ``ttl`` ago: the other nodes may be coming back
+        too, to a Redis that restarted empty or that kept their (now expired) records, so a
+        node missing from Redis is not yet a dead one."""
+        if self._unreachable_since is not None:  # the first beat back
+            return True
+        return self._back_at is not None and time.monotonic() - self._back_at < self.ttl
+
     def _forget_expired(self) -> None:
         now = time.monotonic()
         for table in (self._lost, self._gone):
@@ -362,6 +378,7 @@ class NodeDirectory:
     def _reachable(self) -> None:
         if self._unreachable_since is not None:
             self._unreachable_since = None
+            self._back_at = time.monotonic()
             logger.info("Redis reachable again: node %s rejoined the cluster", self.node_id)
 
     def _notice_detachment(self) -> None:

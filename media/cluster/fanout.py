@@ -25,7 +25,7 @@ import grpc
 
 from media.aio import cancel_and_wait
 from media.cluster.forwarded import SCOPE
-from media.cluster.grpc_forward import Upstreams
+from media.cluster.grpc_forward import Upstreams, lost_session_pb
 from media.cluster.routing import Elsewhere, Lost, Router
 from media.cluster.watch_merge import MergeState, answers_for, start_positions
 from media.core.event_log import Positions, decode_token, encode_token
@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 SCOPE_KEY: Final = SCOPE
 Metadata: TypeAlias = tuple[tuple[str, str | bytes], ...]
 SCOPES: Final = ("cluster", "node", "worker")
-MEMBERSHIP_POLL_S: Final = 1.0
+MEMBERSHIP_POLL_S: Final = 0.5
 MEMBER_ANSWER_S: Final = 10.0
 """How long ListSessions waits for a member (a vanished host may never refuse the connection)."""
 RECONNECT_DELAYS: Final = (0.05, 0.1, 0.2, 0.5, 1.0)
@@ -90,7 +90,7 @@ class MemberFailed(Exception):
         super().__init__(f"{member.owner}: {error.details()}")
         self.code = error.code()
         self.details = f"member {member.owner}: {error.details()}"
-        self.trailing = error.trailing_metadata()
+        self.trailing = tuple(error.trailing_metadata() or ())  # abort takes a tuple
 
 
 class ClusterService(MediaService):
@@ -127,9 +127,10 @@ class ClusterService(MediaService):
         self, request: pb.ListSessionsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListSessionsResponse:
         try:
-            members = reach(self._router, self._me, scope_of(context))
+            scope = scope_of(context)
         except HarkError as exc:
             await abort_with(context, exc)
+        members = reach(self._router, self._me, scope)
         here = await super().ListSessions(request, context)
         remaining = context.time_remaining()
         timeout = MEMBER_ANSWER_S if remaining is None else min(remaining, MEMBER_ANSWER_S)
@@ -145,8 +146,18 @@ class ClusterService(MediaService):
         if failed is not None:
             await context.abort(failed.code, failed.details, failed.trailing)
         sessions = [*here.sessions, *(s for task in asked for s in task.result().sessions)]
+        if request.include_closed and scope == "cluster":
+            sessions += self._lost_elsewhere()
         sessions.sort(key=lambda s: (s.created_time.ToNanoseconds(), s.id))
         return pb.ListSessionsResponse(sessions=sessions)
+
+    def _lost_elsewhere(self) -> list[pb.Session]:
+        """The retained sessions of the other nodes that left the cluster, as CLOSED(NODE_LOST)."""
+        return [
+            lost_session_pb(session_id, Lost(owner))
+            for session_id, owner in self._router.lost().items()
+            if owner.node != self._me.node
+        ]
 
     async def _list_at(
         self,
@@ -229,6 +240,7 @@ class WatchMerge:
             set()
         )  # given up while still listed: not redialled until it returns
         self._tasks: list[asyncio.Task[None]] = []
+        self._heard: set[Owner] = set()  # members whose stream said something
         self._clock = service._sessions.clock
 
     async def run(self) -> AsyncGenerator[pb.SessionEvent, None]:
@@ -239,6 +251,8 @@ class WatchMerge:
         for member, scope in reach(self._service._router, self._me, self._scope):
             self._start_pump(member, scope, self._start)
         self._tasks.append(asyncio.create_task(self._poll_membership(), name="hark-watch-poll"))
+        for message in self._departed_before(lambda owner: True):
+            yield message
         heartbeat_s = self._service._heartbeat
         loop = asyncio.get_running_loop()
         quiet_since = loop.time()
@@ -307,6 +321,7 @@ class WatchMerge:
             try:
                 async for message in call:
                     failures = 0
+                    self._heard.add(member.owner)
                     for key, position in _positions(message).items():
                         if answers_for(self._me, member.owner, key):
                             mine[key] = position
@@ -338,18 +353,46 @@ class WatchMerge:
             return []
         listed = {m.owner for m, _ in reach(self._service._router, self._me, self._scope)}
         router = self._service._router
-        lost = member.owner not in listed or any(
-            isinstance(router.route(sid), Lost) for sid in self._state.open_ids(member.owner)
-        )
-        return await self._give_up(member.owner) if lost else []
+        if member.owner not in listed:
+            return await self._give_up(member.owner)
+        if any(isinstance(router.route(sid), Lost) for sid in self._state.open_ids(member.owner)):
+            self._gone.add(member.owner)
+            return await self._give_up(member.owner)
+        return []
 
     async def _give_up(self, owner: Owner) -> list[pb.SessionEvent]:
+        """A member no longer listed is dialled again once it is (``_poll_membership``); one
+        given up while still listed (in ``_gone``) only after it has left the list."""
         pump = self._pumps.pop(owner, None)
-        self._gone.add(owner)
         if pump is not None:
             await cancel_and_wait(pump)
         logger.info("watch of every session: %s is gone; its sessions are NODE_LOST", owner)
-        return self._state.lost(owner, self._clock.now())
+        out = self._state.lost(owner, self._clock.now())
+        if owner not in self._heard:  # it died before its stream told this one anything
+            out += self._departed_before(lambda lost: answers_for(self._me, owner, str(lost)))
+        return out
+
+    def _departed_before(self, among: Callable[[Owner], bool]) -> list[pb.SessionEvent]:
+        """CLOSED(NODE_LOST) snapshots of the retained sessions of other nodes that left the
+        cluster before this stream heard of it (``among`` their owners): those of an owner the
+        request's token names (it missed their end: marked resync), and with include_closed any.
+        Every node knows them from the directory, so only the merge a client called sends them."""
+        if self._scope != "cluster":
+            return []
+        named, now = self._start.keys(), self._clock.now()
+        resync: list[pb.Session] = []
+        closed: list[pb.Session] = []
+        for session_id, owner in sorted(self._service._router.lost().items()):
+            if owner.node == self._me.node or not among(owner):
+                continue
+            if str(owner) in named:
+                resync.append(lost_session_pb(session_id, Lost(owner)))
+            elif self._request.include_closed:
+                closed.append(lost_session_pb(session_id, Lost(owner)))
+        return [
+            *self._state.departed(resync, True, now),
+            *self._state.departed(closed, False, now),
+        ]
 
     async def _poll_membership(self) -> None:
         """Members that join get a stream of their own; members that leave one last ``_Broken``."""

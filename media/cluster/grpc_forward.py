@@ -41,7 +41,7 @@ CHANNEL_OPTIONS: Final = [
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
 WATCH_RETRY_FIRST_S: Final = 0.05
-WATCH_RETRY_MAX_S: Final = 1.0
+WATCH_RETRY_MAX_S: Final = 0.5
 
 
 def lost_detail(lost: Lost) -> str:
@@ -128,12 +128,15 @@ class ForwardingService(media_pb2_grpc.MediaServiceServicer):
     # routing
 
     def _route(self, session_id: str, context: Context) -> Route | None:
-        """Where the call goes; None: the local service answers (validation, forwarded calls)."""
+        """Where the call goes; None: the local service answers (validation, forwarded calls).
+        A call forwarded here for a lost session (this node's predecessor's, which the caller's
+        node could not tell from this node's own) is answered as lost, never forwarded again."""
         if not session_id or len(session_id) > 128:
             return None
+        route = self.router.route(session_id)
         if is_forwarded(context.invocation_metadata() or ()):
-            return None
-        return self.router.route(session_id)
+            return route if isinstance(route, Lost) else None
+        return route
 
     def _metadata(self, context: Context) -> list[tuple[str, str | bytes]]:
         kept: list[tuple[str, str | bytes]] = [

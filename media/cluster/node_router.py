@@ -35,8 +35,8 @@ class NodeRouter:
         if owner.node == self.owner.node:
             return Here() if owner == self.owner else Unknown()
         record = self.directory.node(owner.node)
-        if record is None:
-            return Unknown()
+        if record is None or owner.worker >= record.workers:
+            return Unknown()  # no such node, or no such worker of it: nothing to forward to
         return Elsewhere(owner, record.grpc_address, record.public_url)
 
     def others(self, scope: str) -> list[Elsewhere]:
@@ -46,6 +46,10 @@ class NodeRouter:
             Elsewhere(Owner(record.id), record.grpc_address, record.public_url)
             for record in self.directory.nodes().values()
         ]
+
+    def lost(self) -> dict[str, Owner]:
+        ids = self.directory.lost_ids()
+        return {sid: owner for sid in ids if (owner := owner_of(sid)) is not None}
 
     def place(self) -> Here | Elsewhere:
         """The least-loaded node with room, this one while it has room; ``Here`` when no node

@@ -55,6 +55,8 @@ class Router(Protocol):
     (``ListSessions``, ``WatchSessions``) fans out to, at the given scope: ``"cluster"`` (every
     other node and every sibling worker), ``"node"`` (sibling workers only) or ``"worker"`` (none).
     ``place`` picks the process a new session should live on: ``Here()`` while this one has room.
+    ``lost`` lists the sessions still retained of owners that left the cluster, each with its
+    owner (what a watcher connecting after their loss is told of).
     """
 
     def route(self, session_id: str) -> Route: ...
@@ -62,6 +64,8 @@ class Router(Protocol):
     def others(self, scope: str) -> list[Elsewhere]: ...
 
     def place(self) -> Here | Elsewhere: ...
+
+    def lost(self) -> dict[str, Owner]: ...
 
 
 class SingleProcessRouter:
@@ -78,3 +82,6 @@ class SingleProcessRouter:
 
     def place(self) -> Here | Elsewhere:
         return Here()
+
+    def lost(self) -> dict[str, Owner]:
+        return {}

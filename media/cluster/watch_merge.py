@@ -9,6 +9,8 @@ it); only its positions for those owners are taken from its messages.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from media.core.event_log import Positions, decode_token, encode_token
@@ -71,6 +73,26 @@ class MergeState:
             if answers_for(self.me, source, owner_key):
                 out += self._lost(owner_key, "left the cluster", now)
                 self.positions.pop(owner_key, None)
+        for message in out:
+            message.resume_token = self.token
+        return out
+
+    def departed(
+        self, closed: Iterable[pb.Session], resync: bool, now: float
+    ) -> list[pb.SessionEvent]:
+        """A snapshot of each of ``closed``, sessions of owners that left the cluster before this
+        stream heard of it (``resync``: its token named them, so it missed their end); those
+        owners leave the token. Open sessions are left to ``lost``, which knows their revision."""
+        out: list[pb.SessionEvent] = []
+        for session in closed:
+            owner_key = owner_key_of(session.id)
+            if owner_key is None or session.id in self._open.get(owner_key, {}):
+                continue
+            self.positions.pop(owner_key, None)
+            snapshot = pb.Snapshot(session=session, resync=resync)
+            out.append(
+                pb.SessionEvent(session_id=session.id, time=_timestamp(now), snapshot=snapshot)
+            )
         for message in out:
             message.resume_token = self.token
         return out

@@ -131,6 +131,9 @@ class WorkerRouter:
     def place(self) -> Here | Elsewhere:
         return Here()
 
+    def lost(self) -> dict[str, Owner]:
+        return self._nodes.lost() if self._nodes is not None else {}
+
 
 class SingleProcess:
     """The role of a server that is the only process of its node (no ``--workers``)."""

@@ -21,7 +21,15 @@ from media.cluster.routing import Elsewhere, Here, Lost, Route, Unknown
 from media.core.session_ids import Owner, owner_of
 from media.v1 import media_pb2 as pb
 from media.v1 import media_pb2_grpc
-from tests.support import HarkProcess, _AuthStub, eventually, publish, server_config
+from tests.cluster_support import free_port
+from tests.support import (
+    HarkProcess,
+    _AuthStub,
+    eventually,
+    publish,
+    running_server,
+    server_config,
+)
 from tests.tcp_proxy import tcp_proxy
 
 S = pb.SessionState
@@ -78,6 +86,9 @@ class MeshRouter:
 
     def place(self) -> Here | Elsewhere:
         return Here()
+
+    def lost(self) -> dict[str, Owner]:
+        return {}
 
 
 @contextlib.asynccontextmanager
@@ -638,3 +649,37 @@ async def test_a_resume_token_that_is_not_one_is_invalid_argument_naming_it() ->
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "resume_token" in (error.details() or "")
     assert "ahead" in (answers[1].details() or "")
+
+
+async def test_a_member_given_up_when_it_left_the_list_is_watched_again_once_it_is_back() -> None:
+    async with cluster("a", "b") as apps, stubs(apps["a"], apps["b"]) as (at_a, at_b):
+        members = apps["a"].router.members  # type: ignore[attr-defined]
+        first = await at_b.CreateSession(pb.CreateSessionRequest())
+        watch = at_a.WatchSessions(pb.WatchSessionsRequest())
+        seen = Seen()
+        await read_until(watch, seen, lambda s: first.id in s.events)
+        b = members.pop("b")  # b leaves the list (its record expired) ...
+        await read_until(watch, seen, lambda s: state_of(s.latest(first.id)) == S.CLOSED)
+        members["b"] = b  # ... and comes back before the next look at the list
+        second = await at_b.CreateSession(pb.CreateSessionRequest())
+        await read_until(watch, seen, lambda s: second.id in s.events)
+        watch.cancel()
+
+
+async def test_a_member_that_cannot_answer_fails_the_call_with_its_status_naming_it() -> None:
+    async with cluster("a") as apps, running_server(token="only-b-knows") as b:
+        members = apps["a"].router.members  # type: ignore[attr-defined]
+        members["c"] = Member(f"127.0.0.1:{free_port()}", "http://127.0.0.1:9")  # nobody there
+        async with stubs(apps["a"]) as (at_a,):
+            with pytest.raises(grpc.aio.AioRpcError) as listing:
+                await at_a.ListSessions(pb.ListSessionsRequest(), timeout=10)
+            del members["c"]
+            members["b"] = Member(b.grpc_target, b.base_url)  # refuses a's callers
+            with pytest.raises(grpc.aio.AioRpcError) as watching:
+                await read_until(
+                    at_a.WatchSessions(pb.WatchSessionsRequest()), Seen(), lambda s: False
+                )
+    assert listing.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "member c/0" in (listing.value.details() or "")
+    assert watching.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "member b/0" in (watching.value.details() or "")

@@ -131,6 +131,9 @@ class ListedRouter:
     def place(self) -> Here | Elsewhere:
         return Here()
 
+    def lost(self) -> dict[str, Owner]:
+        return {}
+
 
 def test_a_call_reaches_each_sibling_directly_and_each_other_node_once() -> None:
     router = ListedRouter(ME, SIBLING, Owner("b", 0), Owner("b", 1), Owner("c", 2))
@@ -138,3 +141,15 @@ def test_a_call_reaches_each_sibling_directly_and_each_other_node_once() -> None
     assert reached == [(SIBLING, "worker"), (Owner("b", 0), "node"), (Owner("c", 2), "node")]
     assert [(m.owner, s) for m, s in reach(router, ME, "node")] == [(SIBLING, "worker")]
     assert reach(router, ME, "worker") == []
+
+
+def test_sessions_of_a_node_lost_before_the_stream_heard_of_it_come_as_closed_snapshots() -> None:
+    open_here, closed_b = sid(NODE_B, "o"), sid(NODE_B, "c")
+    merge = MergeState(ME, {"a/0": Position("a0", 1), "b/0": Position("b0", 4)})
+    merge.apply(NODE_B, snapshot(open_here, pb.READY, 3, {"b/0": Position("b0", 5)}), 0.0)
+    sessions = [
+        pb.Session(id=i, state=pb.CLOSED, close_reason=pb.NODE_LOST) for i in (open_here, closed_b)
+    ]
+    out = merge.departed(sessions, True, 1.0)
+    assert [(m.session_id, m.snapshot.resync) for m in out] == [(closed_b, True)]  # open: lost()'s
+    assert decode_token(out[0].resume_token) == {"a/0": Position("a0", 1)}  # b left the token
