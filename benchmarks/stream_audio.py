@@ -21,15 +21,13 @@ import sys
 import time
 from typing import Any
 
-import av
-
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from media.core.segmenter import SegmenterConfig  # noqa: E402
 from media.core.session import Origin  # noqa: E402
 from media.server.live_session import LiveSession  # noqa: E402
-from tests.support import SPEECH, running_server  # noqa: E402
+from tests.support import fixture_pcm, running_server  # noqa: E402
 
 CHUNK_SIZES = (20, 40, 60, 100, 200)
 FRAME_S = 0.02
@@ -65,16 +63,7 @@ async def read_streams(target: str, session_id: str, count: int, chunk_ms: int) 
 
 def decoded_fixture() -> list[tuple[bytes, int]]:
     """Each packet's PCM at the VAD rate and its first sample, as ``OpusInput`` hands them over."""
-    from media.audio.opus_decoder import OpusDecoder
-
-    decoder, decoded, start = OpusDecoder(16000), [], 0
-    with av.open(str(SPEECH)) as container:
-        for packet in container.demux(audio=0):
-            pcm = decoder.decode(bytes(packet)) if packet.size else None
-            if pcm is not None:
-                decoded.append((pcm, start))
-                start += len(pcm) // 2
-    return decoded
+    return fixture_pcm()
 
 
 def feed(live: LiveSession, frame: tuple[bytes, int]) -> None:
@@ -83,7 +72,7 @@ def feed(live: LiveSession, frame: tuple[bytes, int]) -> None:
 
 
 async def one_pass(
-    frames: list[av.AudioFrame], subscribers: int, chunk_ms: int, seconds: float, speed: int
+    frames: list[tuple[bytes, int]], subscribers: int, chunk_ms: int, seconds: float, speed: int
 ) -> dict[str, float]:
     """Server CPU seconds for ``seconds`` of audio delivered to ``subscribers`` (0: none)."""
     async with running_server() as app:

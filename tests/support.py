@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import av
 import grpc
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaPlayer
@@ -27,6 +28,21 @@ from media.v1 import media_pb2_grpc
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 SPEECH = FIXTURES / "speech.ogg"
+
+
+def fixture_pcm(rate: int = 16000) -> list[tuple[bytes, int]]:
+    """Each Opus packet of the speech fixture decoded by libopus at ``rate`` (mono), with its first
+    sample on the media clock: what a publisher's ``OpusInput`` hands the speech pipeline."""
+    from media.audio.opus_decoder import OpusDecoder
+
+    decoder, decoded, start = OpusDecoder(rate), [], 0
+    with av.open(str(SPEECH)) as container:
+        for packet in container.demux(audio=0):
+            pcm = decoder.decode(bytes(packet)) if packet.size else None
+            if pcm is not None:
+                decoded.append((pcm, start))
+                start += len(pcm) // 2
+    return decoded
 
 
 def truth(name: str = "speech.json") -> dict[str, Any]:

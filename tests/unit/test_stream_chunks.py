@@ -10,10 +10,8 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterator
 
-import av
 import pytest
 
-from media.audio.opus_decoder import OpusDecoder
 from media.audio.speech_pipeline import SpeechPipeline
 from media.audio.subscribers import (
     Audio,
@@ -26,7 +24,7 @@ from media.audio.subscribers import (
 from media.core.segmenter import SegmenterConfig
 from media.core.speech_settings import SpeechSettings
 from media.metrics import Metrics
-from tests.support import SPEECH, truth
+from tests.support import fixture_pcm, truth
 
 UTTERANCES = len(truth()["utterances"])
 
@@ -34,14 +32,7 @@ UTTERANCES = len(truth()["utterances"])
 @functools.cache
 def decoded_fixture() -> tuple[tuple[bytes, int], ...]:
     """Each packet's 16 kHz PCM and its first sample on the media clock."""
-    decoder, decoded, start = OpusDecoder(16000), [], 0
-    with av.open(str(SPEECH)) as container:
-        for packet in container.demux(audio=0):
-            pcm = decoder.decode(bytes(packet)) if packet.size else None
-            if pcm is not None:
-                decoded.append((pcm, start))
-                start += len(pcm) // 2
-    return tuple(decoded)
+    return tuple(fixture_pcm())
 
 
 def listening_pipeline() -> SpeechPipeline:
