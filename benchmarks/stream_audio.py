@@ -95,13 +95,12 @@ async def one_pass(
                 await asyncio.sleep(0.05)
         loop = asyncio.get_running_loop()
         count = int(seconds / FRAME_S)
-        step = 960  # aiortc's pts step: 20 ms at 48 kHz
+        step = 320  # samples of 20 ms at the VAD's 16 kHz
         cpu = time.process_time()
         started = loop.time()
         for index in range(count):
-            frame = frames[index % len(frames)]
-            frame.pts = index * step
-            feed(live, frame)
+            pcm, _ = frames[index % len(frames)]
+            feed(live, (pcm, index * step))
             # one frame at a time, as a publisher's arrive: audio only waits in the queue (and
             # is merged there) when a reader falls behind
             await asyncio.sleep(max(0.0, started + (index + 1) * FRAME_S / speed - loop.time()))
