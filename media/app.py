@@ -24,6 +24,7 @@ from media.aio import cancel_and_wait
 from media.binding import (
     CannotListen,
     check_can_bind,
+    grpc_cluster_credentials,
     grpc_server_credentials,
     host_port,
     http_tls_context,
@@ -132,7 +133,7 @@ class HarkApp:
         self.role = process_role(worker, self.sessions, lambda: self.base_url, nodes)
         # Where session-scoped requests go; replaceable until start().
         self.router: Router = router or self.role.router
-        self.upstreams = Upstreams()
+        self.upstreams = Upstreams(grpc_cluster_credentials(config))
         self.http_forwarder = HttpForwarder(self.router, self.tokens)  # rebuilt with the app
 
     @property
