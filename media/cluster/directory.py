@@ -252,6 +252,7 @@ class NodeDirectory:
 
     async def _run(self) -> None:
         while True:
+            _stop_when_cancelled()
             self._wake.clear()
             try:
                 await self.beat()
@@ -398,6 +399,14 @@ class NodeDirectory:
                     self.member,
                 )
             self._on_change()
+
+
+def _stop_when_cancelled() -> None:
+    """A cancellation that lands mid-command can come out of redis-py as its own error (or be
+    lost in a timeout that expired at the same moment): the task was still asked to stop."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _texts(values: Collection[str | bytes]) -> set[str]:
