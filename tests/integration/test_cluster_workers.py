@@ -41,6 +41,21 @@ async def every_member_knows_the_others(redis: Redis) -> None:
 
 
 @contextlib.asynccontextmanager
+async def two_nodes(
+    tmp_path: pathlib.Path,
+) -> AsyncIterator[tuple[HarkWorkers, HarkWorkers, Redis]]:
+    """Nodes alpha and beta, two workers each, every member knowing the others."""
+    async with (
+        running_redis(tmp_path) as server,
+        workers_node(server, "alpha") as alpha,
+        workers_node(server, "beta") as beta,
+        server.client() as redis,
+    ):
+        await every_member_knows_the_others(redis)
+        yield alpha, beta, redis
+
+
+@contextlib.asynccontextmanager
 async def stub_at(target: str) -> AsyncIterator[media_pb2_grpc.MediaServiceAsyncStub]:
     async with grpc.aio.insecure_channel(target) as channel:
         yield media_pb2_grpc.MediaServiceStub(channel)
@@ -56,13 +71,7 @@ async def first_audio(stream: grpc.aio.UnaryStreamCall[object, pb.StreamAudioRes
 async def test_each_worker_is_a_member_with_its_own_record_and_session_set(
     tmp_path: pathlib.Path,
 ) -> None:
-    async with (
-        running_redis(tmp_path) as server,
-        workers_node(server, "alpha"),
-        workers_node(server, "beta") as beta,
-        server.client() as redis,
-    ):
-        await every_member_knows_the_others(redis)
+    async with two_nodes(tmp_path) as (_, beta, redis):
         record = await redis.hgetall("hark:node:beta.1")
         assert (record["id"], record["worker"], record["workers"]) == ("beta", "1", "2")
         assert record["public_url"] == beta.base_url
@@ -94,13 +103,9 @@ class TwoNodes:
 @contextlib.asynccontextmanager
 async def published_on_both_workers_of_beta(tmp_path: pathlib.Path) -> AsyncIterator[TwoNodes]:
     async with (
-        running_redis(tmp_path) as server,
-        workers_node(server, "alpha") as alpha,
-        workers_node(server, "beta") as beta,
-        server.client() as redis,
+        two_nodes(tmp_path) as (alpha, beta, redis),
         stub_at(alpha.grpc_target) as at_alpha,
     ):
-        await every_member_knows_the_others(redis)
         publishers = await publish_on_every_worker(beta)
         try:
             yield TwoNodes(alpha, beta, redis, at_alpha, publishers)
@@ -185,13 +190,7 @@ async def _listed(redis: Redis, session_id: str) -> bool:
 async def test_a_node_stopped_with_sigterm_exits_and_its_members_leave_at_once(
     tmp_path: pathlib.Path,
 ) -> None:
-    async with (
-        running_redis(tmp_path) as server,
-        workers_node(server, "alpha"),
-        workers_node(server, "beta") as beta,
-        server.client() as redis,
-    ):
-        await every_member_knows_the_others(redis)
+    async with two_nodes(tmp_path) as (_, beta, redis):
         assert beta.proc is not None
         beta.proc.send_signal(signal.SIGTERM)
         assert await beta.wait(timeout=30) == 0
