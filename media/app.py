@@ -25,6 +25,7 @@ from media.audio.opus_decoder import libopus
 from media.binding import (
     CannotListen,
     check_can_bind,
+    grpc_cluster_credentials,
     grpc_server_credentials,
     host_port,
     http_tls_context,
@@ -140,7 +141,7 @@ class HarkApp:
         self.role = process_role(worker, self.sessions, lambda: self.base_url, nodes)
         # Where session-scoped requests go; replaceable until start().
         self.router: Router = router or self.role.router
-        self.upstreams = Upstreams()
+        self.upstreams = Upstreams(grpc_cluster_credentials(config))
         self.http_forwarder = HttpForwarder(self.router, self.tokens)  # rebuilt with the app
 
     @property
@@ -176,7 +177,7 @@ class HarkApp:
             limiter = RateLimiter(self.config.rate_limit, self.config.rate_burst)
         middlewares = make_middlewares(self.config.effective_cors_origins, self.metrics, limiter)
         forwarder = self.http_forwarder = HttpForwarder(self.router, self.tokens)
-        placing = [self.cluster.whip_middleware(self.router)] if self.cluster else []
+        placing = [self.cluster.whip_middleware(self.router, forwarder)] if self.cluster else []
         inner = [self._time_whip_post, *placing, forwarder.forward]
         app = web.Application(
             middlewares=[forwarder.trust_forwarded, *middlewares, *inner],
@@ -298,12 +299,11 @@ class HarkApp:
             router=self.router,
             channels=self.upstreams,
         )
-        forwarding: media_pb2_grpc.MediaServiceServicer = ForwardingService(
-            service, self.router, self.tokens, self.upstreams
-        )
+        forwarding = ForwardingService(service, self.router, self.tokens, self.upstreams)
+        servicer: media_pb2_grpc.MediaServiceServicer = forwarding
         if self.cluster is not None:
-            forwarding = self.cluster.placing_servicer(forwarding, self.router)
-        media_pb2_grpc.add_MediaServiceServicer_to_server(forwarding, server)
+            servicer = self.cluster.placing_servicer(forwarding, self.router)
+        media_pb2_grpc.add_MediaServiceServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         reflection.enable_server_reflection(

@@ -63,6 +63,18 @@ def http_tls_context(config: Config) -> ssl.SSLContext | None:
     return context
 
 
+def grpc_cluster_credentials(config: Config) -> grpc.ChannelCredentials | None:
+    """How this node dials the other nodes' gRPC ports: over TLS trusting ``--grpc-cluster-ca``,
+    presenting its own certificate (so nodes requiring ``--grpc-client-ca`` accept it)."""
+    if config.grpc_cluster_ca is None or config.grpc_tls_cert is None or not config.grpc_tls_key:
+        return None
+    return grpc.ssl_channel_credentials(
+        root_certificates=pathlib.Path(config.grpc_cluster_ca).read_bytes(),
+        private_key=pathlib.Path(config.grpc_tls_key).read_bytes(),
+        certificate_chain=pathlib.Path(config.grpc_tls_cert).read_bytes(),
+    )
+
+
 def grpc_server_credentials(config: Config) -> grpc.ServerCredentials | None:
     """gRPC over TLS (mTLS with ``--grpc-client-ca``); ``None`` for plain gRPC."""
     if config.grpc_tls_cert is None or config.grpc_tls_key is None:

@@ -113,6 +113,7 @@ class Config:
     grpc_tls_cert: str | None = None
     grpc_tls_key: str | None = None
     grpc_client_ca: str | None = None
+    grpc_cluster_ca: str | None = None
     insecure_no_auth: bool = False
     cors_origins: tuple[str, ...] = ()
     ice_addresses: tuple[str, ...] = ()
@@ -262,6 +263,14 @@ class Config:
             raise ConfigError(
                 "--redis-url needs --cluster-secret (or --token) shared by every node: it signs "
                 "per-session tokens and forwarded requests"
+            )
+        if self.grpc_cluster_ca is not None and self.grpc_tls_cert is None:
+            raise ConfigError("--grpc-cluster-ca needs --grpc-tls-cert and --grpc-tls-key")
+        if self.redis_url is not None and self.grpc_tls_cert and self.grpc_cluster_ca is None:
+            raise ConfigError(
+                "--redis-url with --grpc-tls-cert needs --grpc-cluster-ca: the PEM CA bundle "
+                "that signed the other nodes' gRPC certificates (nodes forward calls to each "
+                "other over gRPC TLS)"
             )
         if self.whip_redirect and self.redis_url is None:
             raise ConfigError("--whip-redirect needs --redis-url (it redirects to other nodes)")

@@ -1,14 +1,15 @@
-"""Several real Hark servers in this process, each routing to the others by node name.
+"""Several real Hark servers in this process, each routing to the others by member name.
 
-The router is test wiring (what C's worker router and D's Redis directory provide in production):
-an id naming another member is ``Elsewhere`` at that member's real gRPC and HTTP addresses, a node
-in ``lost`` is ``Lost``, any other node ``Unknown``. ``Relay`` stands between two members when a
-test needs to break their connection.
+The router is test wiring (what the workers' router and the Redis directory provide in
+production). A member is named ``"b"`` (node b's only worker) or ``"a/1"`` (worker 1 of node a);
+an id naming a member is ``Elsewhere`` at that member's addresses (which a test may change, e.g.
+to a relay), a lost member's ids are ``Lost``, any other owner ``Unknown``. Sibling workers are
+reached directly, another node through its worker 0 (as through its public address).
+``tests.tcp_proxy`` stands between two members when a test needs to break their connection.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
@@ -23,37 +24,67 @@ CLUSTER_SECRET = "in-process cluster secret, shared by every member"
 
 
 @dataclasses.dataclass
+class Member:
+    """A member as the test routers know it: its addresses, and whether it is lost."""
+
+    grpc_target: str
+    base_url: str
+    lost: bool = False
+
+
+def owner_named(name: str) -> Owner:
+    """``"b"``: node b's only worker; ``"a/1"``: worker 1 of node a."""
+    node, _, worker = name.partition("/")
+    return Owner(node, int(worker or 0))
+
+
+@dataclasses.dataclass
 class Members:
+    """The in-process apps by member name, and the addresses every member's router reads."""
+
     apps: dict[str, HarkApp] = dataclasses.field(default_factory=dict)
-    lost: set[str] = dataclasses.field(default_factory=set)
-    grpc_targets: dict[str, str] = dataclasses.field(default_factory=dict)
-    http_bases: dict[str, str] = dataclasses.field(default_factory=dict)
+    addresses: dict[str, Member] = dataclasses.field(default_factory=dict)
 
-    def __getitem__(self, node: str) -> HarkApp:
-        return self.apps[node]
+    def __getitem__(self, name: str) -> HarkApp:
+        return self.apps[name]
+
+    def lose(self, name: str) -> None:
+        """Member ``name`` (in this process or not) is lost: its sessions route ``Lost``."""
+        self.addresses.setdefault(name, Member("127.0.0.1:1", "http://127.0.0.1:1")).lost = True
 
 
-class MembersRouter:
-    def __init__(self, here: Owner, members: Members) -> None:
-        self.here = here
+class MeshRouter:
+    """``members`` by name, shared by every member's router (a test may add or change one)."""
+
+    def __init__(self, me: Owner, members: dict[str, Member], *, scoped: bool = True) -> None:
+        self.me = me
         self.members = members
+        self.scoped = scoped  # False: lists the other nodes at every scope (loop-prone)
+
+    def _elsewhere(self, owner: Owner) -> Elsewhere | Lost | None:
+        for name, member in self.members.items():
+            if owner_named(name) == owner:
+                if member.lost:
+                    return Lost(owner)
+                return Elsewhere(owner, member.grpc_target, member.base_url)
+        return None
 
     def route(self, session_id: str) -> Route:
         owner = owner_of(session_id)
-        if owner is None:
-            return Unknown()
-        if owner == self.here:
+        if owner == self.me:
             return Here()
-        if owner.node in self.members.lost:
-            return Lost(owner)
-        app = self.members.apps.get(owner.node)
-        if app is None or owner.worker != 0:
-            return Unknown()
-        target = self.members.grpc_targets.get(owner.node, app.grpc_target)
-        return Elsewhere(owner, target, self.members.http_bases.get(owner.node, app.base_url))
+        found = self._elsewhere(owner) if owner is not None else None
+        return Unknown() if found is None else found
 
     def others(self, scope: str) -> list[Elsewhere]:
-        return []
+        if scope == "worker":
+            return []
+        owners = {owner_named(name) for name in self.members} - {self.me}
+        siblings = [o for o in owners if o.node == self.me.node]
+        nodes = [o for o in owners if o.node != self.me.node and o.worker == 0]
+        listed = siblings if scope == "node" and self.scoped else siblings + nodes
+        found = [self._elsewhere(owner) for owner in sorted(listed, key=str)]
+        return [where for where in found if isinstance(where, Elsewhere)]
 
     def place(self) -> Here | Elsewhere:
         return Here()
@@ -64,81 +95,23 @@ class MembersRouter:
 
 @contextlib.asynccontextmanager
 async def in_process_cluster(
-    *nodes: str, configs: dict[str, dict[str, Any]] | None = None, **overrides: Any
+    *names: str,
+    configs: dict[str, dict[str, Any]] | None = None,
+    scoped: bool = True,
+    **overrides: Any,
 ) -> AsyncIterator[Members]:
-    """Members named ``nodes``, configured with ``overrides`` and their own ``configs[node]``."""
+    """Members named ``names``, configured with ``overrides`` and their own ``configs[name]``."""
     members = Members()
     async with contextlib.AsyncExitStack() as stack:
-        for node in nodes:
-            own = (configs or {}).get(node, {})
+        for name in names:
+            owner = owner_named(name)
+            own = (configs or {}).get(name, {})
             settings = {"cluster_secret": CLUSTER_SECRET, **overrides, **own}
-            app = HarkApp(server_config(node_id=node, **settings))
-            app.router = MembersRouter(Owner(node), members)
+            app = HarkApp(server_config(node_id=owner.node, **settings))
+            app.sessions.owner = owner  # test wiring: what --workers does for worker k
+            app.router = MeshRouter(owner, members.addresses, scoped=scoped)
             await app.start()
             stack.push_async_callback(app.stop)
-            members.apps[node] = app
+            members.apps[name] = app
+            members.addresses[name] = Member(app.grpc_target, app.base_url)
         yield members
-
-
-class Relay:
-    """A TCP relay to ``target`` on a loopback port; ``break_all`` resets what goes through it."""
-
-    def __init__(self, target_port: int) -> None:
-        self._target_port = target_port
-        self._server: asyncio.Server | None = None
-        self._transports: set[asyncio.Transport] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.connections = 0
-
-    @property
-    def address(self) -> str:
-        assert self._server is not None
-        return f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-
-    async def __aenter__(self) -> Relay:
-        self._server = await asyncio.start_server(self._connected, "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self.break_all()
-            await self._server.wait_closed()
-            self._server = None
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    def break_all(self) -> None:
-        for transport in list(self._transports):
-            transport.abort()
-        self._transports.clear()
-
-    async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._target_port)
-        except OSError:
-            writer.transport.abort()
-            return
-        for transport in (writer.transport, up_writer.transport):
-            assert isinstance(transport, asyncio.Transport)
-            self._transports.add(transport)
-        for source, sink in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(_pipe(source, sink))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-
-async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-    try:
-        while data := await source.read(65536):
-            sink.write(data)
-            await sink.drain()
-    except (ConnectionError, OSError):
-        pass
-    finally:
-        sink.transport.abort()

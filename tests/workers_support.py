@@ -33,9 +33,10 @@ class HarkWorkers:
     """``hark serve --workers N``, read until every worker serves; killed, workers included,
     if a test leaves it running."""
 
-    def __init__(self, *args: str, workers: int = 2) -> None:
+    def __init__(self, *args: str, workers: int = 2, node: str = NODE) -> None:
         self.args = args
         self.count = workers
+        self.node = node
         self.proc: asyncio.subprocess.Process | None = None
         self.log: list[str] = []
         self.http_port = self.grpc_port = 0
@@ -65,7 +66,7 @@ class HarkWorkers:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
             *("-m", "media", "serve", "--http-port", "0", "--grpc-port", "0"),
-            *("--workers", str(self.count), "--node-id", NODE, "--max-loop-lag-ms", "0"),
+            *("--workers", str(self.count), "--node-id", self.node, "--max-loop-lag-ms", "0"),
             *self.args,
             stderr=asyncio.subprocess.PIPE,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -140,9 +141,9 @@ async def private_stub(hark: HarkWorkers, worker: int) -> AsyncIterator[Any]:
         yield media_pb2_grpc.MediaServiceStub(channel)
 
 
-def worker_of(session_id: str) -> int:
+def worker_of(session_id: str, node: str = NODE) -> int:
     owner = owner_of(session_id)
-    assert owner is not None and owner.node == NODE, session_id
+    assert owner is not None and owner.node == node, session_id
     return owner.worker
 
 
@@ -150,7 +151,7 @@ async def publish_on_every_worker(hark: HarkWorkers, at_most: int = 16) -> list[
     """Publish through the public port until each worker holds a session (the kernel spreads
     connections over the workers; ``at_most`` publishers all landing on one is 2**-15 likely)."""
     publishers: list[Publisher] = []
-    while {worker_of(p.session_id) for p in publishers} != set(range(hark.count)):
+    while {worker_of(p.session_id, hark.node) for p in publishers} != set(range(hark.count)):
         assert len(publishers) < at_most, "every publisher landed on the same worker"
         publishers.append(await publish(hark.base_url))
     return publishers

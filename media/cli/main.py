@@ -112,6 +112,11 @@ SERVE_OPTIONS: list[tuple[str, Parse, str]] = [
     ("grpc-tls-cert", str, "PEM certificate: serve gRPC over TLS"),
     ("grpc-tls-key", str, "PEM private key for --grpc-tls-cert"),
     ("grpc-client-ca", str, "PEM CA bundle: require client certificates (mTLS) on gRPC"),
+    (
+        "grpc-cluster-ca",
+        str,
+        "PEM CA bundle: trust the other nodes' gRPC certificates (forwarding over TLS)",
+    ),
     ("log-level", str, "DEBUG, INFO, WARNING or ERROR"),
     ("log-format", str, "text or json"),
 ]

@@ -1,16 +1,22 @@
-"""The cluster's membership in Redis: this node's record and session ids, every other node's.
+"""The cluster's membership in Redis: this process's record and session ids, every other one's.
+
+A member of the directory is one process that holds sessions: a node run as one process is the
+member ``{id}``; worker ``k`` of a node run with ``--workers N`` (N > 1) is the member
+``{id}.{k}``, the prefix of the ids of the sessions it holds (``member_name``). Each member
+writes only its own keys, so the workers of one node never overwrite each other.
 
 Keys (plain, inspectable with ``redis-cli``; the README's "Redis keys" table documents them):
 
-- ``hark:nodes``: SET of the ids of the nodes in the cluster.
-- ``hark:node:{id}``: HASH, the node's record (``NodeRecord``), rewritten every second and
-  expiring ``--node-ttl`` seconds after its last write: a node whose record expired is gone.
-- ``hark:node:{id}:sessions``: SET of the ids of the sessions the node holds (open, or closed
-  and still retained), added when a session is created and removed when its retention ends.
-- ``hark:node:{id}:lost``: STRING, set (NX) by the one survivor that declares the node lost;
-  it then gives the node's session set the retention period to live.
+- ``hark:nodes``: SET of the members of the cluster.
+- ``hark:node:{member}``: HASH, the member's record (``NodeRecord``: ``id`` is its node,
+  ``worker`` its index), rewritten every second and expiring ``--node-ttl`` seconds after its
+  last write: a member whose record expired is gone.
+- ``hark:node:{member}:sessions``: SET of the ids of the sessions the member holds (open, or
+  closed and still retained), added when a session is created and removed when its retention ends.
+- ``hark:node:{member}:lost``: STRING, set (NX) by the one survivor that declares the member
+  lost; it then gives the member's session set the retention period to live.
 
-Every node writes its own keys and reads the others' once a second (and at once when it
+Every member writes its own keys and reads the others' once a second (and at once when it
 creates a session or starts draining); nothing per packet or frame touches Redis. What it read
 is kept in memory, so routing a request never waits on Redis.
 """
@@ -42,6 +48,11 @@ SERVING: Final = "SERVING"
 DRAINING: Final = "DRAINING"
 
 
+def member_name(node: str, worker: int, workers: int) -> str:
+    """The directory's name for worker ``worker`` of a node run with ``workers`` processes."""
+    return node if workers == 1 else f"{node}.{worker}"
+
+
 def node_key(node: str) -> str:
     return f"hark:node:{node}"
 
@@ -56,9 +67,10 @@ def lost_key(node: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class NodeRecord:
-    """One node as the others see it (the fields of its ``hark:node:{id}`` hash)."""
+    """One member as the others see it (the fields of its ``hark:node:{member}`` hash)."""
 
     id: str
+    """The node's id (``--node-id``)."""
     public_url: str
     grpc_address: str
     state: str
@@ -73,6 +85,12 @@ class NodeRecord:
     """Unix time of this write."""
     started: float
     """Unix time this node's process joined: a new value is a new incarnation."""
+    worker: int = 0
+    """The member's worker index on its node (0 for a node run as one process)."""
+
+    @property
+    def member(self) -> str:
+        return member_name(self.id, self.worker, self.workers)
 
     def fields(self) -> dict[str, str]:
         return {
@@ -97,6 +115,7 @@ class NodeRecord:
                 workers=int(fields["workers"]),
                 updated=float(fields["updated"]),
                 started=float(fields["started"]),
+                worker=int(fields.get("worker", "0")),
             )
         except (KeyError, ValueError):
             return None
@@ -123,17 +142,18 @@ class CpuMeter:
 
 
 class NodeDirectory:
-    """This node's membership: writes its record and session ids, reads the other nodes', and
-    learns which sessions were lost with a node that left without a word.
+    """This member's membership: writes its record and session ids, reads the other members',
+    and learns which sessions were lost with a member that left without a word.
 
-    ``describe`` gives this node's record as of now; ``session_ids`` the ids of the sessions it
-    holds. ``on_change`` is called when ``detached`` flips.
+    ``member`` is this process's name in the directory (``member_name``); ``describe`` gives its
+    record as of now; ``session_ids`` the ids of the sessions it holds. ``on_change`` is called
+    when ``detached`` flips.
     """
 
     def __init__(
         self,
         redis_url: str,
-        node_id: str,
+        member: str,
         *,
         ttl: float,
         retention: float,
@@ -141,7 +161,7 @@ class NodeDirectory:
         session_ids: Callable[[], Collection[str]],
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
-        self.node_id = node_id
+        self.member = member
         self.ttl = ttl
         self.retention = retention
         self._describe = describe
@@ -169,11 +189,13 @@ class NodeDirectory:
     # what the router and placement read
 
     def nodes(self) -> dict[str, NodeRecord]:
-        """The other nodes whose record was live at the last read."""
+        """The other members whose record was live at the last read, by member name (this
+        node's sibling workers included)."""
         return dict(self._nodes)
 
     def node(self, node_id: str) -> NodeRecord | None:
-        return self._nodes.get(node_id)
+        """A live record of node ``node_id`` (any of its workers': they share its addresses)."""
+        return next((record for record in self._nodes.values() if record.id == node_id), None)
 
     def is_lost(self, session_id: str) -> bool:
         """Whether ``session_id`` was held by a node that left the cluster (within retention)."""
@@ -231,11 +253,12 @@ class NodeDirectory:
         if self._joined and self._unreachable_since is None:
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 async with asyncio.timeout(1.0):
-                    await self._redis.delete(node_key(self.node_id))
+                    await self._redis.delete(node_key(self.member))
         await self._redis.aclose()
 
     async def _run(self) -> None:
         while True:
+            _stop_when_cancelled()
             self._wake.clear()
             try:
                 await self.beat()
@@ -243,7 +266,7 @@ class NodeDirectory:
                 self._unreachable(exc)
                 self._release_listed(everyone=True)
             except Exception:  # a bug: logged, and the beats go on (a stopped beat is a death)
-                logger.exception("node %s: writing to or reading Redis failed", self.node_id)
+                logger.exception("node %s: writing to or reading Redis failed", self.member)
                 self._release_listed(everyone=True)
             else:
                 self._reachable()
@@ -260,13 +283,13 @@ class NodeDirectory:
         members = await self._write_own()
         self._joined = True
         self._release_listed()
-        await self._read_others(set(members) - {self.node_id})
+        await self._read_others(set(members) - {self.member})
         self._forget_expired()
 
     async def _take_over_predecessor(self) -> None:
         """Session ids a previous process of this node left in its set are lost: this process
         does not hold them (it may share their node id, a restarted pod does)."""
-        listed = _texts(await self._redis.smembers(sessions_key(self.node_id)))
+        listed = _texts(await self._redis.smembers(sessions_key(self.member)))
         held = set(self._session_ids())
         predecessor = listed - held
         if predecessor:
@@ -275,20 +298,20 @@ class NodeDirectory:
                 self._lost[session_id] = until
             logger.warning(
                 "node %s: %d sessions of its previous process are lost (NODE_LOST)",
-                self.node_id,
+                self.member,
                 len(predecessor),
             )
 
     async def _write_own(self) -> Collection[str]:
         record = self._describe()
-        key, sessions = node_key(self.node_id), sessions_key(self.node_id)
+        key, sessions = node_key(self.member), sessions_key(self.member)
         current = set(self._session_ids())
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.hset(key, mapping=record.fields())  # type: ignore[arg-type]
             pipe.pexpire(key, _ms(self.ttl))
-            pipe.sadd(NODES_KEY, self.node_id)
+            pipe.sadd(NODES_KEY, self.member)
             if self._published is None:
-                pipe.delete(sessions, lost_key(self.node_id))
+                pipe.delete(sessions, lost_key(self.member))
                 added, removed = current, set[str]()
             else:
                 added, removed = current - self._published, self._published - current
@@ -311,7 +334,7 @@ class NodeDirectory:
         alive: dict[str, NodeRecord] = {}
         for name, fields in zip(names, hashes, strict=True):
             record = NodeRecord.from_fields(fields) if fields else None
-            if record is not None and record.id == name:
+            if record is not None and record.member == name:
                 alive[name] = record
                 self._gone.pop(name, None)
             elif not fields and name not in self._gone and not self._settling():
@@ -335,7 +358,7 @@ class NodeDirectory:
         for session_id in held:
             self._lost[session_id] = until
         self._gone[node] = until
-        if await self._redis.set(lost_key(node), self.node_id, nx=True, px=_ms(self.retention)):
+        if await self._redis.set(lost_key(node), self.member, nx=True, px=_ms(self.retention)):
             if ttl_ms < 0:
                 await self._redis.pexpire(sessions_key(node), _ms(self.retention))
             logger.warning(
@@ -379,7 +402,7 @@ class NodeDirectory:
         if self._unreachable_since is not None:
             self._unreachable_since = None
             self._back_at = time.monotonic()
-            logger.info("Redis reachable again: node %s rejoined the cluster", self.node_id)
+            logger.info("Redis reachable again: node %s rejoined the cluster", self.member)
 
     def _notice_detachment(self) -> None:
         detached = self.detached
@@ -390,9 +413,17 @@ class NodeDirectory:
                     "no Redis for %g s: the cluster no longer sees node %s; refusing new "
                     "sessions until it is back",
                     self.ttl,
-                    self.node_id,
+                    self.member,
                 )
             self._on_change()
+
+
+def _stop_when_cancelled() -> None:
+    """A cancellation that lands mid-command can come out of redis-py as its own error (or be
+    lost in a timeout that expired at the same moment): the task was still asked to stop."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _texts(values: Collection[str | bytes]) -> set[str]:

@@ -1,9 +1,11 @@
 """How a forwarded request says so: the metadata (gRPC) and headers (HTTP) every member uses.
 
 A member forwarding a request adds the original client's address and a signature over it made with
-the cluster secret (``SessionTokens.sign``). The receiving member never forwards such a request
-again (whatever its signature: a forged one is answered locally, never relayed), and trusts the
-client address only when the signature checks, so a plain client cannot pose as another address.
+the cluster secret (``SessionTokens.sign``). The receiving member trusts the client address only
+when the signature checks, so a plain client cannot pose as another address. It forwards such a
+request at most once more, to the sibling worker the session id names (``may_forward``): another
+node reached at its public port lands on any of its workers. Never to another node, so nothing
+goes round in circles, whatever the signature.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Final
 
+from media.cluster.routing import Elsewhere
 from media.server.auth import SessionTokens
 
 FORWARDED: Final = "x-hark-forwarded"
@@ -36,6 +39,12 @@ def forwarded_pairs(tokens: SessionTokens, client_address: str) -> list[tuple[st
 def is_forwarded(metadata: Iterable[tuple[str, str | bytes]]) -> bool:
     """Whether a call says it was forwarded by a member: it is then never forwarded again."""
     return any(key.lower() == FORWARDED for key, _ in metadata)
+
+
+def may_forward(route: Elsewhere, forwarded: bool) -> bool:
+    """Whether a request for a session ``route`` names is relayed there: always when a client
+    sent it here; when a member did (``forwarded``), only to a sibling worker's Unix socket."""
+    return not forwarded or route.http_socket is not None
 
 
 def trusted_client_address(

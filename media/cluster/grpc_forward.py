@@ -5,8 +5,11 @@
 metadata, the time left before the caller's deadline, and the signed ``x-hark-forwarded`` marker;
 the caller going away cancels the upstream call, and the owner's status, message and details come
 back unchanged. A ``Lost`` owner's sessions read as CLOSED with ``NODE_LOST``; ids naming no known
-owner, and calls a member forwarded here, are answered by the local service (which answers
-NOT_FOUND for what it does not hold), so nothing is ever forwarded twice or to a guessed address.
+owner are answered by the local service (which answers NOT_FOUND for what it does not hold). A
+call a member forwarded here goes at most to the sibling worker its id names
+(``forwarded.may_forward``), so nothing is ever forwarded to another node twice or to a guessed
+address. The owner sees the original client's address (signed by the forwarding member) in the
+``x-hark-client-address`` metadata: gRPC has no per-client limit, so it is carried for logs.
 """
 
 from __future__ import annotations
@@ -18,7 +21,12 @@ from typing import Any, Final, TypeVar
 
 import grpc
 
-from media.cluster.forwarded import forwarded_pairs, is_forwarded
+from media.cluster.forwarded import (
+    client_address_from_metadata,
+    forwarded_pairs,
+    is_forwarded,
+    may_forward,
+)
 from media.cluster.routing import Elsewhere, Lost, Route, Router
 from media.errors import HarkError, SessionClosed
 from media.logs import session_logger
@@ -134,9 +142,15 @@ class ForwardingService(media_pb2_grpc.MediaServiceServicer):
         if not session_id or len(session_id) > 128:
             return None
         route = self.router.route(session_id)
-        if is_forwarded(context.invocation_metadata() or ()):
-            return route if isinstance(route, Lost) else None
+        forwarded = is_forwarded(context.invocation_metadata() or ())
+        if isinstance(route, Elsewhere) and not may_forward(route, forwarded):
+            return None
         return route
+
+    def client_address(self, context: Context) -> str:
+        """The original client: as a forwarding member signed it, else this call's peer."""
+        signed = client_address_from_metadata(self._tokens, context.invocation_metadata() or ())
+        return signed if signed is not None else peer_address(context.peer())
 
     def _metadata(self, context: Context) -> list[tuple[str, str | bytes]]:
         kept: list[tuple[str, str | bytes]] = [
@@ -144,7 +158,7 @@ class ForwardingService(media_pb2_grpc.MediaServiceServicer):
             for key, value in context.invocation_metadata() or ()
             if not key.startswith(("grpc-", ":", "x-hark-")) and key not in NOT_FORWARDED_METADATA
         ]
-        return kept + list(forwarded_pairs(self._tokens, peer_address(context.peer())))
+        return kept + list(forwarded_pairs(self._tokens, self.client_address(context)))
 
     def call_options(self, context: Context) -> dict[str, Any]:
         return {"metadata": self._metadata(context), "timeout": context.time_remaining()}
@@ -159,21 +173,36 @@ class ForwardingService(media_pb2_grpc.MediaServiceServicer):
     ) -> Any:
         route = self._route(session_id, context)
         if isinstance(route, Elsewhere):
-            call = getattr(self.upstreams.stub(route.grpc_target), name)(
-                request, **self.call_options(context)
-            )
-            try:
-                return await call
-            except grpc.aio.AioRpcError as error:
-                now = self.router.route(session_id)
-                if _upstream_failed(error) and isinstance(now, Lost):
-                    return lost(now)
-                await pass_through(context, error)
-            finally:
-                call.cancel()
+            return await self.relay_unary(name, route, request, context, lost)
         if isinstance(route, Lost):
             return lost(route)
         return await getattr(self.local, name)(request, context)
+
+    async def relay_unary(
+        self,
+        name: str,
+        route: Elsewhere,
+        request: Any,
+        context: Context,
+        lost: Callable[[Lost], Any] | None = None,
+    ) -> Any:
+        """The unary RPC ``name`` made at ``route``'s owner; its error ends this call unchanged,
+        unless the owner cannot be reached and ``request.session_id`` now routes ``Lost``:
+        then ``lost`` answers."""
+        call = getattr(self.upstreams.stub(route.grpc_target), name)(
+            request, **self.call_options(context)
+        )
+        try:
+            return await call
+        except grpc.aio.AioRpcError as error:
+            if lost is not None and _upstream_failed(error):
+                now = self.router.route(str(request.session_id))
+                if isinstance(now, Lost):
+                    return lost(now)
+            await pass_through(context, error)
+            raise AssertionError("abort returned") from error
+        finally:
+            call.cancel()
 
     # session-scoped unary RPCs
 

@@ -5,9 +5,11 @@ Two aiohttp middlewares. ``trust_forwarded`` (outermost) gives a request forward
 original client's address, when the member's signature checks, so rate limits and logs see that
 client; a plain client's ``X-Hark-Client-Address`` is ignored. ``forward`` (innermost) proxies a
 request for a session routed ``Elsewhere``: both bodies streamed, headers kept except hop-by-hop
-ones, the status and ``Location``/``ETag``/``Link`` passed back unchanged. A lost owner's session
-is 404 naming ``NODE_LOST``. Anything else, including a request a member forwarded here, goes to
-this process's handlers, which answer 404 for a session they do not hold.
+ones, the status and ``Location``/``ETag``/``Link`` passed back unchanged (CORS headers are this
+node's own). A lost owner's session is 404 naming ``NODE_LOST``. A request a member forwarded here
+goes at most to the sibling worker its id names (``forwarded.may_forward``). Anything else goes to
+this process's handlers, which answer 404 for a session they do not hold. ``proxy`` is the one
+proxy of the cluster: placement relays a ``POST /whip`` with it too.
 """
 
 from __future__ import annotations
@@ -24,12 +26,13 @@ from media.cluster.forwarded import (
     CLIENT_ADDRESS_HEADER,
     FORWARDED_HEADER,
     MAX_ADDRESS,
+    may_forward,
     signature,
     trusted_client_address,
 )
 from media.cluster.grpc_forward import lost_error
 from media.cluster.routing import Elsewhere, Lost, Router
-from media.logs import session_logger
+from media.logs import SessionLogger, session_logger
 from media.server.auth import SessionTokens
 
 logger = logging.getLogger(__name__)
@@ -81,25 +84,28 @@ class HttpForwarder:
     @web.middleware
     async def forward(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         session_id = request.match_info.get("id")
-        if (
-            session_id is None
-            or request.method == "OPTIONS"
-            or FORWARDED_HEADER in request.headers
-            or len(session_id) > 128
-        ):
+        if session_id is None or request.method == "OPTIONS" or len(session_id) > 128:
             return await handler(request)
         route = self._router.route(session_id)
         if isinstance(route, Lost):
             raise lost_error(session_id, route)  # 404 naming NODE_LOST
-        if not isinstance(route, Elsewhere):
+        forwarded = FORWARDED_HEADER in request.headers
+        if not isinstance(route, Elsewhere) or not may_forward(route, forwarded):
             return await handler(request)
-        return await self._proxy(request, route, session_id)
+        return await self.proxy(
+            request, route, f"the node holding session {session_id} cannot be reached", session_id
+        )
 
-    async def _proxy(
-        self, request: web.Request, route: Elsewhere, session_id: str
+    async def proxy(
+        self, request: web.Request, route: Elsewhere, unreachable: str, session_id: str = ""
     ) -> web.StreamResponse:
+        """``request`` relayed to ``route``'s owner and its answer streamed back; 503 saying
+        ``unreachable`` (with ``Retry-After``) when the owner cannot be reached."""
         client = self._client(route.http_socket)
         url = route.http_base.rstrip("/") + request.raw_path
+        log: logging.Logger | SessionLogger = (
+            session_logger(logger, session_id) if session_id else logger
+        )
         try:
             upstream = await client.request(
                 request.method,
@@ -110,18 +116,18 @@ class HttpForwarder:
             )
         except (aiohttp.ClientError, OSError) as exc:
             # The exception's text may quote the URL, whose query can hold a token: not logged.
-            session_logger(logger, session_id).warning(
+            log.warning(
                 "cannot reach %s to forward %s: %s", route.owner, request.method, type(exc).__name__
             )
             return web.Response(
                 status=503,
-                text=f"the node holding session {session_id} cannot be reached; retry\n",
+                text=f"{unreachable}; retry\n",
                 headers={"Retry-After": str(UNREACHABLE_RETRY_AFTER_S)},
             )
         try:
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
             for name, value in upstream.headers.items():
-                if name.lower() not in HOP_BY_HOP:
+                if _passed_back(name):
                     response.headers.add(name, value)
             await response.prepare(request)
             async for chunk in upstream.content.iter_any():
@@ -130,7 +136,6 @@ class HttpForwarder:
         except (ConnectionResetError, aiohttp.ClientError) as exc:
             # The client or the owner went away mid-stream: the other side sees its peer go.
             upstream.close()
-            log = session_logger(logger, session_id)
             log.debug("forwarding to %s ended: %s", route.owner, type(exc).__name__)
             return response
         except BaseException:
@@ -171,3 +176,8 @@ class HttpForwarder:
         clients, self._clients = self._clients, {}
         for client in clients.values():
             await client.close()
+
+
+def _passed_back(name: str) -> bool:
+    lowered = name.lower()
+    return lowered not in HOP_BY_HOP and not lowered.startswith("access-control-")

@@ -11,9 +11,18 @@ from typing import Any, Protocol
 
 from aiohttp.typedefs import Middleware
 
-from media.cluster.directory import DRAINING, SERVING, CpuMeter, NodeDirectory, NodeRecord
+from media.cluster.directory import (
+    DRAINING,
+    SERVING,
+    CpuMeter,
+    NodeDirectory,
+    NodeRecord,
+    member_name,
+)
+from media.cluster.grpc_forward import ForwardingService
+from media.cluster.http_forward import HttpForwarder
 from media.cluster.node_router import NodeRouter
-from media.cluster.placing import GrpcChannels, PlacingService, WhipPlacement
+from media.cluster.placing import PlacingService, WhipPlacement
 from media.cluster.routing import Router
 from media.config import Config, is_loopback
 from media.core.events import SessionEvent
@@ -74,9 +83,10 @@ class ClusterNode:
         self._addresses = addresses
         self._cpu = CpuMeter()
         self._started = time.time()
+        owner = sessions.owner
         self.directory = NodeDirectory(
             redis_url,
-            sessions.owner.node,
+            member_name(owner.node, owner.worker, config.effective_workers),
             ttl=config.node_ttl,
             retention=config.closed_retention,
             describe=self.record,
@@ -84,8 +94,6 @@ class ClusterNode:
             on_change=on_change,
         )
         self.router = NodeRouter(self.directory, sessions.owner, self.local_load)
-        self._whip: WhipPlacement | None = None
-        self._channels = GrpcChannels()
 
     @property
     def detached(self) -> bool:
@@ -108,6 +116,7 @@ class ClusterNode:
             workers=self._config.effective_workers,
             updated=round(time.time(), 3),
             started=self._started,
+            worker=sessions.owner.worker,
         )
 
     def local_load(self) -> NodeLoad:
@@ -120,27 +129,24 @@ class ClusterNode:
             overloaded=not sessions.governor.may_admit(sessions.clock.now()),
         )
 
-    def whip_middleware(self, router: Router) -> Middleware:
-        """Places ``POST /whip`` (and takes ``POST /whip/{id}`` to its owner) with ``router``."""
-        self._whip = WhipPlacement(
+    def whip_middleware(self, router: Router, forwarder: HttpForwarder) -> Middleware:
+        """Places ``POST /whip`` with ``router`` (proxied by ``forwarder``)."""
+        whip = WhipPlacement(
             router,
-            tokens=self._sessions.tokens,
+            forwarder,
             server_token=self._config.token,
             redirect=self._config.whip_redirect,
             detached=lambda: self.detached,
             listed=self.directory.listed,
             ttl=self._config.node_ttl,
-            max_offer_bytes=self._config.max_offer_bytes,
         )
-        return self._whip.middleware
+        return whip.middleware
 
-    def placing_servicer(self, service: Any, router: Router) -> Any:
-        """``service`` with ``CreateSession`` placed by ``router``."""
+    def placing_servicer(self, service: ForwardingService, router: Router) -> Any:
+        """``service`` with ``CreateSession`` placed by ``router`` (forwarded by ``service``)."""
         return PlacingService(
             service,
             router,
-            tokens=self._sessions.tokens,
-            channels=self._channels,
             detached=lambda: self.detached,
             listed=self.directory.listed,
             ttl=self._config.node_ttl,
@@ -173,9 +179,6 @@ class ClusterNode:
 
     async def close(self) -> None:
         await self.directory.close()
-        if self._whip is not None:
-            await self._whip.close()
-        await self._channels.close()
 
     def _on_event(self, event: SessionEvent, session: Session) -> None:
         if event.revision == 1:  # a new session: its id goes to Redis now, not at the next beat

@@ -1,11 +1,11 @@
 """The Router of a node in a Redis cluster: other nodes' sessions are forwarded to the node the
-id names, a departed node's are ``Lost``, and new sessions go where placement says."""
+id names, a departed member's are ``Lost``, and new sessions go where placement says."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
-from media.cluster.directory import NodeDirectory
+from media.cluster.directory import NodeDirectory, NodeRecord
 from media.cluster.routing import Elsewhere, Here, Lost, Route, Unknown
 from media.core.placement import NodeLoad, choose_node
 from media.core.session_ids import Owner, owner_of
@@ -14,9 +14,11 @@ from media.core.session_ids import Owner, owner_of
 class NodeRouter:
     """Routes by the node an id names, from what the directory last read (never waiting on Redis).
 
-    Ids of this node are ``Here`` when they name this process (``owner``); another worker of this
-    node is the workers' router's business (it delegates other nodes here), so they are
-    ``Unknown`` to this one. ``local_load`` is this node's own admission state, as of now.
+    Another node is reached at its public addresses, whichever of its workers holds the session:
+    the worker that answers there forwards to its sibling. Ids of this node are ``Here`` when they
+    name this process (``owner``); another worker of this node is the workers' router's business
+    (it delegates other nodes here), so they are ``Unknown`` to this one. ``local_load`` is this
+    process's own admission state, as of now.
     """
 
     def __init__(
@@ -37,15 +39,13 @@ class NodeRouter:
         record = self.directory.node(owner.node)
         if record is None or owner.worker >= record.workers:
             return Unknown()  # no such node, or no such worker of it: nothing to forward to
-        return Elsewhere(owner, record.grpc_address, record.public_url)
+        return _at(record, owner)
 
     def others(self, scope: str) -> list[Elsewhere]:
+        """One entry per other node (its public addresses: it covers its own workers)."""
         if scope != "cluster":
             return []
-        return [
-            Elsewhere(Owner(record.id), record.grpc_address, record.public_url)
-            for record in self.directory.nodes().values()
-        ]
+        return [_at(record, Owner(record.id)) for record in self._other_nodes().values()]
 
     def lost(self) -> dict[str, Owner]:
         ids = self.directory.lost_ids()
@@ -54,9 +54,39 @@ class NodeRouter:
     def place(self) -> Here | Elsewhere:
         """The least-loaded node with room, this one while it has room; ``Here`` when no node
         has room (local admission then refuses, naming this node's limit)."""
-        nodes = self.directory.nodes()
-        chosen = choose_node(self._local_load(), (record.load() for record in nodes.values()))
+        nodes = self._other_nodes()
+        loads = (node_load(members) for members in _by_node(self.directory.nodes()).values())
+        chosen = choose_node(self._local_load(), loads)
         record = nodes.get(chosen) if chosen is not None else None
         if record is None:
             return Here()
-        return Elsewhere(Owner(record.id), record.grpc_address, record.public_url)
+        return _at(record, Owner(record.id))
+
+    def _other_nodes(self) -> dict[str, NodeRecord]:
+        """A live record of each other node (any worker's: they share the node's addresses)."""
+        records = self.directory.nodes().values()
+        return {record.id: record for record in records if record.id != self.owner.node}
+
+
+def _at(record: NodeRecord, owner: Owner) -> Elsewhere:
+    return Elsewhere(owner, record.grpc_address, record.public_url)
+
+
+def _by_node(records: dict[str, NodeRecord]) -> dict[str, list[NodeRecord]]:
+    nodes: dict[str, list[NodeRecord]] = {}
+    for record in records.values():
+        nodes.setdefault(record.id, []).append(record)
+    return nodes
+
+
+def node_load(members: Iterable[NodeRecord]) -> NodeLoad:
+    """A node's load as placement compares it: the sum over its workers that take sessions (a
+    draining or overloaded worker adds neither sessions nor room)."""
+    records = list(members)
+    taking = [record for record in records if record.load().serving and not record.overloaded]
+    return NodeLoad(
+        records[0].id,
+        serving=bool(taking),
+        sessions=sum(record.sessions for record in taking),
+        capacity=sum(record.capacity for record in taking),
+    )

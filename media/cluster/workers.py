@@ -129,7 +129,8 @@ class WorkerRouter:
         return siblings
 
     def place(self) -> Here | Elsewhere:
-        return Here()
+        """Here while this worker has room, else where the cluster's router places it."""
+        return self._nodes.place() if self._nodes is not None else Here()
 
     def lost(self) -> dict[str, Owner]:
         return self._nodes.lost() if self._nodes is not None else {}

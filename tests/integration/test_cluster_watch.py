@@ -17,99 +17,23 @@ import pytest
 from media.aio import cancel_and_wait
 from media.app import HarkApp
 from media.client.hark_client import Backoff, HarkClient
-from media.cluster.routing import Elsewhere, Here, Lost, Route, Unknown
-from media.core.session_ids import Owner, owner_of
 from media.v1 import media_pb2 as pb
 from media.v1 import media_pb2_grpc
-from tests.cluster_support import free_port
-from tests.support import (
-    HarkProcess,
-    _AuthStub,
-    eventually,
-    publish,
-    running_server,
-    server_config,
-)
+from tests.in_process_cluster import Member, in_process_cluster
+from tests.support import HarkProcess, _AuthStub, eventually, publish
 from tests.tcp_proxy import tcp_proxy
 
 S = pb.SessionState
-
-
-class Member:
-    """A worker as the test router knows it: its addresses, and whether it is lost."""
-
-    def __init__(self, grpc_target: str, base_url: str) -> None:
-        self.grpc_target = grpc_target
-        self.base_url = base_url
-        self.lost = False
-
-
-def owner_named(name: str) -> Owner:
-    """``"b"``: node b's only worker; ``"a/1"``: worker 1 of node a."""
-    node, _, worker = name.partition("/")
-    return Owner(node, int(worker or 0))
-
-
-class MeshRouter:
-    """Test wiring: ``members`` by name; sibling workers are reached directly, another node
-    through its worker 0 (as through its public address)."""
-
-    def __init__(self, me: Owner, members: dict[str, Member], *, scoped: bool = True) -> None:
-        self.me = me
-        self.members = members
-        self.scoped = scoped  # False: lists the other nodes at every scope (loop-prone)
-
-    def _elsewhere(self, owner: Owner) -> Elsewhere | Lost | None:
-        for name, member in self.members.items():
-            if owner_named(name) == owner:
-                if member.lost:
-                    return Lost(owner)
-                return Elsewhere(owner, member.grpc_target, member.base_url)
-        return None
-
-    def route(self, session_id: str) -> Route:
-        owner = owner_of(session_id)
-        if owner == self.me:
-            return Here()
-        found = self._elsewhere(owner) if owner is not None else None
-        return Unknown() if found is None else found
-
-    def others(self, scope: str) -> list[Elsewhere]:
-        if scope == "worker":
-            return []
-        owners = {owner_named(name) for name in self.members} - {self.me}
-        siblings = [o for o in owners if o.node == self.me.node]
-        nodes = [o for o in owners if o.node != self.me.node and o.worker == 0]
-        listed = siblings if scope == "node" and self.scoped else siblings + nodes
-        found = [self._elsewhere(owner) for owner in sorted(listed, key=str)]
-        return [where for where in found if isinstance(where, Elsewhere)]
-
-    def place(self) -> Here | Elsewhere:
-        return Here()
-
-    def lost(self) -> dict[str, Owner]:
-        return {}
 
 
 @contextlib.asynccontextmanager
 async def cluster(
     *names: str, scoped: bool = True, **overrides: Any
 ) -> AsyncIterator[dict[str, HarkApp]]:
-    members: dict[str, Member] = {}
-    apps: dict[str, HarkApp] = {}
-    try:
-        for name in names:
-            owner = owner_named(name)
-            app = HarkApp(server_config(node_id=owner.node, **overrides))
-            app.sessions.owner = owner  # test wiring: what --workers does for worker k
-            app.router = MeshRouter(owner, members, scoped=scoped)
-            apps[name] = app
-            await app.start()
-            members[name] = Member(app.grpc_target, app.base_url)
-        yield apps
-    finally:
-        for app in apps.values():
-            await app.stop()
+    """The in-process members ``names`` (each with its own secret unless ``overrides`` sets one)."""
+    settings = {"cluster_secret": None, **overrides}
+    async with in_process_cluster(*names, scoped=scoped, **settings) as members:
+        yield members.apps
 
 
 @contextlib.asynccontextmanager

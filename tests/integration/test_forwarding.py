@@ -15,7 +15,7 @@ from media.app import HarkApp
 from media.client import HarkClient
 from media.errors import ERROR_DOMAIN
 from media.v1 import media_pb2 as pb
-from tests.in_process_cluster import Relay, in_process_cluster
+from tests.in_process_cluster import in_process_cluster
 from tests.integration.test_operations import scrape, value
 from tests.listening import play_requests, requests_of, tone
 from tests.support import (
@@ -26,6 +26,7 @@ from tests.support import (
     next_event,
     publish,
 )
+from tests.tcp_proxy import tcp_proxy
 
 UNKNOWN_NODE_ID = "gamma.0.AAAAAAAAAAAAAAAAAAAAAAAA"
 LOST_NODE_ID = "delta.0.AAAAAAAAAAAAAAAAAAAAAAAA"
@@ -176,7 +177,7 @@ async def test_the_owners_errors_reach_the_caller_unchanged() -> None:
         live = beta.sessions.get(session.id)
         await eventually(lambda: live.watcher_count == 0, "the owner stopped waiting")
 
-        members.grpc_targets["beta"] = "127.0.0.1:1"  # the owner cannot be reached
+        members.addresses["beta"].grpc_target = "127.0.0.1:1"  # the owner cannot be reached
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await other.GetSession(pb.GetSessionRequest(session_id=session.id))
         assert raised.value.code() == grpc.StatusCode.UNAVAILABLE  # retryable, not NOT_FOUND
@@ -188,7 +189,7 @@ async def test_an_unknown_node_is_not_found_and_a_lost_one_closed_node_lost() ->
         grpc_stub(members["alpha"]) as other,
     ):
         alpha = members["alpha"]
-        members.lost.add("delta")
+        members.lose("delta")
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await other.GetSession(pb.GetSessionRequest(session_id=UNKNOWN_NODE_ID))
         assert raised.value.code() == grpc.StatusCode.NOT_FOUND
@@ -216,15 +217,16 @@ async def test_a_forwarded_watch_reconnects_and_ends_node_lost_when_the_owner_is
         in_process_cluster("alpha", "beta") as members,
         grpc_stub(members["beta"]) as owner,
         grpc_stub(members["alpha"]) as other,
-        Relay(members["beta"].grpc_port) as relay,
+        tcp_proxy(members["beta"].grpc_port) as relay,
     ):
-        members.grpc_targets["beta"] = relay.address
+        members.addresses["beta"].grpc_target = relay.target
         session = await owner.CreateSession(pb.CreateSessionRequest())
         sid = session.id
         watch = other.WatchSession(pb.WatchSessionRequest(session_id=sid))
         assert (await next_event(watch)).revision == 1
 
-        relay.break_all()
+        relay.cut()  # every connection through it broken; new ones go through again
+        relay.restore()
         await owner.PlayAudio(requests_of(play_requests(sid, tone(440, 0.1), playback_id="p")))
         events = await events_until(watch, "playback_finished")
         assert [e.WhichOneof("payload") for e in events] == [
@@ -234,8 +236,8 @@ async def test_a_forwarded_watch_reconnects_and_ends_node_lost_when_the_owner_is
         assert [e.revision for e in events] == [2, 3]
         assert relay.connections >= 2
 
-        members.lost.add("beta")
-        await relay.stop()
+        members.lose("beta")
+        await relay.close()
         closed = await collect_until_closed(watch)
         assert [(e.revision, e.state_changed.close_reason) for e in closed] == [(4, pb.NODE_LOST)]
         assert closed[0].state_changed.previous == pb.NEW

@@ -85,7 +85,7 @@ async def test_unknown_and_lost_nodes_are_404_without_a_connection() -> None:
         async with http.delete(f"{alpha.base_url}/whip/{unknown}") as response:
             assert response.status == 404
             assert unknown in await response.text()
-        members.lost.add("delta")
+        members.lose("delta")
         lost = "delta.0.AAAAAAAAAAAAAAAAAAAAAAAA"
         for method, path in (("DELETE", ""), ("GET", "/events"), ("POST", "/listening")):
             async with http.request(method, f"{alpha.base_url}/whip/{lost}{path}") as response:
@@ -152,7 +152,7 @@ async def test_an_unreachable_owner_is_503_retry_and_no_token_is_logged(
     ):
         alpha = members["alpha"]
         created = await owner.CreateSession(pb.CreateSessionRequest())
-        members.http_bases["beta"] = "http://127.0.0.1:1"  # nothing listens there
+        members.addresses["beta"].base_url = "http://127.0.0.1:1"  # nothing listens there
         caplog.set_level(logging.DEBUG)
         url = f"{alpha.base_url}/whip/{created.id}/events?token={created.token}"
         async with http.get(url) as response:

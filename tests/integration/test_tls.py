@@ -14,9 +14,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from media.config import ConfigError
 from media.v1 import media_pb2 as pb
 from media.v1 import media_pb2_grpc
-from tests.support import running_server
+from tests.in_process_cluster import in_process_cluster
+from tests.support import running_server, server_config
 
 
 def issue(
@@ -99,3 +101,41 @@ async def test_https_and_grpc_mutual_tls(pki: pathlib.Path) -> None:
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await stub.ListSessions(pb.ListSessionsRequest(), timeout=5)
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_a_member_forwards_to_another_over_mutual_tls_with_the_cluster_ca(
+    pki: pathlib.Path,
+) -> None:
+    tls = {
+        "grpc_host": "localhost",
+        "grpc_tls_cert": str(pki / "server.pem"),
+        "grpc_tls_key": str(pki / "server.key"),
+        "grpc_client_ca": str(pki / "ca.pem"),
+        "grpc_cluster_ca": str(pki / "ca.pem"),
+    }
+    client = grpc.ssl_channel_credentials(
+        root_certificates=(pki / "ca.pem").read_bytes(),
+        private_key=(pki / "client.key").read_bytes(),
+        certificate_chain=(pki / "client.pem").read_bytes(),
+    )
+    async with (
+        in_process_cluster("alpha", "beta", **tls) as members,
+        grpc.aio.secure_channel(members["alpha"].grpc_target, client) as at_alpha,
+        grpc.aio.secure_channel(members["beta"].grpc_target, client) as at_beta,
+    ):
+        created = await media_pb2_grpc.MediaServiceStub(at_beta).CreateSession(
+            pb.CreateSessionRequest()
+        )
+        stub = media_pb2_grpc.MediaServiceStub(at_alpha)
+        session = await stub.GetSession(pb.GetSessionRequest(session_id=created.id), timeout=10)
+        assert (session.id, session.node) == (created.id, "beta")
+
+
+def test_a_cluster_with_grpc_tls_needs_the_cluster_ca(pki: pathlib.Path) -> None:
+    with pytest.raises(ConfigError, match="--redis-url with --grpc-tls-cert needs --grpc-cluster"):
+        server_config(
+            redis_url="redis://127.0.0.1:1/0",
+            cluster_secret="a-secret-of-16-chars-or-more",
+            grpc_tls_cert=str(pki / "server.pem"),
+            grpc_tls_key=str(pki / "server.key"),
+        )
