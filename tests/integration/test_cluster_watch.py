@@ -19,8 +19,9 @@ from media.app import HarkApp
 from media.client.hark_client import Backoff, HarkClient
 from media.v1 import media_pb2 as pb
 from media.v1 import media_pb2_grpc
+from tests.cluster_support import free_port
 from tests.in_process_cluster import Member, in_process_cluster
-from tests.support import HarkProcess, _AuthStub, eventually, publish
+from tests.support import HarkProcess, _AuthStub, eventually, publish, running_server
 from tests.tcp_proxy import tcp_proxy
 
 S = pb.SessionState
