@@ -71,6 +71,24 @@ def lost_error(session_id: str, lost: Lost) -> HarkError:
     return SessionClosed(session_id, "NODE_LOST", lost_detail(lost))
 
 
+def lost_event(session_id: str, lost: Lost, revision: int, previous: int) -> pb.SessionEvent:
+    """What a watcher that has seen up to ``revision`` (0: nothing) is told when the owner is
+    found lost: a CLOSED snapshot, or the next revision changing ``previous`` to CLOSED."""
+    if revision == 0:
+        session = lost_session_pb(session_id, lost)
+        return pb.SessionEvent(session_id=session_id, snapshot=pb.Snapshot(session=session))
+    return pb.SessionEvent(
+        session_id=session_id,
+        revision=revision + 1,
+        state_changed=pb.StateChanged(
+            state=pb.CLOSED,
+            previous=previous,  # type: ignore[arg-type]
+            close_reason=pb.NODE_LOST,
+            close_detail=lost_detail(lost),
+        ),
+    )
+
+
 def peer_address(peer: str) -> str:
     """The client's address in grpc's ``ipv4:1.2.3.4:5``/``ipv6:[::1]:5``/``unix:...`` form."""
     kind, _, rest = peer.partition(":")
@@ -407,7 +425,7 @@ class _ForwardedWatch:
             await asyncio.sleep(delay)
             current = self._service.router.route(self._session_id)
         if isinstance(current, Lost):
-            yield self._lost_event(current)
+            yield lost_event(self._session_id, current, self._revision, self._state)
             return
         request = pb.WatchSessionRequest(session_id=self._session_id, since_revision=self._revision)
         async for event in self._service.local.WatchSession(request, self._context):
@@ -442,20 +460,3 @@ class _ForwardedWatch:
             self._state = event.snapshot.session.state
         elif event.HasField("state_changed"):
             self._state = event.state_changed.state
-
-    def _lost_event(self, lost: Lost) -> pb.SessionEvent:
-        if self._revision == 0:
-            session = lost_session_pb(self._session_id, lost)
-            return pb.SessionEvent(
-                session_id=self._session_id, snapshot=pb.Snapshot(session=session)
-            )
-        return pb.SessionEvent(
-            session_id=self._session_id,
-            revision=self._revision + 1,
-            state_changed=pb.StateChanged(
-                state=pb.CLOSED,
-                previous=self._state,  # type: ignore[arg-type]
-                close_reason=pb.NODE_LOST,
-                close_detail=lost_detail(lost),
-            ),
-        )

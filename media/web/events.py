@@ -22,6 +22,7 @@ from media.rpc.messages import event_pb, session_pb
 from media.server.live_session import LiveSession
 from media.server.session_table import SessionTable
 from media.server.watch import WatchItem
+from media.v1 import media_pb2 as pb
 from media.web.middleware import preflight
 from media.web.request_bodies import read_text_body, require_content_type
 
@@ -68,7 +69,7 @@ class SessionEventsHandlers:
         live = self._sessions.get(request.match_info["id"])
         self._authorize(request, live, query_token=True)
         log = session_logger(logger, live.id)
-        since_revision = _since_revision(request)
+        since_revision = requested_revision(request)
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -93,8 +94,7 @@ class SessionEventsHandlers:
 
     async def _send(self, response: web.StreamResponse, item: WatchItem) -> None:
         message = event_pb(item, self._whip_url(self._session_id_of(item)))
-        data = json_format.MessageToJson(message, indent=None)
-        await response.write(f"id: {message.revision}\ndata: {data}\n\n".encode())
+        await response.write(sse_message(message))
 
     @staticmethod
     def _session_id_of(item: WatchItem) -> str:
@@ -120,7 +120,13 @@ class SessionEventsHandlers:
         return web.json_response(body)
 
 
-def _since_revision(request: web.Request) -> int:
+def sse_message(message: pb.SessionEvent) -> bytes:
+    """One SSE message: ``id:`` the revision, ``data:`` the event in protobuf's JSON mapping."""
+    data = json_format.MessageToJson(message, indent=None)
+    return f"id: {message.revision}\ndata: {data}\n\n".encode()
+
+
+def requested_revision(request: web.Request) -> int:
     """``Last-Event-ID`` (EventSource's resume) or ``?since_revision=``: ASCII digits only."""
     header = request.headers.get("Last-Event-ID")
     name, raw = ("Last-Event-ID", header) if header else ("since_revision", None)

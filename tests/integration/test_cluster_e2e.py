@@ -271,10 +271,22 @@ async def all_lost_in(stream: Any, ids: set[str]) -> float:
     return time.monotonic()
 
 
+async def sse_until_closed(events: aiohttp.ClientResponse) -> list[tuple[str, dict[str, Any]]]:
+    """The SSE messages of ``events`` up to the one saying CLOSED, which must end the stream."""
+    messages: list[tuple[str, dict[str, Any]]] = []
+    async with asyncio.timeout(TTL + 20):
+        while not messages or messages[-1][1].get("stateChanged", {}).get("state") != "CLOSED":
+            got = await read_sse(events, 1)
+            assert got, f"the event stream ended without CLOSED after {messages}"
+            messages += got
+    assert await events.content.read() == b""
+    return messages
+
+
 async def test_a_killed_nodes_sessions_close_with_node_lost_for_every_watcher_and_getsession(
     tmp_path: pathlib.Path,
 ) -> None:
-    async with three_nodes(tmp_path) as cluster:
+    async with three_nodes(tmp_path) as cluster, aiohttp.ClientSession() as http:
         alpha, beta = cluster.stubs["alpha"], cluster.stubs["beta"]
         precreated = await create_at(cluster.stubs["gamma"])
         published = await create_at(cluster.stubs["gamma"])
@@ -286,6 +298,11 @@ async def test_a_killed_nodes_sessions_close_with_node_lost_for_every_watcher_an
             watch_ready = beta.WatchSession(pb.WatchSessionRequest(session_id=published.id))
             await first_event(watch_new, is_state(precreated.id, pb.NEW))
             await first_event(watch_ready, is_state(published.id, pb.READY))
+            # A browser's event stream at alpha, relayed from gamma.
+            sse_url = f"{cluster['alpha'].base_url}/whip/{published.id}/events"
+            sse = await http.get(f"{sse_url}?token={published.token}")
+            [(ready_id, ready)] = await read_sse(sse, 1)
+            assert ready["snapshot"]["session"]["state"] == "READY"
             everything = {
                 name: cluster.stubs[name].WatchSessions(pb.WatchSessionsRequest())
                 for name in ("alpha", "beta")
@@ -312,6 +329,21 @@ async def test_a_killed_nodes_sessions_close_with_node_lost_for_every_watcher_an
             times = await asyncio.gather(*watchers.values())
             for what, when in zip(watchers, times, strict=True):
                 print(f"NODE_LOST after kill -9, {what}: {when - killed:.2f} s (TTL {TTL} s)")
+            relayed = await sse_until_closed(sse)
+            sse.release()
+            revisions = [int(event_id) for event_id, _ in relayed]
+            assert revisions == list(range(int(ready_id) + 1, int(ready_id) + 1 + len(relayed)))
+            closed = relayed[-1][1]["stateChanged"]
+            assert (closed["closeReason"], closed["previous"]) == ("NODE_LOST", "READY")
+            assert "gamma" in closed["closeDetail"]
+            # An EventSource (re)connecting after the death hears it: 200, then CLOSED.
+            sse_url = f"{cluster['beta'].base_url}/whip/{precreated.id}/events"
+            async with http.get(f"{sse_url}?token={precreated.token}") as late_sse:
+                assert late_sse.status == 200
+                [(_, snapshot)] = await read_sse(late_sse, 1)
+                session = snapshot["snapshot"]["session"]
+                assert (session["state"], session["closeReason"]) == ("CLOSED", "NODE_LOST")
+                assert await late_sse.content.read() == b""
 
             for name in ("alpha", "beta"):
                 for session_id in ids:

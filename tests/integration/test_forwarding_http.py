@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -14,6 +15,7 @@ from tests.in_process_cluster import in_process_cluster
 from tests.integration.test_browser_api import read_sse
 from tests.listening import listening, play_requests, requests_of, tone
 from tests.support import events_until, grpc_stub, publish
+from tests.tcp_proxy import tcp_proxy
 
 TRICKLE = {"Content-Type": "application/trickle-ice-sdpfrag"}
 
@@ -87,12 +89,79 @@ async def test_unknown_and_lost_nodes_are_404_without_a_connection() -> None:
             assert unknown in await response.text()
         members.lose("delta")
         lost = "delta.0.AAAAAAAAAAAAAAAAAAAAAAAA"
-        for method, path in (("DELETE", ""), ("GET", "/events"), ("POST", "/listening")):
+        for method, path in (("DELETE", ""), ("POST", "/listening")):
             async with http.request(method, f"{alpha.base_url}/whip/{lost}{path}") as response:
                 assert response.status == 404
                 text = await response.text()
                 assert lost in text and "NODE_LOST" in text and "delta" in text
         assert alpha.http_forwarder is not None and alpha.http_forwarder.clients == 0
+
+
+async def test_a_lost_sessions_event_stream_is_200_with_closed_node_lost() -> None:
+    """EventSource gives up after any answer but 200: the page must hear NODE_LOST there."""
+    async with (
+        in_process_cluster("alpha", "beta") as members,
+        aiohttp.ClientSession() as http,
+    ):
+        members.lose("delta")
+        lost = "delta.0.AAAAAAAAAAAAAAAAAAAAAAAA"
+        url = f"{members['alpha'].base_url}/whip/{lost}/events"
+        async with http.get(url) as fresh:
+            assert fresh.status == 200 and fresh.content_type == "text/event-stream"
+            [(_, snapshot)] = await read_sse(fresh, 1)
+            session = snapshot["snapshot"]["session"]
+            assert (session["id"], session["state"], session["closeReason"]) == (
+                lost,
+                "CLOSED",
+                "NODE_LOST",
+            )
+            assert "delta" in session["closeDetail"]
+            assert await fresh.content.read() == b""
+        async with http.get(url, headers={"Last-Event-ID": "7"}) as resumed:
+            assert resumed.status == 200
+            [(event_id, closed)] = await read_sse(resumed, 1)
+            assert event_id == "8" and closed["revision"] == "8"
+            change = closed["stateChanged"]
+            assert (change["state"], change["closeReason"]) == ("CLOSED", "NODE_LOST")
+        async with http.get(url, headers={"Last-Event-ID": "x"}) as wrong:
+            assert wrong.status == 400 and "Last-Event-ID" in await wrong.text()
+
+
+async def test_a_relayed_event_stream_outlives_its_owner_connection_then_says_node_lost() -> None:
+    async with (
+        in_process_cluster("alpha", "beta") as members,
+        grpc_stub(members["beta"]) as owner,
+        tcp_proxy(urlsplit(members["beta"].base_url).port or 0) as network,
+        aiohttp.ClientSession() as http,
+    ):
+        members.addresses["beta"].base_url = f"http://{network.target}"
+        alpha = members["alpha"]
+        ended = await owner.CreateSession(pb.CreateSessionRequest())
+        url = f"{alpha.base_url}/whip/{ended.id}/events?token={ended.token}"
+        async with http.get(url) as events:
+            [(first_id, _)] = await read_sse(events, 1)
+            network.cut()
+            await owner.EndSession(pb.EndSessionRequest(session_id=ended.id))
+            network.restore()
+            rest = await read_sse(events, 2)
+            assert [(i, m["stateChanged"]["closeReason"]) for i, m in rest] == [
+                (str(int(first_id) + 1), "API_END")
+            ]
+            assert await events.content.read() == b""
+
+        lost = await owner.CreateSession(pb.CreateSessionRequest())
+        url = f"{alpha.base_url}/whip/{lost.id}/events?token={lost.token}"
+        async with http.get(url) as events:
+            [(first_id, snapshot)] = await read_sse(events, 1)
+            network.cut()
+            members.lose("beta")
+            [(event_id, closed)] = await read_sse(events, 1)
+            assert event_id == str(int(first_id) + 1)
+            change = closed["stateChanged"]
+            assert (change["state"], change["closeReason"]) == ("CLOSED", "NODE_LOST")
+            assert change["previous"] == snapshot["snapshot"]["session"]["state"]
+            assert "beta" in change["closeDetail"]
+            assert await events.content.read() == b""
 
 
 async def test_the_owner_sees_the_client_address_only_from_a_member() -> None:
