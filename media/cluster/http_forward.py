@@ -19,6 +19,7 @@ a session they do not hold. ``proxy`` is the one proxy of the cluster: placement
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from typing import Final
@@ -288,7 +289,8 @@ class _RelayedEvents:
             current = self._router.route(self._session_id)
         if isinstance(current, Lost):
             message = lost_event(self._session_id, current, self._revision, self._state)
-            await self._write(sse_message(message))
+            with contextlib.suppress(ConnectionResetError):  # the client went away meanwhile
+                await self._write(sse_message(message))
         return await self._end()
 
     async def _relay_from(self, upstream: aiohttp.ClientResponse) -> bool:
@@ -334,10 +336,8 @@ class _RelayedEvents:
     async def _end(self) -> web.StreamResponse:
         if self._response is None:  # the client went away before the owner answered
             return unreachable_response(_unreachable(self._session_id))
-        try:
+        with contextlib.suppress(ConnectionResetError):
             await self._response.write_eof()
-        except ConnectionResetError:
-            pass
         return self._response
 
 
