@@ -15,8 +15,7 @@ from media.aio import CloseOnce
 from media.config import IceServer
 from media.core.trickle import TrickleCandidate
 from media.logs import session_logger
-from media.rtc.compat import consent_expired
-from media.rtc.compat_rtp import receive_rtp_directly, take_rtp_packets
+from media.rtc.compat import consent_expired, receive_rtp_directly, take_rtp_packets
 from media.rtc.negotiation import (
     RemoteCandidates,
     answer_audio_offer,

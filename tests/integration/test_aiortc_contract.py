@@ -21,10 +21,11 @@ from media.rtc import compat
 from media.rtc.compat import (
     Hook,
     keep_consent_through_stalls,
+    receive_rtp_directly,
     set_jitter_frames,
+    take_rtp_packets,
     tap_opus_packets,
 )
-from media.rtc.compat_rtp import receive_rtp_directly, take_rtp_packets
 from media.rtc.host_candidates import hark_gathering
 from media.rtc.udp_mux import UdpMux
 from tests.support import SPEECH, HarkProcess, eventually, publish, running_server

@@ -20,6 +20,9 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 MEDIA = ROOT / "media"
 MAX_LINES = 500
+# compat.py holds every use of a private aiortc/aioice name, by rule, however many hooks there are:
+# one file to read (and to check on an upgrade) is worth more there than the size limit.
+LINE_LIMITS = {MEDIA / "rtc" / "compat.py": 650}
 
 LAYERS = {
     "media.core": 0,
@@ -166,8 +169,9 @@ def violation(path: pathlib.Path, imported: Import) -> str | None:
 def violations_of(path: pathlib.Path) -> set[str]:
     found = {v for i in imports_of(path) if (v := violation(path, i)) is not None}
     lines = len(path.read_text().splitlines())
-    if lines > MAX_LINES:
-        found.add(f"{path.relative_to(ROOT)} has {lines} lines (over {MAX_LINES})")
+    limit = LINE_LIMITS.get(path, MAX_LINES)
+    if lines > limit:
+        found.add(f"{path.relative_to(ROOT)} has {lines} lines (over {limit})")
     return found
 
 
